@@ -1,0 +1,362 @@
+// The one adapter between Python and the kernels (DESIGN.md, decision 1): every argument is
+// checked here (dtype, shape, contiguity) with an error that names it, outputs are allocated
+// here, the GIL is released, and the plain C++ kernel is called.
+#define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
+#define NPY_TARGET_VERSION NPY_2_0_API_VERSION
+#include <numpy/arrayobject.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <malloc.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "common.h"
+#include "kernels/loss.h"
+#include "memory/pool.h"
+
+namespace py = pybind11;
+using namespace gradfuse;
+
+namespace {
+
+// ---------------------------------------------------------------- argument checks
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    s += std::to_string(a.shape(i));
+    if (a.ndim() == 1 || i + 1 < a.ndim()) s += a.ndim() == 1 ? "," : ", ";
+  }
+  return s + ")";
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+template <typename T>
+bool is_dtype(const py::array& a) {
+  return a.dtype().is(py::dtype::of<T>());
+}
+
+// Checks dtype, ndim and C-contiguity of an array that is about to be read as raw T*.
+template <typename T>
+void check_array(const py::array& a, const char* name, int ndim) {
+  if (!is_dtype<T>(a)) {
+    throw py::type_error(std::string(name) + ": expected dtype " +
+                         py::str(py::dtype::of<T>()).cast<std::string>() + ", got " +
+                         dtype_str(a));
+  }
+  if (a.ndim() != ndim) {
+    throw py::value_error(std::string(name) + ": expected a " + std::to_string(ndim) +
+                          "-D array, got shape " + shape_str(a));
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  }
+}
+
+template <typename T>
+const T* cptr(const py::array& a) {
+  return static_cast<const T*>(a.data());
+}
+
+void check_floating(const py::array& a, const char* name) {
+  if (!is_dtype<float>(a) && !is_dtype<double>(a)) {
+    throw py::type_error(std::string(name) + ": expected dtype float32 or float64, got " +
+                         dtype_str(a));
+  }
+}
+
+// ---------------------------------------------------------------- cross entropy
+
+CrossEntropyArgs ce_args(const py::array& logits, const py::array& target, int64_t ignore_index,
+                         double label_smoothing) {
+  check_floating(logits, "input");
+  if (logits.ndim() != 2) {
+    throw py::value_error("input: expected logits of shape (N, C), got shape " + shape_str(logits));
+  }
+  check_array<int64_t>(target, "target", 1);
+  CrossEntropyArgs a;
+  a.n = logits.shape(0);
+  a.c = logits.shape(1);
+  a.ignore_index = ignore_index;
+  a.label_smoothing = label_smoothing;
+  if (a.n == 0) throw py::value_error("input: empty batch (0 rows)");
+  if (a.c == 0) throw py::value_error("input: 0 classes");
+  if (target.shape(0) != a.n) {
+    throw py::value_error("target: expected shape (" + std::to_string(a.n) +
+                          ",) to match input " + shape_str(logits) + ", got " +
+                          shape_str(target));
+  }
+  if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0)) {
+    throw py::value_error("label_smoothing: expected a value in [0, 1], got " +
+                          std::to_string(label_smoothing));
+  }
+  return a;
+}
+
+template <typename T>
+const T* optional_weight(const py::object& weight, const CrossEntropyArgs& a) {
+  if (weight.is_none()) return nullptr;
+  py::array w = weight.cast<py::array>();
+  check_array<T>(w, "weight", 1);
+  if (w.shape(0) != a.c) {
+    throw py::value_error("weight: expected shape (" + std::to_string(a.c) + ",), got " +
+                          shape_str(w));
+  }
+  return cptr<T>(w);
+}
+
+template <typename T>
+py::tuple ce_forward_impl(const py::array& logits, const py::array& target,
+                          const py::object& weight, const CrossEntropyArgs& a) {
+  check_array<T>(logits, "input", 2);
+  const T* w = optional_weight<T>(weight, a);
+  py::array_t<T> row_loss(a.n), lse(a.n);
+  T* rl = row_loss.mutable_data();
+  T* ls = lse.mutable_data();
+  const T* x = cptr<T>(logits);
+  const int64_t* t = cptr<int64_t>(target);
+  CrossEntropySums sums;
+  {
+    py::gil_scoped_release nogil;
+    sums = cross_entropy_forward<T>(x, t, w, a, rl, ls);
+  }
+  return py::make_tuple(row_loss, lse, sums.loss, sums.weight);
+}
+
+py::tuple ce_forward(const py::array& logits, const py::array& target, const py::object& weight,
+                     int64_t ignore_index, double label_smoothing) {
+  CrossEntropyArgs a = ce_args(logits, target, ignore_index, label_smoothing);
+  if (is_dtype<float>(logits)) return ce_forward_impl<float>(logits, target, weight, a);
+  return ce_forward_impl<double>(logits, target, weight, a);
+}
+
+template <typename T>
+py::array ce_backward_impl(const py::array& logits, const py::array& target,
+                           const py::object& weight, const py::array& lse,
+                           const py::object& grad_rows, double grad_scale,
+                           const CrossEntropyArgs& a) {
+  check_array<T>(logits, "input", 2);
+  const T* w = optional_weight<T>(weight, a);
+  check_array<T>(lse, "lse", 1);
+  if (lse.shape(0) != a.n) throw py::value_error("lse: expected shape (N,) matching input");
+  const T* g = nullptr;
+  py::array grows;
+  if (!grad_rows.is_none()) {
+    grows = grad_rows.cast<py::array>();
+    check_array<T>(grows, "grad_output", 1);
+    if (grows.shape(0) != a.n) {
+      throw py::value_error("grad_output: expected shape (" + std::to_string(a.n) + ",), got " +
+                            shape_str(grows));
+    }
+    g = cptr<T>(grows);
+  }
+  py::array_t<T> dlogits({a.n, a.c});
+  T* dx = dlogits.mutable_data();
+  const T* x = cptr<T>(logits);
+  const int64_t* t = cptr<int64_t>(target);
+  const T* l = cptr<T>(lse);
+  {
+    py::gil_scoped_release nogil;
+    cross_entropy_backward<T>(x, t, w, l, g, grad_scale, a, dx);
+  }
+  return std::move(dlogits);
+}
+
+py::array ce_backward(const py::array& logits, const py::array& target, const py::object& weight,
+                      const py::array& lse, const py::object& grad_rows, double grad_scale,
+                      int64_t ignore_index, double label_smoothing) {
+  CrossEntropyArgs a = ce_args(logits, target, ignore_index, label_smoothing);
+  if (is_dtype<float>(logits)) {
+    return ce_backward_impl<float>(logits, target, weight, lse, grad_rows, grad_scale, a);
+  }
+  return ce_backward_impl<double>(logits, target, weight, lse, grad_rows, grad_scale, a);
+}
+
+// ---------------------------------------------------------------- numpy allocator hook
+// numpy (NEP 49) lets a context route every array's data allocation through a handler.
+// Ours sends large requests to the pool, so the outputs of ordinary numpy operations inside a
+// training step (matmul, add, ...) reuse warm pages instead of faulting in fresh ones.
+
+void* np_malloc(void*, size_t size) {
+  if (size >= memory::kPoolMinBytes) return memory::pool_alloc(size);
+  return std::malloc(size ? size : 1);
+}
+
+void* np_calloc(void*, size_t nelem, size_t elsize) {
+  if (elsize != 0 && nelem > SIZE_MAX / elsize) return nullptr;
+  const size_t size = nelem * elsize;
+  if (size >= memory::kPoolMinBytes) {
+    void* p = memory::pool_alloc(size);
+    // Pool pages are already mapped; zeroing them is cheaper than faulting fresh zero pages.
+    if (p) std::memset(p, 0, size);
+    return p;
+  }
+  return std::calloc(nelem ? nelem : 1, elsize ? elsize : 1);
+}
+
+void np_free(void*, void* ptr, size_t) {
+  if (ptr == nullptr) return;
+  if (memory::pool_owns(ptr, nullptr)) {
+    memory::pool_free(ptr);
+  } else {
+    std::free(ptr);
+  }
+}
+
+void* np_realloc(void*, void* ptr, size_t new_size) {
+  if (ptr == nullptr) return np_malloc(nullptr, new_size);
+  size_t old_size = 0;
+  const bool pooled = memory::pool_owns(ptr, &old_size);
+  if (!pooled && new_size < memory::kPoolMinBytes) return std::realloc(ptr, new_size ? new_size : 1);
+  if (pooled && new_size <= old_size && new_size >= memory::kPoolMinBytes) return ptr;
+  if (!pooled) old_size = malloc_usable_size(ptr);
+  void* fresh = np_malloc(nullptr, new_size);
+  if (fresh == nullptr) return nullptr;  // numpy keeps the old block, as with realloc
+  std::memcpy(fresh, ptr, old_size < new_size ? old_size : new_size);
+  np_free(nullptr, ptr, old_size);
+  return fresh;
+}
+
+PyDataMem_Handler pool_handler = {
+    "gradfuse_pool", 1, {nullptr, np_malloc, np_calloc, np_realloc, np_free}};
+
+PyObject* g_previous_handler = nullptr;
+
+bool install_numpy_allocator() {
+  if (g_previous_handler != nullptr) return false;  // already installed
+  PyObject* capsule = PyCapsule_New(&pool_handler, "mem_handler", nullptr);
+  if (!capsule) throw py::error_already_set();
+  PyObject* old = PyDataMem_SetHandler(capsule);
+  Py_DECREF(capsule);
+  if (!old) throw py::error_already_set();
+  g_previous_handler = old;
+  return true;
+}
+
+bool uninstall_numpy_allocator() {
+  if (g_previous_handler == nullptr) return false;
+  PyObject* mine = PyDataMem_SetHandler(g_previous_handler);
+  if (!mine) throw py::error_already_set();
+  Py_DECREF(mine);
+  Py_DECREF(g_previous_handler);
+  g_previous_handler = nullptr;
+  return true;
+}
+
+py::dict pool_stats() {
+  memory::PoolStats s = memory::pool_stats();
+  py::dict d;
+  d["bytes_in_use"] = s.bytes_in_use;
+  d["bytes_cached"] = s.bytes_cached;
+  d["peak_bytes_in_use"] = s.peak_bytes_in_use;
+  d["cache_limit"] = s.cache_limit;
+  d["allocs"] = s.allocs;
+  d["reuses"] = s.reuses;
+  d["fresh"] = s.fresh;
+  d["releases"] = s.releases;
+  d["min_bytes"] = memory::kPoolMinBytes;
+  return d;
+}
+
+// A numpy array whose memory comes straight from the pool, whatever the active handler.
+py::array pool_empty(const std::vector<py::ssize_t>& shape, const py::dtype& dtype) {
+  size_t count = 1;
+  for (auto d : shape) {
+    if (d < 0) throw py::value_error("shape: dimensions must be >= 0");
+    count *= size_t(d);
+  }
+  const size_t bytes = count * size_t(dtype.itemsize());
+  void* p = memory::pool_alloc(bytes ? bytes : 1);
+  if (!p) throw std::bad_alloc();
+  py::capsule owner(p, [](void* q) { memory::pool_free(q); });
+  return py::array(dtype, shape, {}, p, owner);
+}
+
+// ---------------------------------------------------------------- build information
+
+py::dict build_info() {
+  py::dict d;
+#ifdef GRADFUSE_CXX_COMPILER
+  d["compiler"] = GRADFUSE_CXX_COMPILER;
+#endif
+  d["compiler_version"] = __VERSION__;
+#ifdef GRADFUSE_OPENMP
+  d["openmp"] = true;
+  d["openmp_version"] = _OPENMP;
+#else
+  d["openmp"] = false;
+#endif
+  d["native_build"] = bool(GRADFUSE_NATIVE_BUILD);
+  py::list compiled;
+#ifdef __SSE2__
+  compiled.append("SSE2");
+#endif
+#ifdef __AVX2__
+  compiled.append("AVX2");
+#endif
+#ifdef __FMA__
+  compiled.append("FMA");
+#endif
+#ifdef __AVX512F__
+  compiled.append("AVX512F");
+#endif
+  d["simd_baseline"] = compiled;
+  std::string dispatch = "baseline";
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !GRADFUSE_NATIVE_BUILD
+  d["multiversioned"] = true;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    dispatch = "x86-64-v4 (AVX-512)";
+  } else if (__builtin_cpu_supports("avx2")) {
+    dispatch = "AVX2";
+  }
+#else
+  d["multiversioned"] = false;
+#endif
+  d["simd_dispatch"] = dispatch;
+  d["cuda"] = false;
+  d["pool_min_bytes"] = memory::kPoolMinBytes;
+  return d;
+}
+
+int get_num_threads() { return max_threads(); }
+
+void set_num_threads(int n) {
+  if (n < 1) throw py::value_error("n: expected a thread count >= 1, got " + std::to_string(n));
+#ifdef GRADFUSE_OPENMP
+  omp_set_num_threads(n);
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  if (_import_array() < 0) throw py::error_already_set();
+  m.doc() = "gradfuse compiled kernels; import through gradfuse._backend only";
+
+  m.def("cross_entropy_forward", &ce_forward, py::arg("input"), py::arg("target"),
+        py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"),
+        "(input (N,C) float, target (N,) int64, weight (C,)|None, ignore_index, label_smoothing)"
+        " -> (row_loss (N,), lse (N,), loss_sum, weight_sum)");
+  m.def("cross_entropy_backward", &ce_backward, py::arg("input"), py::arg("target"),
+        py::arg("weight"), py::arg("lse"), py::arg("grad_output"), py::arg("grad_scale"),
+        py::arg("ignore_index"), py::arg("label_smoothing"),
+        "-> dinput (N, C); grad_output (N,)|None is multiplied by grad_scale");
+
+  m.def("install_numpy_allocator", &install_numpy_allocator);
+  m.def("uninstall_numpy_allocator", &uninstall_numpy_allocator);
+  m.def("pool_stats", &pool_stats);
+  m.def("pool_empty_cache", &memory::pool_empty_cache);
+  m.def("pool_set_cache_limit", &memory::pool_set_cache_limit, py::arg("bytes"));
+  m.def("pool_empty", &pool_empty, py::arg("shape"), py::arg("dtype"));
+
+  m.def("build_info", &build_info);
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+}

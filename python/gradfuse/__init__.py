@@ -1,0 +1,96 @@
+"""gradfuse: fused, measured kernels for the optimization side of deep learning.
+
+Example::
+
+    import gradfuse as gf
+    x = gf.tensor([[1.0, 2.0]], requires_grad=True)
+    (x * x).sum().backward()
+    x.grad            # tensor([[2., 4.]])
+"""
+
+from . import _backend  # noqa: F401  (loads the compiled core, installs the memory pool)
+from . import autograd, functional, memory, nn
+from ._config import get_num_threads, set_num_threads, show_config
+from ._version import __version__
+from .functional import amax, cat, matmul, max, stack
+from .random import manual_seed
+from .tensor import (
+    Tensor,
+    arange,
+    as_tensor,
+    bool_,
+    empty,
+    enable_grad,
+    exp,
+    float32,
+    float64,
+    from_numpy,
+    full,
+    full_like,
+    int32,
+    int64,
+    is_grad_enabled,
+    log,
+    no_grad,
+    ones,
+    ones_like,
+    set_grad_enabled,
+    tensor,
+    zeros,
+    zeros_like,
+)
+
+sqrt = functional.sqrt
+abs = functional.abs  # noqa: A001
+sum = functional.sum  # noqa: A001
+mean = functional.mean
+reshape = functional.reshape
+transpose = functional.transpose
+permute = functional.permute
+
+__all__ = [
+    "__version__",
+    "Tensor",
+    "tensor",
+    "as_tensor",
+    "from_numpy",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "arange",
+    "float32",
+    "float64",
+    "int32",
+    "int64",
+    "bool_",
+    "no_grad",
+    "enable_grad",
+    "set_grad_enabled",
+    "is_grad_enabled",
+    "cat",
+    "stack",
+    "matmul",
+    "max",
+    "amax",
+    "exp",
+    "log",
+    "sqrt",
+    "abs",
+    "sum",
+    "mean",
+    "reshape",
+    "transpose",
+    "permute",
+    "manual_seed",
+    "show_config",
+    "get_num_threads",
+    "set_num_threads",
+    "autograd",
+    "functional",
+    "memory",
+    "nn",
+]

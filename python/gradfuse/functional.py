@@ -1,0 +1,653 @@
+"""Differentiable operations: one :class:`~gradfuse.tensor.Function` per op.
+
+Each op's forward and backward sit side by side and work on numpy arrays. Element-wise
+arithmetic and reductions use numpy (memory-bound, numpy's loops are already SIMD), matrix
+products use numpy's BLAS (DESIGN.md, decision 2), and fused ops whose numpy form would make
+several passes (cross entropy) call the compiled kernels through ``gradfuse._backend``.
+
+Gradients returned by ``backward`` may have the broadcast shape: the engine reduces them to
+each input's shape.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from . import _backend
+from .tensor import Function, Tensor
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _shape(x):
+    return x.shape if isinstance(x, np.ndarray) else np.shape(x)
+
+
+def _broadcast_error(op, a, b, err):
+    return ValueError(
+        f"{op}: shapes {_shape(a)} and {_shape(b)} cannot be broadcast together"
+    ).with_traceback(err.__traceback__)
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        try:
+            return a + b
+        except ValueError as e:
+            raise _broadcast_error("add", a, b, e) from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        try:
+            return a - b
+        except ValueError as e:
+            raise _broadcast_error("sub", a, b, e) from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, (-g if ctx.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        try:
+            return a * b
+        except ValueError as e:
+            raise _broadcast_error("mul", a, b, e) from None
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        na, nb = ctx.needs_input_grad
+        return (g * b if na else None), (g * a if nb else None)
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        try:
+            out = a / b
+        except ValueError as e:
+            raise _broadcast_error("div", a, b, e) from None
+        ctx.save_for_backward(b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        b, out = ctx.saved
+        na, nb = ctx.needs_input_grad
+        ga = g / b if na else None
+        gb = -g * out / b if nb else None  # d(a/b)/db = -a/b^2 = -out/b
+        return ga, gb
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return (-g,)
+
+
+class Pow(Function):
+    @staticmethod
+    def forward(ctx, a, exponent):
+        if not isinstance(exponent, (int, float, np.integer, np.floating)):
+            raise TypeError(f"exponent: expected a number, got {type(exponent).__name__}")
+        ctx.save_for_backward(a)
+        ctx.p = exponent
+        return a**exponent
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        p = ctx.p
+        if p == 0:
+            return (np.zeros_like(a),)
+        return (g * (p * a ** (p - 1)),)
+
+
+class MatMul(Function):
+    """``a @ b`` with numpy's semantics for 1-D, 2-D and batched (broadcast) operands."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        a = np.asarray(a)
+        b = np.asarray(b)
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(
+                f"matmul: both operands need at least 1 dimension, got shapes {a.shape} and {b.shape}"
+            )
+        ka = a.shape[-1]
+        kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
+        if ka != kb:
+            raise ValueError(
+                f"matmul: shapes {a.shape} and {b.shape} are not aligned ({ka} != {kb})"
+            )
+        ctx.save_for_backward(a, b)
+        try:
+            return np.matmul(a, b)
+        except ValueError as e:
+            raise _broadcast_error("matmul (batch dimensions)", a, b, e) from None
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        na, nb = ctx.needs_input_grad
+        # promote 1-D operands to matrices, as matmul itself does, then undo it
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = np.expand_dims(g2, -1)
+        ga = gb = None
+        if na:
+            from .tensor import _unbroadcast
+
+            ga = _unbroadcast(np.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
+        if nb:
+            from .tensor import _unbroadcast
+
+            gb = _unbroadcast(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape)
+        return ga, gb
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = np.exp(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return (g * out,)
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(a)  # log(0) = -inf, log(<0) = nan, as in PyTorch
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        with np.errstate(divide="ignore"):
+            return (g / a,)
+
+
+class Sqrt(Function):
+    @staticmethod
+    def forward(ctx, a):
+        with np.errstate(invalid="ignore"):
+            out = np.sqrt(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        with np.errstate(divide="ignore"):
+            return (g * 0.5 / out,)
+
+
+class Abs(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.abs(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        return (g * np.sign(a),)  # 0 at 0, like PyTorch
+
+
+class Cast(Function):
+    @staticmethod
+    def forward(ctx, a, dtype):
+        ctx.src = a.dtype
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.astype(ctx.src),)
+
+    @classmethod
+    def apply(cls, a, dtype):
+        if dtype.kind not in "fc":  # casting to integers/bool ends the graph
+            return Tensor(a.data.astype(dtype))
+        return super().apply(a, dtype=dtype)
+
+
+class Clone(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return a.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g,)
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+def _axes(dim, ndim):
+    if dim is None:
+        return None
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    out = []
+    for d in dims:
+        if not -max(ndim, 1) <= d < max(ndim, 1):
+            raise IndexError(f"dim: {d} is out of range for a tensor with {ndim} dimensions")
+        out.append(int(d) % max(ndim, 1))
+    return tuple(out)
+
+
+def _expand_reduced(g, shape, axes, keepdim):
+    """Broadcast the gradient of a reduction back over the reduced axes."""
+    if axes is not None and not keepdim and shape:
+        g = np.expand_dims(g, axes)
+    return np.broadcast_to(g, shape)
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, dim=None, keepdim=False):
+        axes = _axes(dim, a.ndim)
+        ctx.shape, ctx.axes, ctx.keepdim = a.shape, axes, keepdim
+        return np.sum(a, axis=axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (_expand_reduced(g, ctx.shape, ctx.axes, ctx.keepdim),)
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, a, dim=None, keepdim=False):
+        if a.dtype.kind not in "fc":
+            raise TypeError(f"mean: expected a floating point tensor, got {a.dtype}")
+        axes = _axes(dim, a.ndim)
+        ctx.shape, ctx.axes, ctx.keepdim = a.shape, axes, keepdim
+        count = a.size if axes is None else int(np.prod([a.shape[i] for i in axes]))
+        ctx.scale = 1.0 / count if count else float("nan")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.mean(a, axis=axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (_expand_reduced(g * ctx.scale, ctx.shape, ctx.axes, ctx.keepdim),)
+
+
+class Amax(Function):
+    """Maximum over ``dim`` (all axes when None); ties share the gradient evenly."""
+
+    @staticmethod
+    def forward(ctx, a, dim=None, keepdim=False):
+        if a.size == 0:
+            raise ValueError("max: expected a non-empty tensor")
+        axes = _axes(dim, a.ndim)
+        out = np.max(a, axis=axes, keepdims=True)
+        ctx.save_for_backward(a, out)
+        ctx.axes, ctx.keepdim = axes, keepdim
+        return out if keepdim else np.squeeze(out, axis=axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, out = ctx.saved
+        mask = (a == out).astype(a.dtype)
+        mask /= mask.sum(axis=ctx.axes, keepdims=True)
+        if not ctx.keepdim and ctx.axes is not None:
+            g = np.expand_dims(g, ctx.axes)
+        return (g * mask,)
+
+
+class TakeAlong(Function):
+    """Values at ``index`` along ``dim`` (the values part of ``max(dim)``)."""
+
+    @staticmethod
+    def forward(ctx, a, index, dim, keepdim):
+        ctx.shape, ctx.index, ctx.dim, ctx.keepdim = a.shape, index, dim, keepdim
+        out = np.take_along_axis(a, index, axis=dim)
+        return out if keepdim else np.squeeze(out, axis=dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        ga = np.zeros(ctx.shape, dtype=g.dtype)
+        if not ctx.keepdim:
+            g = np.expand_dims(g, ctx.dim)
+        np.put_along_axis(ga, ctx.index, g, axis=ctx.dim)
+        return (ga,)
+
+
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+def max(x: Tensor, dim=None, keepdim: bool = False):  # noqa: A001 - PyTorch's name
+    """``max(x)``: the largest element. ``max(x, dim)``: ``(values, indices)`` along ``dim``.
+
+    Example::
+
+        >>> v, i = gf.max(gf.tensor([[1.0, 5.0], [7.0, 2.0]]), dim=1)
+        >>> v.tolist(), i.tolist()
+        ([5.0, 7.0], [1, 0])
+    """
+    if dim is None:
+        return Amax.apply(x)
+    if x.data.size == 0:
+        raise ValueError("max: expected a non-empty tensor")
+    (d,) = _axes(dim, x.data.ndim)
+    index = np.argmax(x.data, axis=d, keepdims=True)
+    values = TakeAlong.apply(x, index=index, dim=d, keepdim=keepdim)
+    return MaxResult(values, Tensor(index if keepdim else np.squeeze(index, axis=d)))
+
+
+def amax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    """Maximum over one or several dims; gradient split evenly between ties."""
+    return Amax.apply(x, dim=dim, keepdim=keepdim)
+
+
+# --------------------------------------------------------------------------- shape
+
+
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.shape = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(
+                f"reshape: shape {tuple(shape)} is invalid for input of shape {a.shape} "
+                f"({a.size} elements)"
+            ) from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.reshape(ctx.shape),)
+
+
+class Permute(Function):
+    @staticmethod
+    def forward(ctx, a, dims):
+        ctx.dims = dims
+        return np.transpose(a, dims)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (np.transpose(g, np.argsort(ctx.dims)),)
+
+
+def _is_basic(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return all(
+        isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in items
+    )
+
+
+def normalize_index(index):
+    """Replace Tensors inside an index by their arrays (bool masks and int arrays allowed)."""
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    if isinstance(index, list):
+        return np.asarray(index)
+    return index
+
+
+class Index(Function):
+    @staticmethod
+    def forward(ctx, a, index):
+        ctx.shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
+        return a[index]
+
+    @staticmethod
+    def backward(ctx, g):
+        ga = np.zeros(ctx.shape, dtype=g.dtype)
+        if _is_basic(ctx.index):
+            ga[ctx.index] = g  # a basic index never selects an element twice
+        else:
+            np.add.at(ga, ctx.index, g)  # repeated indices accumulate
+        return (ga,)
+
+
+class Cat(Function):
+    @staticmethod
+    def forward(ctx, *arrays, dim=0):
+        ctx.sizes = [a.shape[dim] for a in arrays]
+        ctx.dim = dim
+        try:
+            return np.concatenate(arrays, axis=dim)
+        except ValueError:
+            shapes = ", ".join(str(a.shape) for a in arrays)
+            raise ValueError(
+                f"cat: shapes {shapes} must match except in dimension {dim}"
+            ) from None
+
+    @staticmethod
+    def backward(ctx, g):
+        cuts = np.cumsum(ctx.sizes)[:-1]
+        return tuple(np.split(g, cuts, axis=ctx.dim))
+
+
+class Stack(Function):
+    @staticmethod
+    def forward(ctx, *arrays, dim=0):
+        ctx.dim = dim
+        ctx.n = len(arrays)
+        try:
+            return np.stack(arrays, axis=dim)
+        except ValueError:
+            shapes = ", ".join(str(a.shape) for a in arrays)
+            raise ValueError(f"stack: all tensors must have the same shape, got {shapes}") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(np.take(g, i, axis=ctx.dim) for i in range(ctx.n))
+
+
+def _check_seq(tensors, name):
+    if isinstance(tensors, Tensor) or not len(tensors):
+        raise ValueError(f"{name}: expected a non-empty sequence of tensors")
+
+
+def cat(tensors, dim: int = 0) -> Tensor:
+    """Concatenate along an existing dimension: ``gf.cat([a, b], dim=0)``."""
+    _check_seq(tensors, "cat")
+    nd = np.ndim(tensors[0].data if isinstance(tensors[0], Tensor) else tensors[0])
+    (d,) = _axes(dim, nd)
+    return Cat.apply(*tensors, dim=d)
+
+
+def stack(tensors, dim: int = 0) -> Tensor:
+    """Stack along a new dimension: ``gf.stack([a, b], dim=0)``."""
+    _check_seq(tensors, "stack")
+    nd = np.ndim(tensors[0].data if isinstance(tensors[0], Tensor) else tensors[0]) + 1
+    (d,) = _axes(dim, nd)
+    return Stack.apply(*tensors, dim=d)
+
+
+def matmul(a, b) -> Tensor:
+    """Matrix product with numpy's broadcasting rules (1-D, 2-D, batched)."""
+    return MatMul.apply(a, b)
+
+
+def exp(x) -> Tensor:
+    return Exp.apply(x)
+
+
+def log(x) -> Tensor:
+    return Log.apply(x)
+
+
+def sqrt(x) -> Tensor:
+    return Sqrt.apply(x)
+
+
+def abs(x) -> Tensor:  # noqa: A001 - PyTorch's name
+    return Abs.apply(x)
+
+
+def sum(x, dim=None, keepdim: bool = False) -> Tensor:  # noqa: A001
+    return Sum.apply(x, dim=dim, keepdim=keepdim)
+
+
+def mean(x, dim=None, keepdim: bool = False) -> Tensor:
+    return Mean.apply(x, dim=dim, keepdim=keepdim)
+
+
+def reshape(x, shape) -> Tensor:
+    return Reshape.apply(x, shape=tuple(shape))
+
+
+def transpose(x, dim0: int, dim1: int) -> Tensor:
+    return x.transpose(dim0, dim1)
+
+
+def permute(x, dims) -> Tensor:
+    return x.permute(dims)
+
+
+# --------------------------------------------------------------------------- layers & losses
+
+
+class Linear(Function):
+    """``y = x W^T + b`` as one node: one BLAS call forward, two backward."""
+
+    @staticmethod
+    def forward(ctx, x, w, b=None):
+        if x.ndim == 0 or x.shape[-1] != w.shape[1]:
+            raise ValueError(
+                f"linear: input shape {x.shape} has {x.shape[-1] if x.ndim else 0} features "
+                f"but weight shape {w.shape} expects {w.shape[1]}"
+            )
+        ctx.save_for_backward(x, w)
+        out = np.matmul(x, w.T)
+        if b is not None:
+            out += b
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved
+        nx, nw, nb = ctx.needs_input_grad
+        g2 = g.reshape(-1, w.shape[0])
+        gx = np.matmul(g2, w).reshape(x.shape) if nx else None
+        gw = np.matmul(g2.T, x.reshape(-1, w.shape[1])) if nw else None
+        gb = g2.sum(axis=0) if nb else None
+        return gx, gw, gb
+
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+
+
+class MSELoss(Function):
+    @staticmethod
+    def forward(ctx, a, b, reduction="mean"):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(
+                f"mse_loss: input shape {np.shape(a)} and target shape {np.shape(b)} differ "
+                "(PyTorch would broadcast them with a warning; reshape one explicitly)"
+            )
+        d = a - b
+        ctx.save_for_backward(d)
+        ctx.reduction = reduction
+        if reduction == "none":
+            return d * d
+        flat = d.reshape(-1)
+        total = np.dot(flat, flat)  # one BLAS pass instead of square + sum
+        if reduction == "sum":
+            return total
+        if d.size == 0:
+            raise ValueError("mse_loss: empty input")
+        return total / d.size
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved
+        scale = 2.0 / d.size if ctx.reduction == "mean" else 2.0
+        ga = (g * scale) * d
+        return ga, (-ga if ctx.needs_input_grad[1] else None)
+
+
+class CrossEntropy(Function):
+    """Fused log-softmax + NLL in one compiled kernel (csrc/kernels/loss.cpp).
+
+    Input (N, C), (C,) or (N, C, d1, ...); target int64 class indices of the matching shape.
+    """
+
+    @staticmethod
+    def forward(ctx, x, target, weight, ignore_index, label_smoothing, reduction):
+        shape = x.shape
+        if x.ndim == 1:
+            x2 = x.reshape(1, -1)
+        elif x.ndim == 2:
+            x2 = x
+        else:  # class dim 1 -> last, then rows
+            x2 = np.moveaxis(x, 1, -1).reshape(-1, shape[1])
+        x2 = np.ascontiguousarray(x2)
+        t2 = np.ascontiguousarray(target.reshape(-1))
+        row_loss, lse, loss_sum, weight_sum = _backend.cross_entropy_forward(
+            x2, t2, weight, ignore_index, label_smoothing
+        )
+        ctx.save_for_backward(x2, t2, lse)
+        ctx.shape, ctx.weight, ctx.ignore_index = shape, weight, ignore_index
+        ctx.label_smoothing, ctx.reduction, ctx.weight_sum = label_smoothing, reduction, weight_sum
+        if reduction == "none":
+            return row_loss.reshape(target.shape)
+        if reduction == "sum":
+            return np.asarray(loss_sum, dtype=x.dtype)
+        with np.errstate(invalid="ignore", divide="ignore"):  # all rows ignored: nan, as PyTorch
+            return np.asarray(np.float64(loss_sum) / weight_sum, dtype=x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        x2, t2, lse = ctx.saved
+        if ctx.reduction == "none":
+            rows, scale = np.ascontiguousarray(g.reshape(-1), dtype=x2.dtype), 1.0
+        else:
+            rows = None
+            scale = float(g)
+            if ctx.reduction == "mean":
+                scale = scale / ctx.weight_sum if ctx.weight_sum else 0.0
+        dx2 = _backend.cross_entropy_backward(
+            x2, t2, ctx.weight, lse, rows, scale, ctx.ignore_index, ctx.label_smoothing
+        )
+        shape = ctx.shape
+        if len(shape) == 1:
+            dx = dx2.reshape(shape)
+        elif len(shape) == 2:
+            dx = dx2
+        else:
+            moved = (shape[0],) + shape[2:] + (shape[1],)
+            dx = np.moveaxis(dx2.reshape(moved), -1, 1)
+        return dx, None, None, None, None, None

@@ -1,0 +1,18 @@
+"""Layers, losses and the Module system (``gf.nn``)."""
+
+from . import functional
+from .container import Sequential
+from .linear import Linear
+from .loss import CrossEntropyLoss, MSELoss
+from .module import Module
+from .parameter import Parameter
+
+__all__ = [
+    "Module",
+    "Parameter",
+    "Sequential",
+    "Linear",
+    "MSELoss",
+    "CrossEntropyLoss",
+    "functional",
+]

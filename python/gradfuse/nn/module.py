@@ -1,0 +1,305 @@
+"""Module: the base class of layers, with parameters, buffers, children and state_dict."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, namedtuple
+
+import numpy as np
+
+from ..tensor import Tensor
+from .parameter import Parameter
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class Module:
+    """Base class for layers and models, with PyTorch's API.
+
+    Assigning a :class:`Parameter` or a Module to an attribute registers it; ``parameters()``,
+    ``state_dict()``, ``train()``/``eval()`` and ``zero_grad()`` then walk the tree.
+
+    Example::
+
+        class MLP(gf.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = gf.nn.Linear(4, 8)
+                self.fc2 = gf.nn.Linear(8, 2)
+
+            def forward(self, x):
+                return self.fc2(self.fc1(x))
+    """
+
+    def __init__(self):
+        d = self.__dict__
+        d["training"] = True
+        d["_parameters"] = OrderedDict()
+        d["_buffers"] = OrderedDict()
+        d["_non_persistent"] = set()
+        d["_modules"] = OrderedDict()
+
+    # ------------------------------------------------------------ registration
+    def __setattr__(self, name, value):
+        d = self.__dict__
+        if "_parameters" not in d:
+            raise AttributeError(
+                f"cannot assign {name!r} before Module.__init__() call (call super().__init__())"
+            )
+        params, bufs, mods = d["_parameters"], d["_buffers"], d["_modules"]
+        if isinstance(value, Parameter):
+            bufs.pop(name, None)
+            mods.pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            bufs.pop(name, None)
+            mods[name] = value
+        elif name in bufs and (value is None or isinstance(value, Tensor)):
+            bufs[name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(
+                    f"cannot assign {type(value).__name__} as parameter {name!r} "
+                    "(gf.nn.Parameter or None expected)"
+                )
+            params[name] = None
+        elif name in mods:
+            if value is not None:
+                raise TypeError(
+                    f"cannot assign {type(value).__name__} as child module {name!r} "
+                    "(Module or None expected)"
+                )
+            mods[name] = None
+        # Attributes also live in __dict__: forward() reads self.weight at plain-attribute speed.
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for reg in ("_parameters", "_buffers", "_modules"):
+            self.__dict__[reg].pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name: str, param) -> None:
+        """Register ``param`` (a Parameter or None) under ``name``."""
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"param: expected a Parameter or None, got {type(param).__name__}")
+        if param is None:
+            self.__dict__["_parameters"][name] = None
+            object.__setattr__(self, name, None)
+        else:
+            setattr(self, name, param)
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
+        """Register a non-trainable Tensor (e.g. running statistics) saved in state_dict."""
+        if tensor is not None and not isinstance(tensor, Tensor):
+            tensor = Tensor(np.asarray(tensor))
+        self.__dict__["_buffers"][name] = tensor
+        if not persistent:
+            self.__dict__["_non_persistent"].add(name)
+        object.__setattr__(self, name, tensor)
+
+    def add_module(self, name: str, module) -> None:
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"module: expected a Module, got {type(module).__name__}")
+        self.__dict__["_modules"][name] = module
+        object.__setattr__(self, name, module)
+
+    # ------------------------------------------------------------ calling
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ------------------------------------------------------------ traversal
+    def named_modules(self, prefix: str = "", memo=None):
+        memo = set() if memo is None else memo
+        stack = [(prefix, self)]
+        while stack:
+            name, mod = stack.pop()
+            if id(mod) in memo:
+                continue
+            memo.add(id(mod))
+            yield name, mod
+            children = [
+                (f"{name}.{n}" if name else n, m) for n, m in mod._modules.items() if m is not None
+            ]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self):
+        seen = set()
+        for n, m in self._modules.items():
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                yield n, m
+
+    def children(self):
+        for _, m in self.named_children():
+            yield m
+
+    def _named_members(self, registry: str, prefix: str, recurse: bool):
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mname, mod in mods:
+            for n, v in mod.__dict__[registry].items():
+                if v is None or id(v) in seen:
+                    continue
+                seen.add(id(v))
+                yield (f"{mname}.{n}" if mname else n), v
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        """(name, Parameter) pairs, each parameter once even when shared."""
+        return self._named_members("_parameters", prefix, recurse)
+
+    def parameters(self, recurse: bool = True):
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True):
+        return self._named_members("_buffers", prefix, recurse)
+
+    def buffers(self, recurse: bool = True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every submodule (children first) and on self; returns self."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    # ------------------------------------------------------------ modes
+    def train(self, mode: bool = True):
+        if not isinstance(mode, bool):
+            raise ValueError(f"mode: expected a bool, got {mode!r}")
+        for m in self.modules():
+            m.__dict__["training"] = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def requires_grad_(self, requires_grad: bool = True):
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset gradients: drop them (default, as PyTorch) or zero them in place."""
+        for p in self.parameters():
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.data[...] = 0
+
+    def _cast(self, dtype):
+        dtype = np.dtype(dtype)
+        for p in self.parameters():
+            if p.data.dtype.kind == "f":
+                p.data = p.data.astype(dtype)
+                if p.grad is not None:
+                    p.grad = Tensor(p.grad.data.astype(dtype))
+        for b in self.buffers():
+            if b.data.dtype.kind == "f":
+                b.data = b.data.astype(dtype)
+        return self
+
+    def float(self):
+        """Cast floating parameters and buffers to float32 (in place; returns self)."""
+        return self._cast(np.float32)
+
+    def double(self):
+        """Cast floating parameters and buffers to float64 (in place; returns self)."""
+        return self._cast(np.float64)
+
+    def to(self, dtype_or_device):
+        if isinstance(dtype_or_device, str) and dtype_or_device == "cpu":
+            return self
+        return self._cast(dtype_or_device)
+
+    # ------------------------------------------------------------ state
+    def _state_items(self):
+        for mname, mod in self.named_modules():
+            pre = f"{mname}." if mname else ""
+            for n, p in mod._parameters.items():
+                if p is not None:
+                    yield pre + n, p
+            for n, b in mod._buffers.items():
+                if b is not None and n not in mod._non_persistent:
+                    yield pre + n, b
+
+    def state_dict(self) -> OrderedDict:
+        """Name -> numpy array copy of every parameter and persistent buffer.
+
+        Keys follow PyTorch (``fc1.weight``, ``bn.running_mean``), so a gradfuse state_dict
+        loads into the same PyTorch model after ``torch.from_numpy``. The arrays are copies:
+        a snapshot that later training steps do not change.
+        """
+        return OrderedDict((k, t.data.copy()) for k, t in self._state_items())
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy arrays into the parameters and buffers, in place.
+
+        Everything is checked before anything is written: with ``strict`` (default) missing or
+        unexpected keys raise, and a shape mismatch always raises (ValueError naming the keys);
+        the module is then unchanged. Values may be numpy arrays, Tensors, or anything
+        ``np.asarray`` accepts (PyTorch CPU tensors included). Returns (missing, unexpected).
+        """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
+        own = OrderedDict(self._state_items())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys: {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys: {unexpected}")
+        staged = []
+        for k, t in own.items():
+            if k not in state_dict:
+                continue
+            v = state_dict[k]
+            arr = v.data if isinstance(v, Tensor) else np.asarray(v)
+            if arr.shape != t.data.shape:
+                problems.append(
+                    f"size mismatch for {k}: checkpoint shape {arr.shape}, model shape {t.data.shape}"
+                )
+                continue
+            if not np.can_cast(arr.dtype, t.data.dtype, casting="same_kind"):
+                problems.append(f"dtype mismatch for {k}: checkpoint {arr.dtype}, model {t.data.dtype}")
+                continue
+            staged.append((t, arr))
+        if problems:
+            raise ValueError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: " + "; ".join(problems)
+            )
+        for t, arr in staged:
+            # in place, so views of the data (an optimizer's flat arena) stay valid
+            np.copyto(t.data, arr, casting="same_kind")
+        return IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------ repr
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = []
+        extra = self.extra_repr()
+        if extra:
+            lines.extend(extra.split("\n"))
+        for n, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"({n}): {sub}")
+        main = type(self).__name__ + "("
+        if not lines:
+            return main + ")"
+        if len(lines) == 1 and not self._modules:
+            return main + lines[0] + ")"
+        return main + "\n  " + "\n  ".join(lines) + "\n)"

@@ -1,0 +1,852 @@
+"""Tensor, the autograd tape and the backward engine.
+
+A Tensor holds a numpy array (``.data``) plus what autograd needs: ``requires_grad``,
+``grad`` and the Function node that produced it. Every differentiable op is a
+:class:`Function` subclass (see ``gradfuse.functional``) whose ``forward`` and ``backward``
+sit side by side and work on plain numpy arrays; ``Function.apply`` is the only place that
+wraps arrays into Tensors and records the graph.
+
+``backward()`` walks the graph iteratively (no recursion limit on deep nets), in reverse
+topological order, and accumulates gradients of leaves *in place* into ``.grad``: an optimizer
+that made ``.grad`` a view into its flat arena keeps it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "Tensor",
+    "Function",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
+    "set_grad_enabled",
+    "tensor",
+    "from_numpy",
+    "as_tensor",
+    "zeros",
+    "ones",
+    "full",
+    "empty",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "arange",
+    "float32",
+    "float64",
+    "int64",
+    "int32",
+    "bool_",
+]
+
+float32 = np.dtype(np.float32)
+float64 = np.dtype(np.float64)
+int64 = np.dtype(np.int64)
+int32 = np.dtype(np.int32)
+bool_ = np.dtype(np.bool_)
+
+_DEFAULT_FLOAT = float32
+
+# --------------------------------------------------------------------------- grad mode
+
+_grad_enabled = True
+
+
+def is_grad_enabled() -> bool:
+    """True when new operations are recorded for backward."""
+    return _grad_enabled
+
+
+class set_grad_enabled:
+    """Context manager (and decorator) that turns graph recording on or off.
+
+    Example::
+
+        with gf.set_grad_enabled(False):
+            y = model(x)          # no graph is recorded
+    """
+
+    def __init__(self, mode: bool):
+        self.mode = bool(mode)
+        self.prev = _grad_enabled
+
+    def __enter__(self):
+        global _grad_enabled
+        self.prev = _grad_enabled
+        _grad_enabled = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self.prev
+        return False
+
+    def __call__(self, fn):
+        mode = self.mode
+
+        def wrapper(*args, **kwargs):
+            with set_grad_enabled(mode):
+                return fn(*args, **kwargs)
+
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = getattr(fn, "__doc__", None)
+        return wrapper
+
+
+class no_grad(set_grad_enabled):
+    """Disable graph recording, e.g. for a hand-written parameter update.
+
+    Example::
+
+        with gf.no_grad():
+            w -= lr * w.grad
+    """
+
+    def __init__(self):
+        super().__init__(False)
+
+
+class enable_grad(set_grad_enabled):
+    """Re-enable graph recording inside a ``no_grad`` block."""
+
+    def __init__(self):
+        super().__init__(True)
+
+
+# --------------------------------------------------------------------------- Function
+
+
+class Function:
+    """One differentiable operation: ``forward`` and ``backward`` over numpy arrays.
+
+    Subclasses define two static methods::
+
+        class Exp(Function):
+            @staticmethod
+            def forward(ctx, a):            # arrays in, array out
+                out = np.exp(a)
+                ctx.save_for_backward(out)
+                return out
+
+            @staticmethod
+            def backward(ctx, grad):        # grad of the output -> grads of the inputs
+                (out,) = ctx.saved
+                return (grad * out,)        # one entry per input (None where not needed)
+
+    and are called as ``Exp.apply(tensor)``. Non-Tensor arguments (ints, shapes, flags) pass
+    through to ``forward`` unchanged and get ``None`` as their gradient. The instance is the
+    graph node: it keeps its inputs and what ``forward`` saved until backward releases it.
+    """
+
+    __slots__ = ("inputs", "saved", "needs_input_grad", "released", "__dict__")
+
+    def save_for_backward(self, *arrays):
+        self.saved = arrays
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        ctx = object.__new__(cls)
+        ctx.saved = ()
+        ctx.released = False
+        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        out = cls.forward(ctx, *arrays, **kwargs)
+        if type(out) is not np.ndarray:
+            out = np.asarray(out)
+        if _grad_enabled:
+            needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+            if True in needs:
+                ctx.inputs = args
+                ctx.needs_input_grad = needs
+                t = Tensor.__new__(Tensor)
+                t.data = out
+                t.grad = None
+                t.requires_grad = True
+                t._ctx = ctx
+                t._retains_grad = False
+                return t
+        t = Tensor.__new__(Tensor)
+        t.data = out
+        t.grad = None
+        t.requires_grad = False
+        t._ctx = None
+        t._retains_grad = False
+        return t
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def release(self):
+        """Drop what forward saved (PyTorch frees it after a backward without retain_graph)."""
+        self.saved = ()
+        self.released = True
+        self.__dict__.clear()
+
+
+def _unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum ``grad`` down to ``shape``: the adjoint of numpy broadcasting."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    if lead > 0:
+        grad = grad.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _topological_order(root: Function) -> list:
+    """Nodes reachable from ``root``, each after every node that consumes its output."""
+    order = []
+    seen = set()
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        for t in node.inputs:
+            if isinstance(t, Tensor) and t._ctx is not None and t._ctx not in seen:
+                stack.append((t._ctx, False))
+    order.reverse()
+    return order
+
+
+def _accumulate_leaf(t: Tensor, g: np.ndarray) -> None:
+    if t.grad is None:
+        t.grad = Tensor(np.array(g, dtype=t.data.dtype, copy=True))
+    else:
+        t.grad.data += g  # in place: keeps .grad a view wherever an optimizer put it
+
+
+def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=None):
+    """Propagate ``grad`` (the gradient of ``root``) through the graph.
+
+    With ``capture`` (a list of Tensors) gradients are returned for those tensors instead
+    of being accumulated into any ``.grad`` (this is ``gf.autograd.grad``).
+    """
+    captured = None
+    if capture is not None:
+        captured = {id(t): None for t in capture}
+    if root._ctx is None:  # backward on a leaf
+        if captured is not None:
+            if id(root) in captured:
+                captured[id(root)] = grad
+        else:
+            _accumulate_leaf(root, grad)
+        return captured
+
+    node_tensor = {}
+    if captured is not None:
+        for t in capture:
+            if t._ctx is not None:
+                node_tensor[t._ctx] = t
+    grads = {root._ctx: grad}
+    retained = {root._ctx: root} if root._retains_grad else {}
+    for node in _topological_order(root._ctx):
+        g = grads.pop(node, None)
+        if g is None:
+            continue
+        if node.released:
+            raise RuntimeError(
+                "Trying to backward through the graph a second time (or directly access saved "
+                "tensors after they have already been freed). Specify retain_graph=True if you "
+                "need to backward through the graph a second time."
+            )
+        if captured is not None and node in node_tensor:
+            captured[id(node_tensor[node])] = g
+        elif node in retained:
+            _accumulate_leaf(retained[node], g)
+        in_grads = type(node).backward(node, g)
+        if type(in_grads) is not tuple:
+            in_grads = (in_grads,)
+        needs = node.needs_input_grad
+        for t, need, ig in zip(node.inputs, needs, in_grads):
+            if not need or ig is None:
+                continue
+            if type(ig) is not np.ndarray:
+                ig = np.asarray(ig)
+            if ig.shape != t.data.shape:
+                ig = _unbroadcast(ig, t.data.shape)
+            if ig.dtype != t.data.dtype:
+                ig = ig.astype(t.data.dtype)
+            child = t._ctx
+            if child is None:
+                if captured is not None:
+                    if id(t) in captured:
+                        prev = captured[id(t)]
+                        captured[id(t)] = ig if prev is None else prev + ig
+                else:
+                    _accumulate_leaf(t, ig)
+            else:
+                prev = grads.get(child)
+                grads[child] = ig if prev is None else prev + ig
+                if t._retains_grad and captured is None:
+                    retained[child] = t
+        if not retain_graph:
+            node.release()
+    return captured
+
+
+# --------------------------------------------------------------------------- Tensor
+
+
+def _as_dtype(dtype):
+    if dtype is None:
+        return None
+    if isinstance(dtype, Tensor):
+        raise TypeError("dtype: expected a dtype, got a Tensor")
+    try:
+        return np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype: {dtype!r} is not a dtype") from e
+
+
+def _check_grad_dtype(dtype, requires_grad):
+    if requires_grad and dtype.kind not in "fc":
+        raise TypeError(
+            f"requires_grad: only floating point tensors can require gradients, got {dtype}"
+        )
+
+
+class Tensor:
+    """An n-dimensional array with autograd.
+
+    ``Tensor(array)`` wraps a numpy array without copying; prefer :func:`tensor` (copies,
+    infers float32 for Python floats) or :func:`from_numpy` (shares memory).
+
+    Attributes:
+        data: the numpy array (shared, like PyTorch's ``.data`` but a plain ndarray).
+        grad: a Tensor of the same shape after ``backward()``, or None.
+        requires_grad: whether operations on this tensor are recorded.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_retains_grad", "__weakref__")
+    __array_ufunc__ = None  # numpy defers `ndarray op Tensor` to our reflected methods
+
+    def __init__(self, data, requires_grad: bool = False):
+        if not isinstance(data, np.ndarray):
+            data = np.asarray(data)
+        _check_grad_dtype(data.dtype, requires_grad)
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._ctx = None
+        self._retains_grad = False
+
+    # ------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    def size(self, dim=None):
+        return self.data.shape if dim is None else self.data.shape[dim]
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._ctx is None
+
+    @property
+    def grad_fn(self):
+        return self._ctx
+
+    def __len__(self) -> int:
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    def __repr__(self) -> str:
+        body = np.array2string(self.data, separator=", ", prefix="tensor(")
+        extra = ""
+        if self.data.dtype not in (float32, int64, bool_):
+            extra += f", dtype={self.data.dtype}"
+        if self._ctx is not None:
+            extra += f", grad_fn=<{type(self._ctx).__name__}Backward>"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    # ------------------------------------------------------------ conversion
+    def numpy(self) -> np.ndarray:
+        """The underlying array (shared memory). Like PyTorch, refused while tracking grad."""
+        if self.requires_grad:
+            raise RuntimeError(
+                "Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy()."
+            )
+        return self.data
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.data
+        if dtype is not None and a.dtype != dtype:
+            return a.astype(dtype)
+        return a.copy() if copy else a
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(
+                f"item(): only one element tensors can be converted to Python scalars, "
+                f"got shape {self.data.shape}"
+            )
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise RuntimeError(
+                f"Boolean value of Tensor with more than one value is ambiguous "
+                f"(shape {self.data.shape})"
+            )
+        return bool(self.data.reshape(()))
+
+    def to(self, dtype) -> Tensor:
+        """Cast to ``dtype`` (differentiable between floating types); 'cpu' is a no-op."""
+        if isinstance(dtype, str) and dtype == "cpu":
+            return self
+        from . import functional as F
+
+        return F.Cast.apply(self, dtype=_as_dtype(dtype))
+
+    def float(self) -> Tensor:
+        return self.to(float32)
+
+    def double(self) -> Tensor:
+        return self.to(float64)
+
+    def long(self) -> Tensor:
+        return self.to(int64)
+
+    def detach(self) -> Tensor:
+        """A new leaf sharing this tensor's data, cut from the graph."""
+        return Tensor(self.data, requires_grad=False)
+
+    def clone(self) -> Tensor:
+        from . import functional as F
+
+        return F.Clone.apply(self)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if self._ctx is not None and not requires_grad:
+            raise RuntimeError(
+                "requires_grad_: you can only change requires_grad flags of leaf variables; "
+                "use detach() to get a tensor that does not require grad"
+            )
+        _check_grad_dtype(self.data.dtype, requires_grad)
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` of a non-leaf tensor after backward (leaves always keep it)."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad: can't retain_grad on Tensor that has requires_grad=False")
+        if self._ctx is not None:
+            self._retains_grad = True
+
+    # ------------------------------------------------------------ autograd
+    def backward(self, gradient=None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf in the graph.
+
+        Args:
+            gradient: d(loss)/d(self); may be omitted when ``self`` has one element.
+            retain_graph: keep saved values so backward can run through the graph again.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "element 0 of tensors does not require grad and does not have a grad_fn"
+            )
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs, got shape "
+                    f"{self.data.shape}"
+                )
+            g = np.ones_like(self.data)
+        else:
+            g = gradient.data if isinstance(gradient, Tensor) else np.asarray(gradient)
+            if g.shape != self.data.shape:
+                raise ValueError(
+                    f"gradient: expected shape {self.data.shape} to match the tensor, got {g.shape}"
+                )
+            g = g.astype(self.data.dtype, copy=False)
+        run_backward(self, g, retain_graph)
+
+    def zero_(self) -> Tensor:
+        self._check_inplace()
+        self.data[...] = 0
+        return self
+
+    def fill_(self, value) -> Tensor:
+        self._check_inplace()
+        self.data[...] = value
+        return self
+
+    def copy_(self, src) -> Tensor:
+        self._check_inplace()
+        src = src.data if isinstance(src, Tensor) else np.asarray(src)
+        try:
+            np.copyto(self.data, np.broadcast_to(src, self.data.shape), casting="same_kind")
+        except ValueError as e:
+            raise ValueError(f"copy_: cannot copy shape {src.shape} into {self.data.shape}") from e
+        return self
+
+    def _check_inplace(self):
+        if _grad_enabled and self.requires_grad:
+            raise RuntimeError(
+                "a leaf Variable that requires grad is being used in an in-place operation; "
+                "wrap the update in `with gf.no_grad():`"
+                if self._ctx is None
+                else "in-place operation on a tensor recorded in the graph is not supported"
+            )
+
+    def _inplace(self, op, other):
+        self._check_inplace()
+        o = other.data if isinstance(other, Tensor) else other
+        try:
+            op(self.data, o, out=self.data, casting="same_kind")
+        except ValueError as e:
+            oshape = np.shape(o)
+            raise ValueError(
+                f"in-place {op.__name__}: shape {oshape} cannot be broadcast to {self.data.shape}"
+            ) from e
+        return self
+
+    def __iadd__(self, other):
+        return self._inplace(np.add, other)
+
+    def __isub__(self, other):
+        return self._inplace(np.subtract, other)
+
+    def __imul__(self, other):
+        return self._inplace(np.multiply, other)
+
+    def __itruediv__(self, other):
+        return self._inplace(np.divide, other)
+
+    # ------------------------------------------------------------ arithmetic
+    def __add__(self, other):
+        return _F.Add.apply(self, other)
+
+    def __radd__(self, other):
+        return _F.Add.apply(other, self)
+
+    def __sub__(self, other):
+        return _F.Sub.apply(self, other)
+
+    def __rsub__(self, other):
+        return _F.Sub.apply(other, self)
+
+    def __mul__(self, other):
+        return _F.Mul.apply(self, other)
+
+    def __rmul__(self, other):
+        return _F.Mul.apply(other, self)
+
+    def __truediv__(self, other):
+        return _F.Div.apply(self, other)
+
+    def __rtruediv__(self, other):
+        return _F.Div.apply(other, self)
+
+    def __neg__(self):
+        return _F.Neg.apply(self)
+
+    def __pos__(self):
+        return self
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Tensor):
+            if exponent.data.ndim == 0 and not exponent.requires_grad:
+                exponent = exponent.item()
+            else:
+                return exp(exponent * log(self))
+        return _F.Pow.apply(self, exponent=exponent)
+
+    def __rpow__(self, base):
+        # base ** x = exp(x log base): expressed through primitives
+        return exp(self * float(np.log(base)))
+
+    def __matmul__(self, other):
+        return _F.MatMul.apply(self, other)
+
+    def __rmatmul__(self, other):
+        return _F.MatMul.apply(other, self)
+
+    def matmul(self, other):
+        return _F.MatMul.apply(self, other)
+
+    def __abs__(self):
+        return _F.Abs.apply(self)
+
+    # comparisons: not differentiable, return bool tensors
+    def _cmp(self, op, other):
+        o = other.data if isinstance(other, Tensor) else other
+        return Tensor(op(self.data, o))
+
+    def __eq__(self, other):  # noqa: D105
+        return self._cmp(np.equal, other)
+
+    def __ne__(self, other):
+        return self._cmp(np.not_equal, other)
+
+    def __lt__(self, other):
+        return self._cmp(np.less, other)
+
+    def __le__(self, other):
+        return self._cmp(np.less_equal, other)
+
+    def __gt__(self, other):
+        return self._cmp(np.greater, other)
+
+    def __ge__(self, other):
+        return self._cmp(np.greater_equal, other)
+
+    __hash__ = object.__hash__
+
+    # ------------------------------------------------------------ math
+    def exp(self):
+        return _F.Exp.apply(self)
+
+    def log(self):
+        return _F.Log.apply(self)
+
+    def sqrt(self):
+        return _F.Sqrt.apply(self)
+
+    def abs(self):
+        return _F.Abs.apply(self)
+
+    def sum(self, dim=None, keepdim: bool = False):
+        return _F.Sum.apply(self, dim=dim, keepdim=keepdim)
+
+    def mean(self, dim=None, keepdim: bool = False):
+        return _F.Mean.apply(self, dim=dim, keepdim=keepdim)
+
+    def max(self, dim=None, keepdim: bool = False):
+        return _F.max(self, dim=dim, keepdim=keepdim)
+
+    def argmax(self, dim=None, keepdim: bool = False):
+        if dim is None:
+            return Tensor(np.asarray(np.argmax(self.data)))
+        return Tensor(np.argmax(self.data, axis=dim, keepdims=keepdim))
+
+    # ------------------------------------------------------------ shape
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _F.Reshape.apply(self, shape=shape)
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        shp = self.data.shape
+        if not shp:
+            return self.reshape(1)
+        s = start_dim % len(shp)
+        e = end_dim % len(shp)
+        return self.reshape(shp[:s] + (-1,) + shp[e + 1 :])
+
+    def transpose(self, dim0: int, dim1: int):
+        nd = max(self.data.ndim, 1)
+        perm = list(range(self.data.ndim))
+        perm[dim0 % nd], perm[dim1 % nd] = perm[dim1 % nd], perm[dim0 % nd]
+        return _F.Permute.apply(self, dims=tuple(perm))
+
+    def permute(self, *dims):
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        if sorted(d % max(self.data.ndim, 1) for d in dims) != list(range(self.data.ndim)):
+            raise ValueError(f"permute: dims {dims} are not a permutation of {self.data.ndim} dims")
+        return _F.Permute.apply(self, dims=tuple(d % self.data.ndim for d in dims))
+
+    @property
+    def T(self):
+        return _F.Permute.apply(self, dims=tuple(reversed(range(self.data.ndim))))
+
+    def unsqueeze(self, dim: int):
+        nd = self.data.ndim + 1
+        d = dim % nd
+        return self.reshape(self.data.shape[:d] + (1,) + self.data.shape[d:])
+
+    def squeeze(self, dim=None):
+        if dim is None:
+            return self.reshape(tuple(s for s in self.data.shape if s != 1))
+        d = dim % max(self.data.ndim, 1)
+        if self.data.shape[d] != 1:
+            return self
+        return self.reshape(self.data.shape[:d] + self.data.shape[d + 1 :])
+
+    def __getitem__(self, index):
+        return _F.Index.apply(self, index=_F.normalize_index(index))
+
+
+def _from_data(data, dtype, copy: bool):
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, np.ndarray):
+        arr = np.array(data, dtype=dtype, copy=copy) if (copy or dtype is not None) else data
+        return arr
+    arr = np.array(data, dtype=dtype)
+    if dtype is None and arr.dtype == np.float64:
+        # Python floats default to float32, as in PyTorch; numpy float64 arrays stay float64.
+        arr = arr.astype(_DEFAULT_FLOAT)
+    if arr.dtype.kind == "O":
+        raise TypeError(f"data: could not infer a numeric dtype from {type(data).__name__}")
+    return arr
+
+
+def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
+    """A new tensor holding a copy of ``data``.
+
+    Python floats become float32, Python ints int64, numpy arrays keep their dtype.
+
+    Example::
+
+        >>> gf.tensor([[1.0, 2.0]], requires_grad=True).shape
+        (1, 2)
+    """
+    return Tensor(_from_data(data, _as_dtype(dtype), copy=True), requires_grad=requires_grad)
+
+
+def as_tensor(data, dtype=None) -> Tensor:
+    """Like :func:`tensor` but shares memory with a numpy array when no cast is needed."""
+    if isinstance(data, Tensor) and (dtype is None or data.dtype == _as_dtype(dtype)):
+        return data
+    return Tensor(_from_data(data, _as_dtype(dtype), copy=False))
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with ``array`` (changes to one show in the other)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"array: expected np.ndarray, got {type(array).__name__}")
+    return Tensor(array)
+
+
+def _shape_args(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    for s in shape:
+        if not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"size: expected non-negative integers, got {shape}")
+    return tuple(int(s) for s in shape)
+
+
+def _factory(fill, shape, dtype, requires_grad):
+    dt = _as_dtype(dtype) or _DEFAULT_FLOAT
+    _check_grad_dtype(dt, requires_grad)
+    if fill is None:
+        arr = np.empty(shape, dtype=dt)
+    elif fill == 0:
+        arr = np.zeros(shape, dtype=dt)
+    else:
+        arr = np.full(shape, fill, dtype=dt)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def zeros(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Tensor of zeros, e.g. ``gf.zeros(3, 4)`` or ``gf.zeros((3, 4), dtype=gf.float64)``."""
+    return _factory(0, _shape_args(size), dtype, requires_grad)
+
+
+def ones(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Tensor of ones, e.g. ``gf.ones(2, 3)``."""
+    return _factory(1, _shape_args(size), dtype, requires_grad)
+
+
+def empty(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Uninitialized tensor (large ones come from the memory pool, pages already mapped)."""
+    return _factory(None, _shape_args(size), dtype, requires_grad)
+
+
+def full(size, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Tensor of ``fill_value``, e.g. ``gf.full((2, 2), 7.0)``."""
+    if dtype is None and isinstance(fill_value, (bool, np.bool_)):
+        dtype = bool_
+    elif dtype is None and isinstance(fill_value, (int, np.integer)):
+        dtype = int64
+    return _factory(fill_value, _shape_args((size,)), dtype, requires_grad)
+
+
+def zeros_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Zeros with the shape (and dtype, unless given) of ``t``."""
+    src = t.data if isinstance(t, Tensor) else np.asarray(t)
+    return _factory(0, src.shape, dtype or src.dtype, requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Ones with the shape (and dtype, unless given) of ``t``."""
+    src = t.data if isinstance(t, Tensor) else np.asarray(t)
+    return _factory(1, src.shape, dtype or src.dtype, requires_grad)
+
+
+def full_like(t, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
+    src = t.data if isinstance(t, Tensor) else np.asarray(t)
+    return _factory(fill_value, src.shape, dtype or src.dtype, requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Values from ``start`` to ``end`` (exclusive): int64 for integer arguments, else float32.
+
+    Example::
+
+        >>> gf.arange(3).tolist()
+        [0, 1, 2]
+    """
+    if end is None:
+        start, end = 0, start
+    if step == 0:
+        raise ValueError("step: must be non-zero")
+    if dtype is None:
+        ints = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
+        dtype = int64 if ints else _DEFAULT_FLOAT
+    dt = _as_dtype(dtype)
+    _check_grad_dtype(dt, requires_grad)
+    return Tensor(np.arange(start, end, step, dtype=dt), requires_grad=requires_grad)
+
+
+def exp(x):
+    return _F.Exp.apply(x)
+
+
+def log(x):
+    return _F.Log.apply(x)
+
+
+from . import functional as _F  # noqa: E402  (functional imports Function from this module)

@@ -25,7 +25,12 @@ GF_TARGET_CLONES T ce_forward_row(const T* x, int64_t c, int64_t y, const T* w, 
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < c; ++j) m = x[j] > m ? x[j] : m;
   T s = 0, dev = 0;  // dev = sum_j w_j (m - x_j): every term >= 0, so no cancellation
-  if (w) {
+  if (eps == 0.0) {
+    // without smoothing only the target's logit matters: a huge spread of the others
+    // (dev overflowing to inf) must not turn the loss into 0 * inf = nan
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < c; ++j) s += exp_t<T>(x[j] - m);
+  } else if (w) {
 #pragma omp simd reduction(+ : s, dev)
     for (int64_t j = 0; j < c; ++j) {
       s += exp_t<T>(x[j] - m);
@@ -41,9 +46,12 @@ GF_TARGET_CLONES T ce_forward_row(const T* x, int64_t c, int64_t y, const T* w, 
   const T log_s = std::log(s);
   const T lse = m + log_s;
   const T wy = w ? w[y] : T(1);
-  // sum_j w_j (lse - x_j) = W (lse - m) + sum_j w_j (m - x_j)
-  const T smooth = wsum * log_s + dev;
-  *loss = T(1 - eps) * wy * (lse - x[y]) + T(eps / double(c)) * smooth;
+  *loss = wy * (lse - x[y]);
+  if (eps != 0.0) {
+    // sum_j w_j (lse - x_j) = W (lse - m) + sum_j w_j (m - x_j)
+    const T smooth = wsum * log_s + dev;
+    *loss = T(1 - eps) * *loss + T(eps / double(c)) * smooth;
+  }
   return lse;
 }
 

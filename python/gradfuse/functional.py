@@ -16,7 +16,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _backend
-from .tensor import Function, Tensor
+from .tensor import Function, Tensor, _unbroadcast
 
 # --------------------------------------------------------------------------- helpers
 
@@ -154,18 +154,14 @@ class MatMul(Function):
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g
+        if b.ndim == 1:  # restore the dropped column axis first, then the dropped row axis
+            g2 = g2[..., None]
         if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
-        if b.ndim == 1:
-            g2 = np.expand_dims(g2, -1)
+            g2 = g2[..., None, :]
         ga = gb = None
         if na:
-            from .tensor import _unbroadcast
-
             ga = _unbroadcast(np.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
         if nb:
-            from .tensor import _unbroadcast
-
             gb = _unbroadcast(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape)
         return ga, gb
 
@@ -259,10 +255,11 @@ def _axes(dim, ndim):
         return None
     dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
     out = []
+    n = ndim if ndim > 0 else 1  # a 0-d tensor accepts dim 0 / -1, as in PyTorch
     for d in dims:
-        if not -max(ndim, 1) <= d < max(ndim, 1):
+        if not -n <= d < n:
             raise IndexError(f"dim: {d} is out of range for a tensor with {ndim} dimensions")
-        out.append(int(d) % max(ndim, 1))
+        out.append(int(d) % n)
     return tuple(out)
 
 
@@ -554,12 +551,13 @@ class Linear(Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved
-        nx, nw, nb = ctx.needs_input_grad
+        nx, nw, nb = (ctx.needs_input_grad + (False,))[:3]  # bias may be absent
         g2 = g.reshape(-1, w.shape[0])
         gx = np.matmul(g2, w).reshape(x.shape) if nx else None
         gw = np.matmul(g2.T, x.reshape(-1, w.shape[1])) if nw else None
-        gb = g2.sum(axis=0) if nb else None
-        return gx, gw, gb
+        if len(ctx.needs_input_grad) == 2:
+            return gx, gw
+        return gx, gw, (g2.sum(axis=0) if nb else None)
 
 
 _REDUCTIONS = ("mean", "sum", "none")

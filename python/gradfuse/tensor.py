@@ -40,6 +40,8 @@ __all__ = [
     "bool_",
 ]
 
+_new = object.__new__
+
 float32 = np.dtype(np.float32)
 float64 = np.dtype(np.float64)
 int64 = np.dtype(np.int64)
@@ -139,38 +141,33 @@ class Function:
     graph node: it keeps its inputs and what ``forward`` saved until backward releases it.
     """
 
-    __slots__ = ("inputs", "saved", "needs_input_grad", "released", "__dict__")
+    # Class-level defaults: a node only writes what differs (this is the hot path of every op).
+    inputs = ()
+    saved = ()
+    needs_input_grad = ()
+    released = False
 
     def save_for_backward(self, *arrays):
         self.saved = arrays
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        ctx = object.__new__(cls)
-        ctx.saved = ()
-        ctx.released = False
-        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
-        out = cls.forward(ctx, *arrays, **kwargs)
+        ctx = _new(cls)
+        out = cls.forward(ctx, *[a.data if isinstance(a, Tensor) else a for a in args], **kwargs)
         if type(out) is not np.ndarray:
             out = np.asarray(out)
-        if _grad_enabled:
-            needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-            if True in needs:
-                ctx.inputs = args
-                ctx.needs_input_grad = needs
-                t = Tensor.__new__(Tensor)
-                t.data = out
-                t.grad = None
-                t.requires_grad = True
-                t._ctx = ctx
-                t._retains_grad = False
-                return t
-        t = Tensor.__new__(Tensor)
+        t = _new(Tensor)
         t.data = out
-        t.grad = None
-        t.requires_grad = False
-        t._ctx = None
-        t._retains_grad = False
+        if _grad_enabled:
+            for a in args:
+                if isinstance(a, Tensor) and a.requires_grad:
+                    ctx.inputs = args
+                    ctx.needs_input_grad = tuple(
+                        isinstance(x, Tensor) and x.requires_grad for x in args
+                    )
+                    t.requires_grad = True
+                    t._ctx = ctx
+                    break
         return t
 
     @staticmethod
@@ -183,9 +180,9 @@ class Function:
 
     def release(self):
         """Drop what forward saved (PyTorch frees it after a backward without retain_graph)."""
-        self.saved = ()
-        self.released = True
+        inputs, needs = self.inputs, self.needs_input_grad
         self.__dict__.clear()
+        self.inputs, self.needs_input_grad, self.released = inputs, needs, True
 
 
 def _unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -334,8 +331,12 @@ class Tensor:
         requires_grad: whether operations on this tensor are recorded.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_retains_grad", "__weakref__")
     __array_ufunc__ = None  # numpy defers `ndarray op Tensor` to our reflected methods
+    # Class-level defaults: Function.apply sets only `data` on a tensor that needs no grad.
+    grad = None
+    requires_grad = False
+    _ctx = None
+    _retains_grad = False
 
     def __init__(self, data, requires_grad: bool = False):
         if not isinstance(data, np.ndarray):

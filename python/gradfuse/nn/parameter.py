@@ -17,8 +17,6 @@ class Parameter(Tensor):
         True
     """
 
-    __slots__ = ()
-
     def __init__(self, data, requires_grad: bool = True):
         if isinstance(data, Tensor):
             data = data.data

@@ -1,0 +1,247 @@
+"""Backward of every op: finite-difference gradcheck in float64, plus graph semantics."""
+
+import numpy as np
+import pytest
+
+import gradfuse as gf
+from gradfuse.autograd import GradcheckError, gradcheck
+
+
+def t64(rng, *shape, positive=False):
+    a = rng.standard_normal(shape)
+    if positive:
+        a = np.abs(a) + 0.5
+    return gf.tensor(a, dtype=gf.float64, requires_grad=True)
+
+
+UNARY = {
+    "neg": lambda a: -a,
+    "exp": lambda a: a.exp(),
+    "log": lambda a: a.log(),
+    "sqrt": lambda a: a.sqrt(),
+    "abs": lambda a: a.abs(),
+    "pow2": lambda a: a**2,
+    "pow_half": lambda a: a**0.5,
+    "pow_neg": lambda a: a**-1.5,
+    "rpow": lambda a: 2.0**a,
+    "sum": lambda a: a.sum(),
+    "sum_dim": lambda a: a.sum(dim=1),
+    "sum_dims_keep": lambda a: a.sum(dim=(0, 2), keepdim=True),
+    "mean": lambda a: a.mean(),
+    "mean_dim": lambda a: a.mean(dim=-1, keepdim=True),
+    "max_all": lambda a: a.max(),
+    "max_dim": lambda a: a.max(dim=1).values,
+    "max_dim_keep": lambda a: a.max(dim=2, keepdim=True).values,
+    "amax_dims": lambda a: gf.amax(a, dim=(1, 2)),
+    "reshape": lambda a: a.reshape(4, -1) * 1.5,
+    "view_flatten": lambda a: a.flatten(1) * 2.0,
+    "transpose": lambda a: a.transpose(0, 2) * 2.0,
+    "permute": lambda a: a.permute(2, 0, 1) * 2.0,
+    "T": lambda a: a.T * 2.0,
+    "index_int": lambda a: a[1],
+    "index_slice": lambda a: a[:, 1:3, ::2],
+    "index_neg_ellipsis": lambda a: a[..., -1],
+    "index_fancy_dupes": lambda a: a[[0, 0, 1]],
+    "index_mask": lambda a: a[a.detach() > 0],
+    "unsqueeze_squeeze": lambda a: a.unsqueeze(0).squeeze(0) * 3.0,
+    "clone": lambda a: a.clone() * 2.0,
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_gradcheck_unary(name, rng):
+    positive = name in ("log", "sqrt", "pow_half", "pow_neg")
+    a = t64(rng, 2, 3, 4, positive=positive)
+    assert gradcheck(UNARY[name], [a])
+
+
+BINARY = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "pow_tensor": lambda a, b: a**b,
+}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+@pytest.mark.parametrize("shapes", [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)),
+                                    ((1,), (3, 2))])
+def test_gradcheck_binary_broadcast(name, shapes, rng):
+    a = t64(rng, *shapes[0], positive=True)
+    b = t64(rng, *shapes[1], positive=True)
+    assert gradcheck(BINARY[name], [a, b])
+
+
+def test_scalar_operands_on_both_sides(rng):
+    a = t64(rng, 3)
+    assert gradcheck(lambda x: 2.0 - x * 3.0 + 1.0 / (x * x + 1.0), [a])
+
+
+@pytest.mark.parametrize("sa,sb", [((3,), (3,)), ((2, 3), (3,)), ((3,), (3, 4)), ((2, 3), (3, 4)),
+                                   ((5, 2, 3), (3, 4)), ((2, 3), (5, 3, 4)),
+                                   ((5, 2, 3), (1, 3, 4)), ((3,), (2, 3, 4))])
+def test_gradcheck_matmul(sa, sb, rng):
+    a, b = t64(rng, *sa), t64(rng, *sb)
+    out = a @ b
+    assert out.shape == np.matmul(a.data, b.data).shape
+    assert gradcheck(lambda x, y: x @ y, [a, b])
+
+
+def test_gradcheck_cat_stack(rng):
+    a, b, c = t64(rng, 2, 3), t64(rng, 4, 3), t64(rng, 2, 3)
+    assert gradcheck(lambda x, y: gf.cat([x, y], dim=0) * 2.0, [a, b])
+    assert gradcheck(lambda x, y: gf.stack([x, y], dim=1) * 2.0, [a, c])
+    assert gradcheck(lambda x, y: gf.cat([x, y], dim=-1) * 2.0, [a, c])
+
+
+def test_gradcheck_linear_mse_cross_entropy(rng):
+    x, w, b = t64(rng, 5, 4), t64(rng, 3, 4), t64(rng, 3)
+    assert gradcheck(lambda x, w, b: gf.nn.functional.linear(x, w, b), [x, w, b])
+    y = t64(rng, 5, 3)
+    assert gradcheck(lambda x, y: gf.nn.functional.mse_loss(x, y), [t64(rng, 5, 3), y])
+    t = gf.tensor(rng.integers(0, 3, 5))
+    wt = gf.tensor(rng.random(3) + 0.5, dtype=gf.float64)
+    for red in ("mean", "sum", "none"):
+        assert gradcheck(
+            lambda z: gf.nn.functional.cross_entropy(z, t, weight=wt, reduction=red,
+                                                     label_smoothing=0.2),
+            [t64(rng, 5, 3)],
+        )
+
+
+def test_gradcheck_detects_a_wrong_backward(rng):
+    class BadSquare(gf.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a)
+            return a * a
+
+        @staticmethod
+        def backward(ctx, g):
+            (a,) = ctx.saved
+            return (g * a,)  # missing the factor 2
+
+    with pytest.raises(GradcheckError, match="inputs\\[0\\]"):
+        gradcheck(BadSquare.apply, [t64(rng, 3)])
+
+
+def test_gradcheck_requires_float64():
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(lambda a: a * 2, [gf.ones(2, requires_grad=True)])
+
+
+def test_broadcast_gradient_reduced_to_input_shape(rng):
+    a = gf.tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    b = gf.tensor(rng.standard_normal((1, 3)), requires_grad=True)
+    c = gf.tensor(rng.standard_normal(()), requires_grad=True)
+    ((a * b) + c).sum().backward()
+    assert b.grad.shape == (1, 3) and c.grad.shape == ()
+    np.testing.assert_allclose(b.grad.data, a.data.sum(0, keepdims=True), rtol=1e-6)
+    assert c.grad.item() == 12
+
+
+def test_gradients_accumulate_until_cleared():
+    x = gf.tensor([1.0, 2.0], requires_grad=True)
+    (x * x).sum().backward()
+    (x * 3.0).sum().backward()
+    assert x.grad.tolist() == [5.0, 7.0]
+    g = x.grad
+    (x * 1.0).sum().backward()
+    assert x.grad is g  # accumulated in place, not rebound
+
+
+def test_shared_subexpression_gets_both_paths():
+    x = gf.tensor([2.0], requires_grad=True)
+    y = x * x
+    (y + y * 3.0).sum().backward()  # d/dx 4 x^2 = 8x
+    assert x.grad.tolist() == [16.0]
+
+
+def test_retain_graph_semantics():
+    x = gf.tensor([1.0, 2.0], requires_grad=True)
+    loss = (x * x).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert x.grad.tolist() == [4.0, 8.0]
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()
+
+
+def test_backward_errors():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        gf.ones(2).sum().backward()
+    y = gf.ones(2, requires_grad=True) * 2
+    with pytest.raises(RuntimeError, match="scalar outputs"):
+        y.backward()
+    with pytest.raises(ValueError, match="gradient"):
+        y.backward(gf.ones(3))
+    y.backward(gf.ones(2))
+
+
+def test_leaf_nonleaf_retain_grad_detach():
+    x = gf.tensor([1.0, 2.0], requires_grad=True)
+    h = x * 2.0
+    h.retain_grad()
+    out = h.detach() * h
+    assert x.is_leaf and not h.is_leaf
+    out.sum().backward()
+    assert h.grad.tolist() == [2.0, 4.0]  # only through the non-detached factor
+    assert x.grad.tolist() == [4.0, 8.0]
+    with pytest.raises(RuntimeError, match="leaf"):
+        h.requires_grad_(False)
+
+
+def test_deep_graph_has_no_recursion_limit():
+    x = gf.tensor([1.0], requires_grad=True)
+    y = x
+    for _ in range(5000):
+        y = y * 1.0 + 0.0
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0]
+
+
+def test_autograd_grad_does_not_touch_dot_grad(rng):
+    x = gf.tensor([3.0], requires_grad=True)
+    w = gf.tensor([2.0], requires_grad=True)
+    (gx,) = gf.autograd.grad((x * x * w).sum(), [x])
+    assert gx.tolist() == [12.0] and x.grad is None and w.grad is None
+
+
+def test_max_dim_returns_values_and_indices():
+    v, i = gf.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 7.5]], requires_grad=True).max(dim=1)
+    assert v.tolist() == [5.0, 7.5] and i.tolist() == [1, 2] and i.dtype == np.int64
+
+
+def test_max_ties_share_gradient():
+    x = gf.tensor([1.0, 3.0, 3.0], requires_grad=True)
+    x.max().backward()
+    assert x.grad.tolist() == [0.0, 0.5, 0.5]
+
+
+def test_composite_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    a = rng.standard_normal((4, 5))
+    b = rng.standard_normal((5, 3))
+    ga, gb = gf.tensor(a, requires_grad=True), gf.tensor(b, requires_grad=True)
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+
+    def f(lib_a, lib_b, exp, log):
+        h = (lib_a @ lib_b).abs() + 1.0
+        return (log(h) * exp(-h) / h.sqrt()).mean() - (h**1.5).sum() / 7.0
+
+    out_g = f(ga, gb, gf.exp, gf.log)
+    out_t = f(ta, tb, torch.exp, torch.log)
+    out_g.backward()
+    out_t.backward()
+    np.testing.assert_allclose(out_g.item(), out_t.item(), rtol=1e-12)
+    np.testing.assert_allclose(ga.grad.data, ta.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gb.grad.data, tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_float32_stays_float32_with_python_scalars():
+    x = gf.ones(3, requires_grad=True)
+    y = (x * 0.5 + 2.0) / 3.0 - 1.0
+    assert y.dtype == np.float32
+    y.sum().backward()
+    assert x.grad.dtype == np.float32

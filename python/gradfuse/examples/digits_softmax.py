@@ -28,7 +28,9 @@ def load_digits_split(seed: int = 0, val_fraction: float = 0.2):
     return (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val])
 
 
-def run(epochs: int = 30, lr: float = 0.1, batch_size: int = 64, seed: int = 0) -> int:
+def train(epochs: int = 30, lr: float = 0.1, batch_size: int = 64, seed: int = 0,
+          log=print) -> float:
+    """Train and return the final validation accuracy."""
     (xtr, ytr), (xva, yva) = load_digits_split(seed)
     mean, std = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xva = (xtr - mean) / std, (xva - mean) / std
@@ -36,7 +38,7 @@ def run(epochs: int = 30, lr: float = 0.1, batch_size: int = 64, seed: int = 0) 
     model = gf.nn.Linear(64, 10)
     loss_fn = gf.nn.CrossEntropyLoss()
     rng = np.random.default_rng(seed)
-    print(f"digits: {len(xtr)} train / {len(xva)} validation samples, 64 features, 10 classes")
+    log(f"digits: {len(xtr)} train / {len(xva)} validation samples, 64 features, 10 classes")
     t0 = time.perf_counter()
     acc = 0.0
     for epoch in range(1, epochs + 1):
@@ -55,6 +57,17 @@ def run(epochs: int = 30, lr: float = 0.1, batch_size: int = 64, seed: int = 0) 
             pred = model(gf.from_numpy(xva)).argmax(dim=1).numpy()
         acc = float((pred == yva).mean())
         if epoch == 1 or epoch % 5 == 0 or epoch == epochs:
-            print(f"epoch {epoch:3d}  train loss {total / len(xtr):.4f}  val accuracy {acc:.3f}")
-    print(f"done in {time.perf_counter() - t0:.2f} s: validation accuracy {acc:.3f}")
+            log(f"epoch {epoch:3d}  train loss {total / len(xtr):.4f}  val accuracy {acc:.3f}")
+    log(f"done in {time.perf_counter() - t0:.2f} s: validation accuracy {acc:.3f}")
+    return acc
+
+
+def run(epochs: int = 30, lr: float = 0.1, batch_size: int = 64, seed: int = 0) -> int:
+    """The ``gradfuse demo`` command."""
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if v < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}: expected an integer >= 1, got {v}")
+    if not lr > 0:
+        raise SystemExit(f"--lr: expected a positive learning rate, got {lr}")
+    train(epochs, lr, batch_size, seed)
     return 0

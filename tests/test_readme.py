@@ -1,0 +1,18 @@
+"""The README's quick start runs and does what it says."""
+
+import pathlib
+import re
+
+import numpy as np
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_quick_start_runs_and_fits(capsys):
+    text = README.read_text()
+    block = re.search(r"## Quick start\n+```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README quick start", "exec"), scope)
+    model = scope["model"]
+    np.testing.assert_allclose(model.weight.data.ravel(), [2.0, -1.0, 0.5], atol=1e-3)
+    np.testing.assert_allclose(model.bias.data, [0.3], atol=1e-3)

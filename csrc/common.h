@@ -68,12 +68,13 @@ inline float bits_to_float(int32_t i) {
 // exp(x) = 2^k * exp(r), k = round(x / ln 2), r = x - k ln 2 split in two parts
 // (Cody-Waite) so r is exact; exp(r) on |r| <= ln2/2 by Cephes' degree-6 polynomial
 // (max rel. error ~1.5 ulp). 2^k is applied as 2^(k/2) * 2^(k - k/2) so that both factors
-// stay normal for k in [-150, 128]: gradual underflow and exp(88.7) come out right.
+// stay normal for k in [-150, 128]: gradual underflow comes out right, and past
+// ln(FLT_MAX) = 88.72 the product overflows to inf by itself. NaN passes through the clamps
+// (comparisons with NaN are false) and the arithmetic, so no select is needed for it either:
+// about 25 vector instructions per 16 floats with AVX-512.
 inline float exp_f32(float x) {
-  constexpr float kHi = 88.72283935546875f;   // exp(kHi) ~ FLT_MAX
-  constexpr float kLo = -103.97208404541015f;  // exp(kLo) < smallest denormal / 2
-  float xc = x > kHi ? kHi : x;
-  xc = xc < kLo ? kLo : xc;
+  float xc = x > 89.0f ? 89.0f : x;
+  xc = xc < -104.0f ? -104.0f : xc;
   // round to nearest by the 1.5 * 2^23 trick: vectorizes without SSE4.1's roundps
   const float kf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = xc - kf * 0.693359375f;
@@ -88,10 +89,81 @@ inline float exp_f32(float x) {
   const int32_t k = static_cast<int32_t>(kf);
   const int32_t k1 = k >> 1;
   const int32_t k2 = k - k1;
-  float y = p * bits_to_float((k1 + 127) << 23) * bits_to_float((k2 + 127) << 23);
-  y = x > kHi ? __builtin_inff() : y;
-  y = x < kLo ? 0.0f : y;
-  return x != x ? x : y;  // NaN in, NaN out
+  return p * bits_to_float((k1 + 127) << 23) * bits_to_float((k2 + 127) << 23);
+}
+
+// ---- row loops without a scalar tail
+// The body of a row runs as an ordinary vectorized loop over its whole blocks of kLanes
+// elements; the last partial block goes through the same vector code on a padded copy,
+// masked. GCC 12 would otherwise run the remainder through a scalar epilogue: a 10-class
+// cross-entropy row is all remainder at AVX-512 width, and that epilogue was 80% of its time.
+constexpr int64_t kLanes = 16;
+
+template <typename T>
+struct PaddedTail {  // x[full .. n) copied into a full block, padded with x[0] (a real value)
+  alignas(64) T v[kLanes];
+  int64_t full, rem;
+  PaddedTail(const T* x, int64_t n) : full(n - n % kLanes), rem(n % kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) v[j] = j < rem ? x[full + j] : x[0];
+  }
+};
+
+// sum over j < n of f(x[j]) (weighted form: f(x[j], w[j]))
+template <typename T, typename F>
+inline T lane_sum(const T* x, int64_t n, F f) {
+  const PaddedTail<T> t(x, n);
+  T s = 0, st = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < t.full; ++j) s += f(x[j]);
+#pragma omp simd reduction(+ : st)
+  for (int64_t j = 0; j < kLanes; ++j) st += j < t.rem ? f(t.v[j]) : T(0);
+  return s + st;
+}
+
+template <typename T, typename F>
+inline T lane_sum(const T* x, const T* w, int64_t n, F f) {
+  const PaddedTail<T> t(x, n), tw(w, n);
+  T s = 0, st = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < t.full; ++j) s += f(x[j], w[j]);
+#pragma omp simd reduction(+ : st)
+  for (int64_t j = 0; j < kLanes; ++j) st += j < t.rem ? f(t.v[j], tw.v[j]) : T(0);
+  return s + st;
+}
+
+// max over j < n of x[j] (n >= 1); NaN elements are skipped here and caught downstream.
+template <typename T>
+inline T lane_max(const T* x, int64_t n) {
+  const PaddedTail<T> t(x, n);  // padding with x[0] cannot raise the max
+  T m = x[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < t.full; ++j) m = x[j] > m ? x[j] : m;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < kLanes; ++j) m = t.v[j] > m ? t.v[j] : m;
+  return m;
+}
+
+// out[j] = f(x[j]) for j < n (weighted form: f(x[j], w[j]))
+template <typename T, typename F>
+inline void lane_map(const T* x, int64_t n, T* out, F f) {
+  const PaddedTail<T> t(x, n);
+#pragma omp simd
+  for (int64_t j = 0; j < t.full; ++j) out[j] = f(x[j]);
+  alignas(64) T o[kLanes];
+#pragma omp simd
+  for (int64_t j = 0; j < kLanes; ++j) o[j] = f(t.v[j]);
+  for (int64_t j = 0; j < t.rem; ++j) out[t.full + j] = o[j];
+}
+
+template <typename T, typename F>
+inline void lane_map(const T* x, const T* w, int64_t n, T* out, F f) {
+  const PaddedTail<T> t(x, n), tw(w, n);
+#pragma omp simd
+  for (int64_t j = 0; j < t.full; ++j) out[j] = f(x[j], w[j]);
+  alignas(64) T o[kLanes];
+#pragma omp simd
+  for (int64_t j = 0; j < kLanes; ++j) o[j] = f(t.v[j], tw.v[j]);
+  for (int64_t j = 0; j < t.rem; ++j) out[t.full + j] = o[j];
 }
 
 // Error helpers: messages always name the argument and what was expected.

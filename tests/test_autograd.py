@@ -245,3 +245,29 @@ def test_float32_stays_float32_with_python_scalars():
     assert y.dtype == np.float32
     y.sum().backward()
     assert x.grad.dtype == np.float32
+
+
+def test_fresh_gradients_are_adopted_but_never_shared():
+    # backward's own fresh arrays become .grad without a copy; an array that is also held
+    # elsewhere (the other input of an add, the caller's gradient) is copied
+    a = gf.ones(3, requires_grad=True)
+    b = gf.ones(3, requires_grad=True)
+    (a + b).backward(gf.ones(3))
+    a.grad.data[0] = 5.0
+    assert b.grad.data[0] == 1.0
+    user = np.ones(3, np.float32)
+    c = gf.ones(3, requires_grad=True)
+    (c * 1.0).backward(user)
+    c.grad.data[0] = 7.0
+    assert user[0] == 1.0
+    d = gf.ones(3, requires_grad=True)
+    d.backward(user)
+    d.grad.data[1] = 9.0
+    assert user[1] == 1.0
+    x = gf.ones(2, 3, requires_grad=True)
+    loss = gf.nn.functional.cross_entropy(x, gf.tensor([0, 1]))
+    loss.backward()
+    g1 = x.grad
+    gf.nn.functional.cross_entropy(x, gf.tensor([0, 1])).backward()
+    assert x.grad is g1  # later backwards accumulate in place
+    np.testing.assert_allclose(g1.data, 2 * (np.full((2, 3), 1 / 3) - np.eye(2, 3)) / 2, rtol=1e-6)

@@ -21,34 +21,19 @@ inline float exp_t<float>(float x) {
 template <typename T>
 GF_TARGET_CLONES T ce_forward_row(const T* x, int64_t c, int64_t y, const T* w, T wsum,
                                   double eps, T* loss) {
-  T m = x[0];
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < c; ++j) m = x[j] > m ? x[j] : m;
-  T s = 0, dev = 0;  // dev = sum_j w_j (m - x_j): every term >= 0, so no cancellation
-  if (eps == 0.0) {
-    // without smoothing only the target's logit matters: a huge spread of the others
-    // (dev overflowing to inf) must not turn the loss into 0 * inf = nan
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < c; ++j) s += exp_t<T>(x[j] - m);
-  } else if (w) {
-#pragma omp simd reduction(+ : s, dev)
-    for (int64_t j = 0; j < c; ++j) {
-      s += exp_t<T>(x[j] - m);
-      dev += w[j] * (m - x[j]);
-    }
-  } else {
-#pragma omp simd reduction(+ : s, dev)
-    for (int64_t j = 0; j < c; ++j) {
-      s += exp_t<T>(x[j] - m);
-      dev += m - x[j];
-    }
-  }
+  const T m = lane_max(x, c);
+  const T s = lane_sum(x, c, [m](T v) { return exp_t<T>(v - m); });
   const T log_s = std::log(s);
   const T lse = m + log_s;
   const T wy = w ? w[y] : T(1);
   *loss = wy * (lse - x[y]);
   if (eps != 0.0) {
-    // sum_j w_j (lse - x_j) = W (lse - m) + sum_j w_j (m - x_j)
+    // Without smoothing only the target's logit matters (and a huge spread of the others,
+    // making dev inf, must not turn the loss into 0 * inf = nan). With it:
+    // sum_j w_j (lse - x_j) = W (lse - m) + dev, dev = sum_j w_j (m - x_j): every term of
+    // dev is >= 0, so there is no cancellation.
+    const T dev = w ? lane_sum(x, w, c, [m](T v, T wv) { return wv * (m - v); })
+                    : lane_sum(x, c, [m](T v) { return m - v; });
     const T smooth = wsum * log_s + dev;
     *loss = T(1 - eps) * *loss + T(eps / double(c)) * smooth;
   }
@@ -62,13 +47,17 @@ GF_TARGET_CLONES void ce_backward_row(const T* x, int64_t c, int64_t y, const T*
   const T a = g * (T(1 - eps) * wy + T(eps / double(c)) * wsum);
   const T b = g * T(eps / double(c));
   if (w) {
-#pragma omp simd
-    for (int64_t j = 0; j < c; ++j) dx[j] = a * exp_t<T>(x[j] - lse) - b * w[j];
+    lane_map(x, w, c, dx, [=](T v, T wv) { return a * exp_t<T>(v - lse) - b * wv; });
   } else {
-#pragma omp simd
-    for (int64_t j = 0; j < c; ++j) dx[j] = a * exp_t<T>(x[j] - lse) - b;
+    lane_map(x, c, dx, [=](T v) { return a * exp_t<T>(v - lse) - b; });
   }
   dx[y] -= g * T(1 - eps) * wy;
+}
+
+template <typename T>
+inline void prefetch_row(const T* p, int64_t n) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t j = 0; j < n; j += kLine) __builtin_prefetch(p + j, 0, 3);
 }
 
 template <typename T>
@@ -98,6 +87,9 @@ CrossEntropySums cross_entropy_forward(const T* logits, const int64_t* target, c
   const T wsum = weight_total(weight, a.c);
   parallel_for(a.n, a.c, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
+      // The exp pass runs from L1 and leaves the memory bus idle: start the next row's load
+      // now so it streams in underneath (a max-then-exp row costs ~1/3 less this way).
+      if (i + 1 < e) prefetch_row(logits + (i + 1) * a.c, a.c);
       const int64_t y = target[i];
       if (y == a.ignore_index) {
         row_loss[i] = 0;

@@ -13,6 +13,8 @@ that made ``.grad`` a view into its flat arena keeps it.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 _new = object.__new__
+_getrefcount = sys.getrefcount
 
 float32 = np.dtype(np.float32)
 float64 = np.dtype(np.float64)
@@ -268,10 +271,13 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
         elif node in retained:
             _accumulate_leaf(retained[node], g)
         in_grads = type(node).backward(node, g)
-        if type(in_grads) is not tuple:
-            in_grads = (in_grads,)
+        in_grads = list(in_grads) if type(in_grads) is tuple else [in_grads]
         needs = node.needs_input_grad
-        for t, need, ig in zip(node.inputs, needs, in_grads):
+        for k, (t, need) in enumerate(zip(node.inputs, needs)):
+            if k >= len(in_grads):
+                break
+            ig = in_grads[k]
+            in_grads[k] = None  # so the refcount below sees only our own reference
             if not need or ig is None:
                 continue
             if type(ig) is not np.ndarray:
@@ -286,6 +292,16 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
                     if id(t) in captured:
                         prev = captured[id(t)]
                         captured[id(t)] = ig if prev is None else prev + ig
+                elif (
+                    t.grad is None
+                    and ig.base is None
+                    and ig.flags.writeable
+                    and _getrefcount(ig) == 2  # `ig` and the call's argument: nobody else
+                ):
+                    # A gradient array that backward just made and nothing else holds becomes
+                    # .grad as it is: copying it would cost a full read+write pass (a third of
+                    # cross entropy's backward at 8192x1000).
+                    t.grad = Tensor(ig)
                 else:
                     _accumulate_leaf(t, ig)
             else:

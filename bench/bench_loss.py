@@ -20,12 +20,8 @@ def _inputs(n: int, c: int):
     return rng.standard_normal((n, c), dtype=np.float32), rng.integers(0, c, n, dtype=np.int64)
 
 
-def _gradfuse(n: int, c: int, backward: bool):
-    import gradfuse as gf
-
-    x, t = _inputs(n, c)
-    x, t = gf.tensor(x, requires_grad=backward), gf.tensor(t)
-    cross_entropy = gf.nn.functional.cross_entropy
+def _autograd_step(x, t, cross_entropy, backward: bool):
+    """The call to time for an autograd library (gradfuse and PyTorch share the API)."""
     if not backward:
         return lambda: cross_entropy(x, t)
 
@@ -34,6 +30,14 @@ def _gradfuse(n: int, c: int, backward: bool):
         cross_entropy(x, t).backward()
 
     return step
+
+
+def _gradfuse(n: int, c: int, backward: bool):
+    import gradfuse as gf
+
+    x, t = _inputs(n, c)
+    x, t = gf.tensor(x, requires_grad=backward), gf.tensor(t)
+    return _autograd_step(x, t, gf.nn.functional.cross_entropy, backward)
 
 
 def _numpy(n: int, c: int, backward: bool):
@@ -65,15 +69,7 @@ def _pytorch(n: int, c: int, backward: bool):
 
     x, t = (torch.tensor(a) for a in _inputs(n, c))  # copies: PyTorch's own allocator
     x.requires_grad_(backward)
-    cross_entropy = torch.nn.functional.cross_entropy
-    if not backward:
-        return lambda: cross_entropy(x, t)
-
-    def step():
-        x.grad = None
-        cross_entropy(x, t).backward()
-
-    return step
+    return _autograd_step(x, t, torch.nn.functional.cross_entropy, backward)
 
 
 def _case(n: int, c: int, backward: bool) -> Case:

@@ -104,7 +104,7 @@ def test_gradcheck_linear_mse_cross_entropy(rng):
     wt = gf.tensor(rng.random(3) + 0.5, dtype=gf.float64)
     for red in ("mean", "sum", "none"):
         assert gradcheck(
-            lambda z: gf.nn.functional.cross_entropy(z, t, weight=wt, reduction=red,
+            lambda z, red=red: gf.nn.functional.cross_entropy(z, t, weight=wt, reduction=red,
                                                      label_smoothing=0.2),
             [t64(rng, 5, 3)],
         )

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-import reference as ref
 
 import gradfuse as gf
 import gradfuse.nn.functional as F
+import reference as ref
 
 CASES = [
     dict(),

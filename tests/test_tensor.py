@@ -69,7 +69,7 @@ def test_comparisons_and_argmax():
     assert t.argmax(dim=1).tolist() == [1, 0]
     assert t.argmax().item() == 2
     assert bool(gf.tensor([1.0]) == 1.0)
-    {t: 1}  # still hashable although __eq__ is elementwise
+    assert {t: 1}[t] == 1  # still hashable although __eq__ is elementwise
 
 
 def test_inplace_update_needs_no_grad():

@@ -1,22 +1,20 @@
 """Type stub of the compiled core. Import through ``gradfuse._backend`` only."""
 
-from typing import Optional
-
 import numpy as np
 
 def cross_entropy_forward(
     input: np.ndarray,
     target: np.ndarray,
-    weight: Optional[np.ndarray],
+    weight: np.ndarray | None,
     ignore_index: int,
     label_smoothing: float,
 ) -> tuple[np.ndarray, np.ndarray, float, float]: ...
 def cross_entropy_backward(
     input: np.ndarray,
     target: np.ndarray,
-    weight: Optional[np.ndarray],
+    weight: np.ndarray | None,
     lse: np.ndarray,
-    grad_output: Optional[np.ndarray],
+    grad_output: np.ndarray | None,
     grad_scale: float,
     ignore_index: int,
     label_smoothing: float,

@@ -8,8 +8,13 @@ Example::
     x.grad            # tensor([[2., 4.]])
 """
 
-from . import _backend  # noqa: F401  (loads the compiled core, installs the memory pool)
-from . import autograd, functional, memory, nn
+from . import (
+    _backend,  # noqa: F401  (loads the compiled core, installs the memory pool)
+    autograd,
+    functional,
+    memory,
+    nn,
+)
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
 from .functional import amax, cat, matmul, max, stack

@@ -132,7 +132,8 @@ class MatMul(Function):
         b = np.asarray(b)
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError(
-                f"matmul: both operands need at least 1 dimension, got shapes {a.shape} and {b.shape}"
+                "matmul: both operands need at least 1 dimension, "
+                f"got shapes {a.shape} and {b.shape}"
             )
         ka = a.shape[-1]
         kb = b.shape[-2] if b.ndim > 1 else b.shape[0]

@@ -493,7 +493,9 @@ class Tensor:
     def retain_grad(self) -> None:
         """Keep ``.grad`` of a non-leaf tensor after backward (leaves always keep it)."""
         if not self.requires_grad:
-            raise RuntimeError("retain_grad: can't retain_grad on Tensor that has requires_grad=False")
+            raise RuntimeError(
+                "retain_grad: can't retain_grad on Tensor that has requires_grad=False"
+            )
         if self._ctx is not None:
             self._retains_grad = True
 

@@ -269,11 +269,14 @@ class Module:
             arr = v.data if isinstance(v, Tensor) else np.asarray(v)
             if arr.shape != t.data.shape:
                 problems.append(
-                    f"size mismatch for {k}: checkpoint shape {arr.shape}, model shape {t.data.shape}"
+                    f"size mismatch for {k}: checkpoint shape {arr.shape}, "
+                    f"model shape {t.data.shape}"
                 )
                 continue
             if not np.can_cast(arr.dtype, t.data.dtype, casting="same_kind"):
-                problems.append(f"dtype mismatch for {k}: checkpoint {arr.dtype}, model {t.data.dtype}")
+                problems.append(
+                    f"dtype mismatch for {k}: checkpoint {arr.dtype}, model {t.data.dtype}"
+                )
                 continue
             staged.append((t, arr))
         if problems:

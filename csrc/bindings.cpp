@@ -12,6 +12,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "common.h"
@@ -36,9 +37,23 @@ std::string shape_str(const py::array& a) {
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+// Equivalence, not identity: an unpickled array or np.longlong carries an equal but distinct
+// descriptor object.
 template <typename T>
 bool is_dtype(const py::array& a) {
-  return a.dtype().is(py::dtype::of<T>());
+  return PyArray_EquivTypes(reinterpret_cast<PyArray_Descr*>(a.dtype().ptr()),
+                            reinterpret_cast<PyArray_Descr*>(py::dtype::of<T>().ptr()));
+}
+
+// Optional array arguments must already be ndarrays: a list converted here would be a
+// temporary freed before the kernel reads it.
+std::optional<py::array> optional_array(const py::object& obj, const char* name) {
+  if (obj.is_none()) return std::nullopt;
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string(name) + ": expected a numpy array or None, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  }
+  return py::reinterpret_borrow<py::array>(obj);
 }
 
 // Checks dtype, ndim and C-contiguity of an array that is about to be read as raw T*.
@@ -98,10 +113,11 @@ CrossEntropyArgs ce_args(const py::array& logits, const py::array& target, int64
   return a;
 }
 
+// `w` is the caller's reference to the weight array: it keeps the memory alive.
 template <typename T>
-const T* optional_weight(const py::object& weight, const CrossEntropyArgs& a) {
-  if (weight.is_none()) return nullptr;
-  py::array w = weight.cast<py::array>();
+const T* checked_weight(const std::optional<py::array>& wopt, const CrossEntropyArgs& a) {
+  if (!wopt) return nullptr;
+  const py::array& w = *wopt;
   check_array<T>(w, "weight", 1);
   if (w.shape(0) != a.c) {
     throw py::value_error("weight: expected shape (" + std::to_string(a.c) + ",), got " +
@@ -114,7 +130,8 @@ template <typename T>
 py::tuple ce_forward_impl(const py::array& logits, const py::array& target,
                           const py::object& weight, const CrossEntropyArgs& a) {
   check_array<T>(logits, "input", 2);
-  const T* w = optional_weight<T>(weight, a);
+  const auto warr = optional_array(weight, "weight");
+  const T* w = checked_weight<T>(warr, a);
   py::array_t<T> row_loss(a.n), lse(a.n);
   T* rl = row_loss.mutable_data();
   T* ls = lse.mutable_data();
@@ -141,19 +158,19 @@ py::array ce_backward_impl(const py::array& logits, const py::array& target,
                            const py::object& grad_rows, double grad_scale,
                            const CrossEntropyArgs& a) {
   check_array<T>(logits, "input", 2);
-  const T* w = optional_weight<T>(weight, a);
+  const auto warr = optional_array(weight, "weight");
+  const T* w = checked_weight<T>(warr, a);
   check_array<T>(lse, "lse", 1);
   if (lse.shape(0) != a.n) throw py::value_error("lse: expected shape (N,) matching input");
   const T* g = nullptr;
-  py::array grows;
-  if (!grad_rows.is_none()) {
-    grows = grad_rows.cast<py::array>();
-    check_array<T>(grows, "grad_output", 1);
-    if (grows.shape(0) != a.n) {
+  const auto grows = optional_array(grad_rows, "grad_output");
+  if (grows) {
+    check_array<T>(*grows, "grad_output", 1);
+    if (grows->shape(0) != a.n) {
       throw py::value_error("grad_output: expected shape (" + std::to_string(a.n) + ",), got " +
-                            shape_str(grows));
+                            shape_str(*grows));
     }
-    g = cptr<T>(grows);
+    g = cptr<T>(*grows);
   }
   py::array_t<T> dlogits({a.n, a.c});
   T* dx = dlogits.mutable_data();
@@ -225,26 +242,35 @@ void* np_realloc(void*, void* ptr, size_t new_size) {
 PyDataMem_Handler pool_handler = {
     "gradfuse_pool", 1, {nullptr, np_malloc, np_calloc, np_realloc, np_free}};
 
-PyObject* g_previous_handler = nullptr;
+// numpy keeps the handler per context (thread / contextvars context), so the questions
+// "is the pool active?" and "switch it off" are answered for the calling context only, by
+// looking at numpy's current handler rather than at state of our own.
+bool pool_handler_active() {
+  PyObject* current = PyDataMem_GetHandler();
+  if (!current) throw py::error_already_set();
+  const bool mine = PyCapsule_GetPointer(current, "mem_handler") == &pool_handler;
+  Py_DECREF(current);
+  return mine;
+}
+
+void set_handler(PyObject* capsule) {
+  PyObject* old = PyDataMem_SetHandler(capsule);
+  if (!old) throw py::error_already_set();
+  Py_DECREF(old);
+}
 
 bool install_numpy_allocator() {
-  if (g_previous_handler != nullptr) return false;  // already installed
+  if (pool_handler_active()) return false;
   PyObject* capsule = PyCapsule_New(&pool_handler, "mem_handler", nullptr);
   if (!capsule) throw py::error_already_set();
-  PyObject* old = PyDataMem_SetHandler(capsule);
+  set_handler(capsule);
   Py_DECREF(capsule);
-  if (!old) throw py::error_already_set();
-  g_previous_handler = old;
   return true;
 }
 
 bool uninstall_numpy_allocator() {
-  if (g_previous_handler == nullptr) return false;
-  PyObject* mine = PyDataMem_SetHandler(g_previous_handler);
-  if (!mine) throw py::error_already_set();
-  Py_DECREF(mine);
-  Py_DECREF(g_previous_handler);
-  g_previous_handler = nullptr;
+  if (!pool_handler_active()) return false;
+  set_handler(PyDataMem_DefaultHandler);  // numpy's own malloc-based handler
   return true;
 }
 
@@ -265,6 +291,11 @@ py::dict pool_stats() {
 
 // A numpy array whose memory comes straight from the pool, whatever the active handler.
 py::array pool_empty(const std::vector<py::ssize_t>& shape, const py::dtype& dtype) {
+  if (PyDataType_REFCHK(reinterpret_cast<PyArray_Descr*>(dtype.ptr()))) {
+    // reused memory is not zeroed: object pointers in it would be garbage
+    throw py::type_error("dtype: the pool holds plain data only, got " +
+                         py::str(dtype).cast<std::string>());
+  }
   size_t count = 1;
   for (auto d : shape) {
     if (d < 0) throw py::value_error("shape: dimensions must be >= 0");
@@ -325,13 +356,11 @@ py::dict build_info() {
   return d;
 }
 
-int get_num_threads() { return max_threads(); }
+int py_get_num_threads() { return gradfuse::num_threads(); }
 
-void set_num_threads(int n) {
+void py_set_num_threads(int n) {
   if (n < 1) throw py::value_error("n: expected a thread count >= 1, got " + std::to_string(n));
-#ifdef GRADFUSE_OPENMP
-  omp_set_num_threads(n);
-#endif
+  gradfuse::set_num_threads(n);
 }
 
 }  // namespace
@@ -357,6 +386,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("pool_empty", &pool_empty, py::arg("shape"), py::arg("dtype"));
 
   m.def("build_info", &build_info);
-  m.def("get_num_threads", &get_num_threads);
-  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &py_get_num_threads);
+  m.def("set_num_threads", &py_set_num_threads, py::arg("n"));
 }

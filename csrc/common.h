@@ -17,13 +17,11 @@ namespace gradfuse {
 // (thread wake-up is ~1-5 us on this machine; a 128x10 loss is well under that).
 constexpr int64_t kParallelGrain = 1 << 15;
 
-inline int max_threads() {
-#ifdef GRADFUSE_OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+// The kernels' thread count, process wide. OpenMP's own setting (omp_set_num_threads) is per
+// calling thread, so a count set from the main thread would not reach kernels launched from a
+// data-loading thread; every parallel region below asks for this count explicitly instead.
+int num_threads();
+void set_num_threads(int n);
 
 // Runs fn(begin, end) over [0, n) in static chunks. Work items must be independent:
 // any reduction across items is done by the caller in a fixed order afterwards, so
@@ -31,8 +29,9 @@ inline int max_threads() {
 template <typename Fn>
 inline void parallel_for(int64_t n, int64_t work_per_item, Fn&& fn) {
 #ifdef GRADFUSE_OPENMP
-  if (n > 1 && n * work_per_item >= kParallelGrain && omp_get_max_threads() > 1) {
-#pragma omp parallel
+  const int threads = num_threads();
+  if (n > 1 && n * work_per_item >= kParallelGrain && threads > 1) {
+#pragma omp parallel num_threads(threads)
     {
       const int64_t nt = omp_get_num_threads();
       const int64_t t = omp_get_thread_num();

@@ -271,3 +271,150 @@ def test_fresh_gradients_are_adopted_but_never_shared():
     gf.nn.functional.cross_entropy(x, gf.tensor([0, 1])).backward()
     assert x.grad is g1  # later backwards accumulate in place
     np.testing.assert_allclose(g1.data, 2 * (np.full((2, 3), 1 / 3) - np.eye(2, 3)) / 2, rtol=1e-6)
+
+
+def test_tensor_exponent_with_negative_and_zero_bases(rng):
+    a = np.array([-2.0, 0.0, 3.0, -1.5])
+    b = np.array([2.0, 2.0, 0.5, 3.0])
+    ta, tb = gf.tensor(a, requires_grad=True), gf.tensor(b, requires_grad=True)
+    out = ta**tb
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(out.data, np.power(a, b))
+    out.sum().backward()
+    np.testing.assert_allclose(ta.grad.data, b * np.power(a, b - 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want_b = np.where(a == 0, 0.0, np.power(a, b) * np.log(a))
+    np.testing.assert_allclose(tb.grad.data, want_b)  # nan for negative bases, as PyTorch
+    assert (2.0 ** gf.tensor([3.0])).item() == 8.0
+    assert ((-2.0) ** gf.tensor([2.0])).item() == 4.0
+    assert (np.array([2.0, 3.0]) ** gf.tensor([2.0, 2.0])).tolist() == [4.0, 9.0]
+    # exponent 0: gradient 0 even at base 0
+    z = gf.tensor([0.0, 5.0], requires_grad=True)
+    (z ** gf.tensor([0.0, 0.0])).sum().backward()
+    assert z.grad.tolist() == [0.0, 0.0]
+    assert gradcheck(lambda x: x ** gf.tensor([2.0, 3.0, 1.0, 4.0], dtype=gf.float64),
+                     [gf.tensor(a, requires_grad=True)])
+
+
+def test_tensor_exponent_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    a = rng.standard_normal((3, 4))
+    b = rng.integers(-2, 4, (3, 4)).astype(np.float64)
+    ga, gb = gf.tensor(a, requires_grad=True), gf.tensor(b, requires_grad=True)
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    (ga**gb).sum().backward()
+    (ta**tb).sum().backward()
+    np.testing.assert_allclose(ga.grad.data, ta.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gb.grad.data, tb.grad.numpy(), rtol=1e-12)  # nan where torch has nan
+
+
+def test_gradcheck_handles_non_contiguous_inputs(rng):
+    x = gf.tensor(rng.standard_normal((3, 4)).T, requires_grad=True)  # F-ordered copy
+    assert not x.data.flags.c_contiguous
+    assert gradcheck(lambda t: (t * t).sum(dim=0), [x])
+
+
+def test_backward_frees_the_graph_so_a_kept_loss_holds_no_activations():
+    import weakref
+
+    x = gf.ones(4, 4, requires_grad=True)
+    h = x * 2.0
+    ref = weakref.ref(h)
+    loss = (h * h).sum()
+    del h
+    loss.backward()
+    assert ref() is None  # the activation died with the graph
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()
+
+
+def test_engine_rejects_wrong_gradients_from_a_function():
+    class WrongShape(gf.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return (np.ones(2),)
+
+    class TooFew(gf.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            return a + b
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g,)
+
+    x = gf.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"WrongShape.*shape \(2,\).*\(3,\)"):
+        WrongShape.apply(x).sum().backward()
+    with pytest.raises(RuntimeError, match="TooFew.backward returned 1 gradients for 2 inputs"):
+        TooFew.apply(x, x).sum().backward()
+
+
+def test_grad_mode_is_per_thread_and_set_grad_enabled_works_as_a_call():
+    import threading
+
+    x = gf.ones(2, requires_grad=True)
+    seen = {}
+    inside = threading.Event()
+    done = threading.Event()
+
+    def other():
+        inside.wait()
+        seen["other"] = (x * 2).requires_grad
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with gf.no_grad():
+        inside.set()
+        done.wait()
+    t.join()
+    assert seen["other"] is True  # the main thread's no_grad does not leak into another
+    gf.set_grad_enabled(False)
+    try:
+        assert not gf.is_grad_enabled() and not (x * 2).requires_grad
+    finally:
+        gf.set_grad_enabled(True)
+    assert (x * 2).requires_grad
+
+    @gf.set_grad_enabled(False)
+    def f():
+        return (x * 2).requires_grad
+
+    assert gf.is_grad_enabled() and f() is False and gf.is_grad_enabled()
+
+
+def test_numpy_scalars_do_not_promote_float32():
+    x = gf.ones(3)
+    assert (x * np.float64(2.0)).dtype == np.float32
+    assert (x * np.sqrt(2.0)).dtype == np.float32
+    assert (x ** np.float64(2.0)).dtype == np.float32
+    assert (gf.arange(4) / 2).dtype == np.float32  # true division of ints, as PyTorch
+
+
+@pytest.mark.parametrize("op", [
+    lambda t: t.unsqueeze(5), lambda t: t.transpose(0, 5), lambda t: t.permute(2, 1),
+    lambda t: t.squeeze(5), lambda t: t.flatten(7), lambda t: t.sum(dim=3), lambda t: t.max(dim=-4),
+])
+def test_out_of_range_dims_raise(op):
+    with pytest.raises((IndexError, ValueError), match="dim"):
+        op(gf.ones(2, 3, 1))
+
+
+def test_zero_d_reductions_take_dim_zero():
+    s = gf.tensor(3.0, requires_grad=True)
+    assert s.sum(0).item() == 3.0 and s.mean(dim=-1).item() == 3.0
+    assert gf.ones(2, 3).sum(dim=()).item() == 6.0  # empty dims reduce everything, as PyTorch
+
+
+def test_autograd_grad_returns_private_copies():
+    a = gf.ones(3, requires_grad=True)
+    b = gf.ones(3, requires_grad=True)
+    g = np.ones(3, np.float32)
+    ga, gb = gf.autograd.grad(a + b, [a, b], grad_output=g)
+    ga[0] = 9.0
+    assert gb[0] == 1.0 and g[0] == 1.0

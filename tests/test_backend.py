@@ -82,3 +82,49 @@ def test_exp_kernel_accuracy_over_the_float_range():
     got = logits.grad.numpy()[:, 1].astype(np.float64)
     want = np.exp(-np.logaddexp(0.0, -x.astype(np.float64)))  # sigmoid without overflow
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=3e-45)
+
+
+def test_optional_arrays_must_be_arrays_and_equal_dtypes_are_accepted():
+    import pickle
+
+    x = np.zeros((4, 6), np.float32)
+    t = np.zeros(4, np.int64)
+    with pytest.raises(TypeError, match="weight: expected a numpy array or None, got list"):
+        ce(x, t, [1.0] * 6)
+    # equal but not identical dtype objects: unpickled arrays, np.longlong labels
+    xs, ts = pickle.loads(pickle.dumps(x)), pickle.loads(pickle.dumps(t))
+    assert ce(xs, ts)[2] == ce(x, t)[2]
+    assert ce(x, t.astype(np.longlong))[2] == ce(x, t)[2]
+
+
+def test_forked_child_runs_parallel_kernels_after_the_parent_did(rng):
+    import multiprocessing as mp
+
+    x = gf.tensor(rng.standard_normal((512, 512)).astype(np.float32))  # parallel-sized
+    t = gf.tensor(rng.integers(0, 512, 512))
+    parent = gf.nn.functional.cross_entropy(x, t).item()
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        res = pool.apply_async(_child_loss, (x.data, t.data))
+        child, child_threads = res.get(timeout=60)  # libgomp without the at-fork hook: hangs
+    assert child == parent and child_threads == 1
+
+
+def _child_loss(x, t):
+    loss = gf.nn.functional.cross_entropy(gf.tensor(x), gf.tensor(t)).item()
+    return loss, gf.get_num_threads()
+
+
+def test_thread_count_is_process_wide():
+    import threading
+
+    n = gf.get_num_threads()
+    seen = []
+    try:
+        gf.set_num_threads(1)
+        th = threading.Thread(target=lambda: seen.append(gf.get_num_threads()))
+        th.start()
+        th.join()
+    finally:
+        gf.set_num_threads(n)
+    assert seen == [1]

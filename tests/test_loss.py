@@ -145,3 +145,13 @@ def test_mse_matches_numpy_and_torch(rng):
 def test_mse_refuses_silent_broadcasting():
     with pytest.raises(ValueError, match=r"\(4, 1\).*\(4,\)"):
         F.mse_loss(gf.zeros(4, 1), gf.zeros(4))
+
+
+def test_hyperparameter_types():
+    x, t = gf.zeros(2, 3), gf.tensor([0, 1])
+    a = F.cross_entropy(x, t, label_smoothing=np.float32(0.1)).item()
+    assert a == pytest.approx(np.log(3), rel=1e-6)
+    with pytest.raises(ValueError, match="ignore_index"):
+        F.cross_entropy(x, t, ignore_index=2**70)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        F.cross_entropy(x, t, label_smoothing=True)

@@ -115,10 +115,45 @@ def test_pool_empty_and_cache_controls():
     del a
     gf.memory.empty_cache()
     assert gf.memory.stats()["bytes_cached"] == 0
+    limit = gf.memory.stats()["cache_limit"]
     gf.memory.set_cache_limit(0)
-    c = np.empty(MB, np.float32)
-    del c
-    assert gf.memory.stats()["bytes_cached"] == 0
-    gf.memory.set_cache_limit(2 << 30)
+    try:
+        c = np.empty(MB, np.float32)
+        del c
+        assert gf.memory.stats()["bytes_cached"] == 0
+    finally:
+        gf.memory.set_cache_limit(limit)
     with pytest.raises(ValueError, match="nbytes"):
         gf.memory.set_cache_limit(-1)
+    with pytest.raises(TypeError, match="plain data"):
+        gf.memory.empty(10, object)  # reused memory would be garbage pointers
+
+
+def test_a_miss_gives_back_cached_blocks_of_other_sizes():
+    gf.memory.empty_cache()
+    small = [np.ones(MB // 4, np.float32) for _ in range(64)]  # 64 x 1 MiB
+    del small
+    assert gf.memory.stats()["bytes_cached"] >= 64 * MB
+    big = np.ones(64 * MB // 4, np.float32)  # a size the cache does not hold
+    assert gf.memory.stats()["bytes_cached"] < 8 * MB  # the small blocks went back to the OS
+    del big
+
+
+def test_pool_switch_is_per_thread_context():
+    import threading
+
+    out = {}
+
+    def worker():
+        out["off_again"] = gf.memory.use_pool_for_numpy(False)  # already numpy's default here
+        out["on"] = gf.memory.use_pool_for_numpy(True)
+        before = gf.memory.stats()["allocs"]
+        a = np.empty(MB, np.float32)
+        out["pooled"] = gf.memory.stats()["allocs"] > before
+        del a
+
+    th = threading.Thread(target=worker)
+    th.start()
+    th.join()
+    assert out == {"off_again": False, "on": True, "pooled": True}
+    assert not gf.memory.use_pool_for_numpy(True)  # still on in the main thread

@@ -158,3 +158,19 @@ def test_quickstart_regression_converges():
                 p -= 0.1 * p.grad
     np.testing.assert_allclose(model.weight.data.ravel(), [2.0, -1.0, 0.5], atol=1e-3)
     np.testing.assert_allclose(model.bias.item(), 0.3, atol=1e-3)
+
+
+def test_buffer_and_dtype_assignment_errors():
+    m = MLP()
+    with pytest.raises(TypeError, match="buffer 'steps'"):
+        m.steps = np.zeros(1)
+    m.steps = gf.ones(1)
+    assert m.state_dict()["steps"].tolist() == [1.0]
+    with pytest.raises(TypeError, match="floating"):
+        m.to(gf.int64)
+    assert m.fc1.weight.dtype == np.float32
+
+
+def test_sequential_slice_keeps_state_dict_keys():
+    s = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    assert list(s[1:].state_dict()) == ["1.weight", "1.bias"]

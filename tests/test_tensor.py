@@ -118,3 +118,26 @@ def test_numpy_interop():
     assert np.asarray(t).tolist() == [1.0, 2.0]
     r = np.ones(2, np.float32) + t  # numpy defers to the Tensor
     assert isinstance(r, gf.Tensor)
+
+
+def test_setitem_and_iteration():
+    t = gf.zeros(2, 3)
+    t[0] = 5.0
+    t[1, 1:] = gf.tensor([1.0, 2.0])
+    assert t.tolist() == [[5.0, 5.0, 5.0], [0.0, 1.0, 2.0]]
+    assert [r.tolist() for r in t] == [[5.0, 5.0, 5.0], [0.0, 1.0, 2.0]]
+    w = gf.zeros(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        w[0] = 1.0
+    with gf.no_grad():
+        w[0] = 1.0
+    assert w.data[0] == 1.0
+    with pytest.raises(TypeError, match="0-d"):
+        list(gf.tensor(3.0))
+
+
+def test_non_numeric_data_is_refused():
+    with pytest.raises(TypeError, match="expected numbers"):
+        gf.tensor(["a", "b"])
+    with pytest.raises(TypeError, match="expected numbers"):
+        gf.tensor(np.array(["a"]))

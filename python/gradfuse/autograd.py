@@ -36,7 +36,8 @@ def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False):
         g = np.asarray(grad_output.data if isinstance(grad_output, Tensor) else grad_output)
         g = g.astype(output.data.dtype, copy=False)
     captured = run_backward(output, g, retain_graph, capture=inputs)
-    res = tuple(captured[id(t)] for t in inputs)
+    # copies: the engine may hand back grad_output itself, or one array for two inputs
+    res = tuple(None if captured[id(t)] is None else np.array(captured[id(t)]) for t in inputs)
     return res[0] if single else res
 
 
@@ -88,15 +89,16 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     # numerical: central differences, one input element at a time
     with no_grad():
         for i in diff:
-            flat = inputs[i].data.reshape(-1)
+            data = inputs[i].data  # perturbed in place, whatever its memory layout
             numerical = np.zeros_like(analytical[i])
-            for j in range(flat.size):
-                orig = flat[j]
-                flat[j] = orig + eps
+            for j in range(data.size):
+                idx = np.unravel_index(j, data.shape)
+                orig = data[idx]
+                data[idx] = orig + eps
                 plus = np.array(fn(*inputs).data, dtype=np.float64).reshape(-1)
-                flat[j] = orig - eps
+                data[idx] = orig - eps
                 minus = np.array(fn(*inputs).data, dtype=np.float64).reshape(-1)
-                flat[j] = orig
+                data[idx] = orig
                 numerical[:, j] = (plus - minus) / (2 * eps)
             err = np.abs(analytical[i] - numerical)
             bound = atol + rtol * np.abs(numerical)

@@ -76,11 +76,18 @@ class Mul(Function):
         return (g * b if na else None), (g * a if nb else None)
 
 
+def _is_integral(x) -> bool:
+    return isinstance(x, (int, np.integer)) or (isinstance(x, np.ndarray) and x.dtype.kind in "biu")
+
+
 class Div(Function):
     @staticmethod
     def forward(ctx, a, b):
         try:
-            out = a / b
+            if _is_integral(a) and _is_integral(b):  # true division of integers: float32 as in PyTorch
+                out = np.true_divide(a, b, dtype=np.float32)
+            else:
+                out = a / b
         except ValueError as e:
             raise _broadcast_error("div", a, b, e) from None
         ctx.save_for_backward(b, out)
@@ -110,6 +117,8 @@ class Pow(Function):
     def forward(ctx, a, exponent):
         if not isinstance(exponent, (int, float, np.integer, np.floating)):
             raise TypeError(f"exponent: expected a number, got {type(exponent).__name__}")
+        if isinstance(exponent, np.generic):
+            exponent = exponent.item()  # a Python scalar does not promote float32 (NEP 50)
         ctx.save_for_backward(a)
         ctx.p = exponent
         return a**exponent
@@ -121,6 +130,35 @@ class Pow(Function):
         if p == 0:
             return (np.zeros_like(a),)
         return (g * (p * a ** (p - 1)),)
+
+
+class PowTensor(Function):
+    """``a ** b`` with a tensor exponent (PyTorch's pow(Tensor, Tensor))."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = np.power(a, b)
+        except ValueError as e:
+            raise _broadcast_error("pow", a, b, e) from None
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved
+        na, nb = ctx.needs_input_grad
+        ga = gb = None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if na:
+                ga = g * (b * np.power(a, b - 1))
+                ga = np.where(np.asarray(b) == 0, 0.0, ga)  # d/da a^0 = 0, also at a = 0
+            if nb:
+                # d/db a^b = a^b log a; PyTorch takes it as 0 where a == 0 and b >= 0
+                gb = g * (out * np.log(a))
+                gb = np.where((np.asarray(a) == 0) & (np.asarray(b) >= 0), 0.0, gb)
+        return ga, gb
 
 
 class MatMul(Function):
@@ -251,17 +289,28 @@ class Clone(Function):
 # --------------------------------------------------------------------------- reductions
 
 
+def dim_index(dim, ndim: int) -> int:
+    """``dim`` as an index in [0, ndim), or IndexError as PyTorch (a 0-d tensor takes 0, -1)."""
+    n = ndim if ndim > 0 else 1
+    if not isinstance(dim, (int, np.integer)) or not -n <= dim < n:
+        raise IndexError(
+            f"dim: {dim!r} is out of range for a tensor with {ndim} dimensions "
+            f"(expected an int in [{-n}, {n - 1}])"
+        )
+    return int(dim) % n
+
+
 def _axes(dim, ndim):
+    """Reduction axes: None (and an empty tuple, as in PyTorch) reduce everything."""
     if dim is None:
         return None
     dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
-    out = []
-    n = ndim if ndim > 0 else 1  # a 0-d tensor accepts dim 0 / -1, as in PyTorch
-    for d in dims:
-        if not -n <= d < n:
-            raise IndexError(f"dim: {d} is out of range for a tensor with {ndim} dimensions")
-        out.append(int(d) % n)
-    return tuple(out)
+    out = tuple(dim_index(d, ndim) for d in dims)
+    if len(set(out)) != len(out):
+        raise ValueError(f"dim: {dim} names a dimension twice")
+    if not out or ndim == 0:
+        return None
+    return out
 
 
 def _expand_reduced(g, shape, axes, keepdim):

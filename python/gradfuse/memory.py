@@ -1,7 +1,9 @@
 """The caching allocator behind large arrays (DESIGN.md, 'Memory').
 
 On import gradfuse routes numpy's data allocations of 256 KiB and more through a pool in
-``gradfuse._C`` (numpy's NEP 49 allocator hook, for the importing thread's context). Freed
+``gradfuse._C`` (numpy's NEP 49 allocator hook; numpy keeps the handler per thread/context,
+so this covers the importing thread, and other threads can opt in with
+:func:`use_pool_for_numpy`). Freed
 blocks are kept and handed out again, 2 MiB aligned with transparent huge pages, so the
 outputs of a steady-state training step land on pages that are already mapped: no page
 faults, no TLB misses, no zeroing by the kernel. Set ``GRADFUSE_POOL=0`` before import, or call
@@ -33,14 +35,18 @@ def empty_cache() -> None:
 
 
 def set_cache_limit(nbytes: int) -> None:
-    """Keep at most ``nbytes`` of freed blocks for reuse (default 2 GiB)."""
+    """Keep at most ``nbytes`` of freed blocks for reuse (default 1 GiB).
+
+    Independently of the limit, a request the cache cannot serve first gives back cached
+    blocks of other sizes worth as much, so the footprint follows what is in use."""
     if not isinstance(nbytes, int) or nbytes < 0:
         raise ValueError(f"nbytes: expected a non-negative int, got {nbytes!r}")
     _backend.pool_set_cache_limit(nbytes)
 
 
 def use_pool_for_numpy(enabled: bool = True) -> bool:
-    """Route numpy's large allocations in this thread's context through the pool, or stop.
+    """Route numpy's large allocations in this thread's context through the pool, or stop
+    (back to numpy's default allocator).
 
     Returns whether anything changed. Arrays keep the allocator they were made with, so
     switching is safe at any time.

@@ -13,7 +13,9 @@ that made ``.grad`` a view into its flat arena keeps it.
 
 from __future__ import annotations
 
+import functools
 import sys
+import threading
 
 import numpy as np
 
@@ -44,6 +46,12 @@ __all__ = [
 
 _new = object.__new__
 _getrefcount = sys.getrefcount
+# The refcount test that lets backward adopt a fresh gradient array as .grad is exact on the
+# CPython versions below; 3.14's borrowed stack references and free-threaded builds count
+# differently, so there every first gradient is copied instead.
+_ADOPT_FRESH = sys.implementation.name == "cpython" and sys.version_info < (3, 14) and (
+    getattr(sys, "_is_gil_enabled", lambda: True)()
+)
 
 float32 = np.dtype(np.float32)
 float64 = np.dtype(np.float64)
@@ -55,16 +63,68 @@ _DEFAULT_FLOAT = float32
 
 # --------------------------------------------------------------------------- grad mode
 
-_grad_enabled = True
+class _GradMode(threading.local):
+    enabled = True  # every thread starts recording, as in PyTorch
+
+
+_mode = _GradMode()
 
 
 def is_grad_enabled() -> bool:
-    """True when new operations are recorded for backward."""
-    return _grad_enabled
+    """True when new operations are recorded for backward (per thread)."""
+    return _mode.enabled
 
 
-class set_grad_enabled:
-    """Context manager (and decorator) that turns graph recording on or off.
+class _GradModeGuard:
+    """Sets the grad mode on ``__enter__``, restores it on ``__exit__``; also a decorator."""
+
+    mode = True
+
+    def __enter__(self):
+        self.prev = _mode.enabled
+        _mode.enabled = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        _mode.enabled = self.prev
+        return False
+
+    def __call__(self, fn):
+        mode = self.mode
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            prev = _mode.enabled
+            _mode.enabled = mode
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _mode.enabled = prev
+
+        return wrapper
+
+
+class no_grad(_GradModeGuard):
+    """Disable graph recording in this thread, e.g. for a hand-written parameter update.
+
+    Example::
+
+        with gf.no_grad():
+            w -= lr * w.grad
+    """
+
+    mode = False
+
+
+class enable_grad(_GradModeGuard):
+    """Re-enable graph recording inside a ``no_grad`` block."""
+
+    mode = True
+
+
+class set_grad_enabled(_GradModeGuard):
+    """Turn graph recording on or off: as a call (takes effect at once, as in PyTorch), as a
+    context manager (restored on exit) or as a decorator.
 
     Example::
 
@@ -74,49 +134,15 @@ class set_grad_enabled:
 
     def __init__(self, mode: bool):
         self.mode = bool(mode)
-        self.prev = _grad_enabled
+        self.prev = _mode.enabled
+        _mode.enabled = self.mode
 
     def __enter__(self):
-        global _grad_enabled
-        self.prev = _grad_enabled
-        _grad_enabled = self.mode
         return self
 
-    def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self.prev
-        return False
-
     def __call__(self, fn):
-        mode = self.mode
-
-        def wrapper(*args, **kwargs):
-            with set_grad_enabled(mode):
-                return fn(*args, **kwargs)
-
-        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
-        wrapper.__doc__ = getattr(fn, "__doc__", None)
-        return wrapper
-
-
-class no_grad(set_grad_enabled):
-    """Disable graph recording, e.g. for a hand-written parameter update.
-
-    Example::
-
-        with gf.no_grad():
-            w -= lr * w.grad
-    """
-
-    def __init__(self):
-        super().__init__(False)
-
-
-class enable_grad(set_grad_enabled):
-    """Re-enable graph recording inside a ``no_grad`` block."""
-
-    def __init__(self):
-        super().__init__(True)
+        _mode.enabled = self.prev  # used as a decorator: the call itself changed nothing
+        return super().__call__(fn)
 
 
 # --------------------------------------------------------------------------- Function
@@ -156,12 +182,21 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         ctx = _new(cls)
-        out = cls.forward(ctx, *[a.data if isinstance(a, Tensor) else a for a in args], **kwargs)
+        # numpy scalars become Python scalars, which (NEP 50) do not promote: float32 * np.sqrt(2)
+        # stays float32, as PyTorch keeps it
+        out = cls.forward(
+            ctx,
+            *[
+                a.data if isinstance(a, Tensor) else (a.item() if isinstance(a, np.generic) else a)
+                for a in args
+            ],
+            **kwargs,
+        )
         if type(out) is not np.ndarray:
             out = np.asarray(out)
         t = _new(Tensor)
         t.data = out
-        if _grad_enabled:
+        if _mode.enabled:
             for a in args:
                 if isinstance(a, Tensor) and a.requires_grad:
                     ctx.inputs = args
@@ -182,10 +217,11 @@ class Function:
         raise NotImplementedError
 
     def release(self):
-        """Drop what forward saved (PyTorch frees it after a backward without retain_graph)."""
-        inputs, needs = self.inputs, self.needs_input_grad
+        """Drop what forward saved and the links to the inputs, as PyTorch frees a graph after
+        a backward without retain_graph: a loss kept for logging then holds no activations.
+        A later backward reaches this node first and raises."""
         self.__dict__.clear()
-        self.inputs, self.needs_input_grad, self.released = inputs, needs, True
+        self.released = True
 
 
 def _unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -273,9 +309,12 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
         in_grads = type(node).backward(node, g)
         in_grads = list(in_grads) if type(in_grads) is tuple else [in_grads]
         needs = node.needs_input_grad
+        if len(in_grads) != len(needs):
+            raise RuntimeError(
+                f"{type(node).__name__}.backward returned {len(in_grads)} gradients for "
+                f"{len(needs)} inputs"
+            )
         for k, (t, need) in enumerate(zip(node.inputs, needs)):
-            if k >= len(in_grads):
-                break
             ig = in_grads[k]
             in_grads[k] = None  # so the refcount below sees only our own reference
             if not need or ig is None:
@@ -284,6 +323,11 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
                 ig = np.asarray(ig)
             if ig.shape != t.data.shape:
                 ig = _unbroadcast(ig, t.data.shape)
+                if ig.shape != t.data.shape:
+                    raise RuntimeError(
+                        f"{type(node).__name__}.backward returned a gradient of shape {ig.shape} "
+                        f"for input {k} of shape {t.data.shape}"
+                    )
             if ig.dtype != t.data.dtype:
                 ig = ig.astype(t.data.dtype)
             child = t._ctx
@@ -296,6 +340,7 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
                     t.grad is None
                     and ig.base is None
                     and ig.flags.writeable
+                    and _ADOPT_FRESH
                     and _getrefcount(ig) == 2  # `ig` and the call's argument: nobody else
                 ):
                     # A gradient array that backward just made and nothing else holds becomes
@@ -547,7 +592,7 @@ class Tensor:
         return self
 
     def _check_inplace(self):
-        if _grad_enabled and self.requires_grad:
+        if _mode.enabled and self.requires_grad:
             raise RuntimeError(
                 "a leaf Variable that requires grad is being used in an in-place operation; "
                 "wrap the update in `with gf.no_grad():`"
@@ -611,16 +656,12 @@ class Tensor:
         return self
 
     def __pow__(self, exponent):
-        if isinstance(exponent, Tensor):
-            if exponent.data.ndim == 0 and not exponent.requires_grad:
-                exponent = exponent.item()
-            else:
-                return exp(exponent * log(self))
+        if isinstance(exponent, Tensor) or isinstance(exponent, np.ndarray):
+            return _F.PowTensor.apply(self, exponent)
         return _F.Pow.apply(self, exponent=exponent)
 
     def __rpow__(self, base):
-        # base ** x = exp(x log base): expressed through primitives
-        return exp(self * float(np.log(base)))
+        return _F.PowTensor.apply(base, self)
 
     def __matmul__(self, other):
         return _F.MatMul.apply(self, other)
@@ -698,36 +739,46 @@ class Tensor:
         shp = self.data.shape
         if not shp:
             return self.reshape(1)
-        s = start_dim % len(shp)
-        e = end_dim % len(shp)
+        s, e = _F.dim_index(start_dim, len(shp)), _F.dim_index(end_dim, len(shp))
+        if s > e:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
         return self.reshape(shp[:s] + (-1,) + shp[e + 1 :])
 
     def transpose(self, dim0: int, dim1: int):
-        nd = max(self.data.ndim, 1)
+        if self.data.ndim == 0:
+            _F.dim_index(dim0, 0), _F.dim_index(dim1, 0)
+            return self.clone()
+        d0, d1 = _F.dim_index(dim0, self.data.ndim), _F.dim_index(dim1, self.data.ndim)
         perm = list(range(self.data.ndim))
-        perm[dim0 % nd], perm[dim1 % nd] = perm[dim1 % nd], perm[dim0 % nd]
+        perm[d0], perm[d1] = perm[d1], perm[d0]
         return _F.Permute.apply(self, dims=tuple(perm))
 
     def permute(self, *dims):
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
             dims = tuple(dims[0])
-        if sorted(d % max(self.data.ndim, 1) for d in dims) != list(range(self.data.ndim)):
-            raise ValueError(f"permute: dims {dims} are not a permutation of {self.data.ndim} dims")
-        return _F.Permute.apply(self, dims=tuple(d % self.data.ndim for d in dims))
+        nd = self.data.ndim
+        if len(dims) != nd:
+            raise ValueError(f"permute: got {len(dims)} dims {dims} for a {nd}-d tensor")
+        norm = tuple(_F.dim_index(d, nd) for d in dims)
+        if sorted(norm) != list(range(nd)):
+            raise ValueError(f"permute: dims {dims} are not a permutation of {nd} dims")
+        return _F.Permute.apply(self, dims=norm)
 
     @property
     def T(self):
         return _F.Permute.apply(self, dims=tuple(reversed(range(self.data.ndim))))
 
     def unsqueeze(self, dim: int):
-        nd = self.data.ndim + 1
-        d = dim % nd
+        d = _F.dim_index(dim, self.data.ndim + 1)
         return self.reshape(self.data.shape[:d] + (1,) + self.data.shape[d:])
 
     def squeeze(self, dim=None):
         if dim is None:
             return self.reshape(tuple(s for s in self.data.shape if s != 1))
-        d = dim % max(self.data.ndim, 1)
+        if self.data.ndim == 0:
+            _F.dim_index(dim, 0)
+            return self
+        d = _F.dim_index(dim, self.data.ndim)
         if self.data.shape[d] != 1:
             return self
         return self.reshape(self.data.shape[:d] + self.data.shape[d + 1 :])
@@ -735,19 +786,32 @@ class Tensor:
     def __getitem__(self, index):
         return _F.Index.apply(self, index=_F.normalize_index(index))
 
+    def __setitem__(self, index, value):
+        """In-place assignment; like every in-place update, refused on a tensor that requires
+        grad unless inside ``no_grad``."""
+        self._check_inplace()
+        self.data[_F.normalize_index(index)] = value.data if isinstance(value, Tensor) else value
+
+    def __iter__(self):
+        if self.data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.data.shape[0]))
+
 
 def _from_data(data, dtype, copy: bool):
     if isinstance(data, Tensor):
         data = data.data
     if isinstance(data, np.ndarray):
         arr = np.array(data, dtype=dtype, copy=copy) if (copy or dtype is not None) else data
-        return arr
-    arr = np.array(data, dtype=dtype)
-    if dtype is None and arr.dtype == np.float64:
-        # Python floats default to float32, as in PyTorch; numpy float64 arrays stay float64.
-        arr = arr.astype(_DEFAULT_FLOAT)
-    if arr.dtype.kind == "O":
-        raise TypeError(f"data: could not infer a numeric dtype from {type(data).__name__}")
+    else:
+        arr = np.array(data, dtype=dtype)
+        if dtype is None and arr.dtype == np.float64:
+            # Python floats default to float32, as in PyTorch; numpy float64 arrays stay float64.
+            arr = arr.astype(_DEFAULT_FLOAT)
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(
+            f"data: expected numbers, got {type(data).__name__} of dtype {arr.dtype}"
+        )
     return arr
 
 

@@ -41,8 +41,8 @@ class Sequential(Module):
 
     def __getitem__(self, idx):
         mods = list(self._modules.values())
-        if isinstance(idx, slice):
-            return Sequential(*mods[idx])
+        if isinstance(idx, slice):  # keeps the names, so state_dict keys stay as they were
+            return Sequential(OrderedDict(list(self._modules.items())[idx]))
         return mods[idx]
 
     def append(self, module: Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -15,7 +16,11 @@ _check_reduction = _ops._check_reduction
 
 
 def _check_label_smoothing(label_smoothing):
-    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, numbers.Real)
+        or not 0.0 <= label_smoothing <= 1.0
+    ):
         raise ValueError(f"label_smoothing: expected a float in [0, 1], got {label_smoothing!r}")
 
 
@@ -97,8 +102,10 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100,
         if w.shape != (n_classes,):
             raise ValueError(f"weight: expected shape ({n_classes},), got {w.shape}")
         w = np.ascontiguousarray(w, dtype=x.dtype)
-    if not isinstance(ignore_index, (int, np.integer)):
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
         raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index: {ignore_index} does not fit in int64")
     if math.isnan(float(label_smoothing)):
         raise ValueError("label_smoothing: nan")
     return _ops.CrossEntropy.apply(input, t, w, int(ignore_index), float(label_smoothing),

@@ -54,7 +54,12 @@ class Module:
             params.pop(name, None)
             bufs.pop(name, None)
             mods[name] = value
-        elif name in bufs and (value is None or isinstance(value, Tensor)):
+        elif name in bufs:
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(
+                    f"cannot assign {type(value).__name__} as buffer {name!r} "
+                    "(gf.Tensor or None expected)"
+                )
             bufs[name] = value
         elif name in params:
             if value is not None:
@@ -200,6 +205,8 @@ class Module:
 
     def _cast(self, dtype):
         dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"dtype: modules can only be cast to floating types, got {dtype}")
         for p in self.parameters():
             if p.data.dtype.kind == "f":
                 p.data = p.data.astype(dtype)

@@ -84,7 +84,7 @@ class Div(Function):
     @staticmethod
     def forward(ctx, a, b):
         try:
-            if _is_integral(a) and _is_integral(b):  # true division of integers: float32 as in PyTorch
+            if _is_integral(a) and _is_integral(b):  # ints / ints: float32, as in PyTorch
                 out = np.true_divide(a, b, dtype=np.float32)
             else:
                 out = a / b

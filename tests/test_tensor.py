@@ -141,3 +141,18 @@ def test_non_numeric_data_is_refused():
         gf.tensor(["a", "b"])
     with pytest.raises(TypeError, match="expected numbers"):
         gf.tensor(np.array(["a"]))
+
+
+def test_to_and_bare_no_grad_decorator():
+    x = gf.ones(2, requires_grad=True)
+    assert x.to("cpu") is x and x.to(device="cpu") is x
+    assert x.to(dtype=gf.float64).dtype == np.float64 and x.to("cpu", gf.float64).requires_grad
+    with pytest.raises(ValueError, match="device"):
+        x.to("cuda")
+
+    @gf.no_grad
+    def doubled(t):
+        return t * 2
+
+    assert not doubled(x).requires_grad and doubled.__name__ == "doubled"
+    assert (x * 2).requires_grad

@@ -104,7 +104,15 @@ class _GradModeGuard:
         return wrapper
 
 
-class no_grad(_GradModeGuard):
+class _BareDecorator(_GradModeGuard):
+    """Also usable as ``@gf.no_grad`` without parentheses, as in PyTorch >= 2.1."""
+
+    def __new__(cls, orig_func=None):
+        self = super().__new__(cls)
+        return self if orig_func is None else self(orig_func)
+
+
+class no_grad(_BareDecorator):
     """Disable graph recording in this thread, e.g. for a hand-written parameter update.
 
     Example::
@@ -116,7 +124,7 @@ class no_grad(_GradModeGuard):
     mode = False
 
 
-class enable_grad(_GradModeGuard):
+class enable_grad(_BareDecorator):
     """Re-enable graph recording inside a ``no_grad`` block."""
 
     mode = True
@@ -166,8 +174,10 @@ class Function:
                 return (grad * out,)        # one entry per input (None where not needed)
 
     and are called as ``Exp.apply(tensor)``. Non-Tensor arguments (ints, shapes, flags) pass
-    through to ``forward`` unchanged and get ``None`` as their gradient. The instance is the
-    graph node: it keeps its inputs and what ``forward`` saved until backward releases it.
+    through to ``forward`` unchanged and get ``None`` as their gradient. Keyword arguments are
+    options: a Tensor passed by keyword is not differentiated, pass it positionally. The
+    instance is the graph node: it keeps its inputs and what ``forward`` saved until backward
+    releases it.
     """
 
     # Class-level defaults: a node only writes what differs (this is the hot path of every op).
@@ -471,6 +481,8 @@ class Tensor:
     def __array__(self, dtype=None, copy=None):
         a = self.data
         if dtype is not None and a.dtype != dtype:
+            if copy is False:
+                raise ValueError(f"__array__: casting {a.dtype} to {dtype} needs a copy")
             return a.astype(dtype)
         return a.copy() if copy else a
 
@@ -499,13 +511,21 @@ class Tensor:
             )
         return bool(self.data.reshape(()))
 
-    def to(self, dtype) -> Tensor:
-        """Cast to ``dtype`` (differentiable between floating types); 'cpu' is a no-op."""
-        if isinstance(dtype, str) and dtype == "cpu":
+    def to(self, *args, dtype=None, device=None) -> Tensor:
+        """Cast to a dtype (differentiable between floating types): ``t.to(gf.float64)``,
+        ``t.to(dtype=...)``. The device 'cpu' is accepted and changes nothing."""
+        for a in args:
+            if isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda"):
+                device = a
+            elif dtype is None:
+                dtype = a
+            else:
+                raise TypeError(f"to: unexpected argument {a!r}")
+        if device is not None and device != "cpu":
+            raise ValueError(f"device: only 'cpu' is available in this build, got {device!r}")
+        if dtype is None:
             return self
-        from . import functional as F
-
-        return F.Cast.apply(self, dtype=_as_dtype(dtype))
+        return _F.Cast.apply(self, dtype=_as_dtype(dtype))
 
     def float(self) -> Tensor:
         return self.to(float32)

@@ -226,7 +226,12 @@ class Module:
         return self._cast(np.float64)
 
     def to(self, dtype_or_device):
-        if isinstance(dtype_or_device, str) and dtype_or_device == "cpu":
+        """Cast floating parameters and buffers (``model.to(gf.float64)``); 'cpu' is a no-op."""
+        if isinstance(dtype_or_device, str) and dtype_or_device.split(":")[0] in ("cpu", "cuda"):
+            if dtype_or_device != "cpu":
+                raise ValueError(
+                    f"device: only 'cpu' is available in this build, got {dtype_or_device!r}"
+                )
             return self
         return self._cast(dtype_or_device)
 

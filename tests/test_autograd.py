@@ -418,3 +418,31 @@ def test_autograd_grad_returns_private_copies():
     ga, gb = gf.autograd.grad(a + b, [a, b], grad_output=g)
     ga[0] = 9.0
     assert gb[0] == 1.0 and g[0] == 1.0
+
+
+def test_integer_powers_follow_pytorch():
+    assert (2 ** gf.tensor([-1, 2])).tolist() == [0, 4]
+    assert (gf.tensor([1, 2, -1]) ** gf.tensor([-3, -1, -3])).tolist() == [1, 0, -1]
+    with pytest.raises(ValueError, match=r"pow: shapes \(2,\) and \(3,\)"):
+        gf.ones(2) ** gf.ones(3)
+
+
+def test_max_cat_stack_on_zero_d_tensors():
+    s = gf.tensor(3.0, requires_grad=True)
+    v, i = gf.max(s, dim=0)
+    assert v.item() == 3.0 and i.item() == 0
+    v.backward()
+    assert s.grad.item() == 1.0
+    with pytest.raises(ValueError, match="zero-dimensional"):
+        gf.cat([s, s])
+    assert gf.stack([s, s]).shape == (2,)
+
+
+def test_set_grad_enabled_instance_can_be_entered_again():
+    g = gf.set_grad_enabled(False)
+    with g:
+        pass
+    assert gf.is_grad_enabled()
+    with g:
+        assert not gf.is_grad_enabled()
+    assert gf.is_grad_enabled()

@@ -18,20 +18,22 @@ class Pool {
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.allocs;
-      auto it = free_.find(cls);
-      if (it != free_.end() && !it->second.empty()) {
-        void* p = it->second.back();
-        it->second.pop_back();
+      SizeClass& sc = free_[cls];
+      sc.last_request = stats_.allocs;
+      if (!sc.blocks.empty()) {
+        void* p = sc.blocks.back();
+        sc.blocks.pop_back();
         stats_.bytes_cached -= cls;
         ++stats_.reuses;
         note_in_use(p, cls);
         return p;
       }
-      // A miss: new memory is coming from the OS anyway, so give back cached blocks of other
-      // sizes worth as much first. Without this, 300 freed 1 MiB blocks stay cached beside a
-      // new 300 MiB array; with it the footprint tracks what is in use. A steady-state training
-      // step never misses, so it never evicts.
-      evict_locked(cls, evicted);
+      // A miss: new memory comes from the OS anyway, so first give back the cached blocks of
+      // sizes nobody has asked for in the last kIdleRequests requests (left over from an
+      // earlier phase of the program). Sizes in use by a training loop are asked for every
+      // step, so its cache is never touched; evicting any cached size instead made one miss
+      // evict blocks the same step needed next, and misses cascaded.
+      evict_idle_locked(evicted);
     }
     for (void* q : evicted) std::free(q);
     void* p = os_alloc(cls);
@@ -56,7 +58,7 @@ class Pool {
       live_.erase(it);
       stats_.bytes_in_use -= cls;
       if (stats_.bytes_cached + cls <= stats_.cache_limit) {
-        free_[cls].push_back(p);
+        free_[cls].blocks.push_back(p);
         stats_.bytes_cached += cls;
         return;
       }
@@ -83,8 +85,8 @@ class Pool {
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (auto& kv : free_) {
-        release.insert(release.end(), kv.second.begin(), kv.second.end());
-        kv.second.clear();
+        release.insert(release.end(), kv.second.blocks.begin(), kv.second.blocks.end());
+        kv.second.blocks.clear();
       }
       stats_.bytes_cached = 0;
       stats_.releases += release.size();
@@ -110,18 +112,15 @@ class Pool {
     return p;
   }
 
-  void evict_locked(std::size_t want, std::vector<void*>& out) {
-    std::size_t freed = 0;
+  void evict_idle_locked(std::vector<void*>& out) {
     for (auto& kv : free_) {
-      while (!kv.second.empty() && freed < want) {
-        out.push_back(kv.second.back());
-        kv.second.pop_back();
-        freed += kv.first;
-      }
-      if (freed >= want) break;
+      SizeClass& sc = kv.second;
+      if (sc.blocks.empty() || sc.last_request + kIdleRequests > stats_.allocs) continue;
+      stats_.bytes_cached -= kv.first * sc.blocks.size();
+      stats_.releases += sc.blocks.size();
+      out.insert(out.end(), sc.blocks.begin(), sc.blocks.end());
+      sc.blocks.clear();
     }
-    stats_.bytes_cached -= freed;
-    stats_.releases += out.size();
   }
 
   void note_in_use(void* p, std::size_t cls) {
@@ -132,7 +131,12 @@ class Pool {
 
   std::mutex mu_;
   std::unordered_map<void*, std::size_t> live_;
-  std::unordered_map<std::size_t, std::vector<void*>> free_;
+  struct SizeClass {
+    std::vector<void*> blocks;       // cached, ready for reuse
+    std::uint64_t last_request = 0;  // value of stats_.allocs when this size was last asked for
+  };
+  static constexpr std::uint64_t kIdleRequests = 4096;
+  std::unordered_map<std::size_t, SizeClass> free_;
   PoolStats stats_{0, 0, 0, std::size_t(1) << 30, 0, 0, 0, 0};
 };
 

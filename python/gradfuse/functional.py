@@ -138,10 +138,18 @@ class PowTensor(Function):
     @staticmethod
     def forward(ctx, a, b):
         try:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out = np.power(a, b)
+            np.broadcast_shapes(np.shape(a), np.shape(b))
         except ValueError as e:
             raise _broadcast_error("pow", a, b, e) from None
+        if _is_integral(a) and _is_integral(b) and np.any(np.asarray(b) < 0):
+            # numpy refuses negative integer powers of integers; PyTorch truncates (2 ** -1 == 0)
+            dtype = np.result_type(a, b)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                out = np.trunc(np.power(np.asarray(a, np.float64), b))
+            out = np.where(np.isfinite(out), out, 0).astype(dtype)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = np.power(a, b)
         ctx.save_for_backward(a, b, out)
         return out
 
@@ -406,7 +414,10 @@ def max(x: Tensor, dim=None, keepdim: bool = False):  # noqa: A001 - PyTorch's n
         return Amax.apply(x)
     if x.data.size == 0:
         raise ValueError("max: expected a non-empty tensor")
-    (d,) = _axes(dim, x.data.ndim)
+    if x.data.ndim == 0:  # PyTorch: the value itself, index 0
+        dim_index(dim, 0)
+        return MaxResult(Clone.apply(x), Tensor(np.zeros((), np.int64)))
+    d = dim_index(dim, x.data.ndim)
     index = np.argmax(x.data, axis=d, keepdims=True)
     values = TakeAlong.apply(x, index=index, dim=d, keepdim=keepdim)
     return MaxResult(values, Tensor(index if keepdim else np.squeeze(index, axis=d)))
@@ -526,16 +537,16 @@ def cat(tensors, dim: int = 0) -> Tensor:
     """Concatenate along an existing dimension: ``gf.cat([a, b], dim=0)``."""
     _check_seq(tensors, "cat")
     nd = np.ndim(tensors[0].data if isinstance(tensors[0], Tensor) else tensors[0])
-    (d,) = _axes(dim, nd)
-    return Cat.apply(*tensors, dim=d)
+    if nd == 0:
+        raise ValueError("cat: zero-dimensional tensors cannot be concatenated; use stack")
+    return Cat.apply(*tensors, dim=dim_index(dim, nd))
 
 
 def stack(tensors, dim: int = 0) -> Tensor:
     """Stack along a new dimension: ``gf.stack([a, b], dim=0)``."""
     _check_seq(tensors, "stack")
     nd = np.ndim(tensors[0].data if isinstance(tensors[0], Tensor) else tensors[0]) + 1
-    (d,) = _axes(dim, nd)
-    return Stack.apply(*tensors, dim=d)
+    return Stack.apply(*tensors, dim=dim_index(dim, nd))
 
 
 def matmul(a, b) -> Tensor:

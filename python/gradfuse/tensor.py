@@ -14,6 +14,7 @@ that made ``.grad`` a view into its flat arena keeps it.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 
@@ -72,6 +73,18 @@ _mode = _GradMode()
 # thread inside no_grad) a global read answers it, 40 ns cheaper than the thread-local one.
 _n_disabled = 0
 _mode_lock = threading.Lock()
+
+
+def _reset_mode_after_fork() -> None:
+    # only the forking thread lives on in the child: recount from it, and do not inherit a
+    # lock another thread may have held at the moment of the fork
+    global _n_disabled, _mode_lock
+    _mode_lock = threading.Lock()
+    _n_disabled = 0 if _mode.enabled else 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_mode_after_fork)
 
 
 def _set_mode(enabled: bool) -> None:
@@ -158,6 +171,7 @@ class set_grad_enabled(_GradModeGuard):
         _set_mode(self.mode)
 
     def __enter__(self):
+        _set_mode(self.mode)  # already set by __init__, but an instance may be entered again
         return self
 
     def __call__(self, fn):
@@ -528,7 +542,7 @@ class Tensor:
         ``t.to(dtype=...)``. The device 'cpu' is accepted and changes nothing."""
         for a in args:
             if isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda"):
-                device = a
+                device = "cpu" if a in ("cpu", "cpu:0") else a
             elif dtype is None:
                 dtype = a
             else:

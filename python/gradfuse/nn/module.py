@@ -228,7 +228,7 @@ class Module:
     def to(self, dtype_or_device):
         """Cast floating parameters and buffers (``model.to(gf.float64)``); 'cpu' is a no-op."""
         if isinstance(dtype_or_device, str) and dtype_or_device.split(":")[0] in ("cpu", "cuda"):
-            if dtype_or_device != "cpu":
+            if dtype_or_device not in ("cpu", "cpu:0"):
                 raise ValueError(
                     f"device: only 'cpu' is available in this build, got {dtype_or_device!r}"
                 )

@@ -16,6 +16,8 @@ _check_reduction = _ops._check_reduction
 
 
 def _check_label_smoothing(label_smoothing):
+    if type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0:
+        return  # the common case, without the abstract-base-class check below
     if (
         isinstance(label_smoothing, bool)
         or not isinstance(label_smoothing, numbers.Real)

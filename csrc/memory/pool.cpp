@@ -137,7 +137,7 @@ class Pool {
   };
   static constexpr std::uint64_t kIdleRequests = 4096;
   std::unordered_map<std::size_t, SizeClass> free_;
-  PoolStats stats_{0, 0, 0, std::size_t(1) << 30, 0, 0, 0, 0};
+  PoolStats stats_;
 };
 
 // Never destroyed: numpy arrays may still be freed into it while the interpreter shuts down.

@@ -15,12 +15,14 @@ namespace gradfuse::memory {
 // Requests below this go to malloc: glibc's heap already recycles them without page faults.
 constexpr std::size_t kPoolMinBytes = std::size_t(256) << 10;
 constexpr std::size_t kHugePage = std::size_t(2) << 20;
+// Freed bytes kept for reuse unless pool_set_cache_limit says otherwise.
+constexpr std::size_t kDefaultCacheLimit = std::size_t(1) << 30;
 
 struct PoolStats {
   std::size_t bytes_in_use = 0;     // handed out and not yet returned
   std::size_t bytes_cached = 0;     // returned, kept for reuse
   std::size_t peak_bytes_in_use = 0;
-  std::size_t cache_limit = 0;
+  std::size_t cache_limit = kDefaultCacheLimit;
   std::uint64_t allocs = 0;         // requests served
   std::uint64_t reuses = 0;         // served from the cache (no new pages)
   std::uint64_t fresh = 0;          // served with new memory from the OS

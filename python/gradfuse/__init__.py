@@ -17,7 +17,7 @@ from . import (
 )
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
-from .functional import amax, cat, matmul, max, stack
+from .functional import amax, cat, exp, log, matmul, max, stack
 from .random import manual_seed
 from .tensor import (
     Tensor,
@@ -26,7 +26,6 @@ from .tensor import (
     bool_,
     empty,
     enable_grad,
-    exp,
     float32,
     float64,
     from_numpy,
@@ -35,7 +34,6 @@ from .tensor import (
     int32,
     int64,
     is_grad_enabled,
-    log,
     no_grad,
     ones,
     ones_like,

@@ -612,13 +612,13 @@ class Linear(Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved
-        nx, nw, nb = (ctx.needs_input_grad + (False,))[:3]  # bias may be absent
+        needs = ctx.needs_input_grad  # two entries without a bias, three with one
         g2 = g.reshape(-1, w.shape[0])
-        gx = np.matmul(g2, w).reshape(x.shape) if nx else None
-        gw = np.matmul(g2.T, x.reshape(-1, w.shape[1])) if nw else None
-        if len(ctx.needs_input_grad) == 2:
+        gx = np.matmul(g2, w).reshape(x.shape) if needs[0] else None
+        gw = np.matmul(g2.T, x.reshape(-1, w.shape[1])) if needs[1] else None
+        if len(needs) == 2:
             return gx, gw
-        return gx, gw, (g2.sum(axis=0) if nb else None)
+        return gx, gw, (g2.sum(axis=0) if needs[2] else None)
 
 
 _REDUCTIONS = ("mean", "sum", "none")

@@ -398,6 +398,17 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
 # --------------------------------------------------------------------------- Tensor
 
 
+def is_device(arg) -> bool:
+    """Whether a ``to()`` argument names a device rather than a dtype."""
+    return isinstance(arg, str) and arg.split(":")[0] in ("cpu", "cuda")
+
+
+def check_device(device) -> None:
+    """Only the CPU exists in this build: anything else is a clear error."""
+    if device not in ("cpu", "cpu:0"):
+        raise ValueError(f"device: only 'cpu' is available in this build, got {device!r}")
+
+
 def _as_dtype(dtype):
     if dtype is None:
         return None
@@ -541,14 +552,14 @@ class Tensor:
         """Cast to a dtype (differentiable between floating types): ``t.to(gf.float64)``,
         ``t.to(dtype=...)``. The device 'cpu' is accepted and changes nothing."""
         for a in args:
-            if isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda"):
-                device = "cpu" if a in ("cpu", "cpu:0") else a
+            if is_device(a):
+                device = a
             elif dtype is None:
                 dtype = a
             else:
                 raise TypeError(f"to: unexpected argument {a!r}")
-        if device is not None and device != "cpu":
-            raise ValueError(f"device: only 'cpu' is available in this build, got {device!r}")
+        if device is not None:
+            check_device(device)
         if dtype is None:
             return self
         return _F.Cast.apply(self, dtype=_as_dtype(dtype))
@@ -702,7 +713,7 @@ class Tensor:
         return self
 
     def __pow__(self, exponent):
-        if isinstance(exponent, Tensor) or isinstance(exponent, np.ndarray):
+        if isinstance(exponent, (Tensor, np.ndarray)):
             return _F.PowTensor.apply(self, exponent)
         return _F.Pow.apply(self, exponent=exponent)
 
@@ -968,14 +979,6 @@ def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False) -> 
     dt = _as_dtype(dtype)
     _check_grad_dtype(dt, requires_grad)
     return Tensor(np.arange(start, end, step, dtype=dt), requires_grad=requires_grad)
-
-
-def exp(x):
-    return _F.Exp.apply(x)
-
-
-def log(x):
-    return _F.Log.apply(x)
 
 
 from . import functional as _F  # noqa: E402  (functional imports Function from this module)

@@ -6,7 +6,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from ..tensor import Tensor
+from ..tensor import Tensor, check_device, is_device
 from .parameter import Parameter
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -227,11 +227,8 @@ class Module:
 
     def to(self, dtype_or_device):
         """Cast floating parameters and buffers (``model.to(gf.float64)``); 'cpu' is a no-op."""
-        if isinstance(dtype_or_device, str) and dtype_or_device.split(":")[0] in ("cpu", "cuda"):
-            if dtype_or_device not in ("cpu", "cpu:0"):
-                raise ValueError(
-                    f"device: only 'cpu' is available in this build, got {dtype_or_device!r}"
-                )
+        if is_device(dtype_or_device):
+            check_device(dtype_or_device)
             return self
         return self._cast(dtype_or_device)
 

@@ -446,3 +446,12 @@ def test_set_grad_enabled_instance_can_be_entered_again():
     with g:
         assert not gf.is_grad_enabled()
     assert gf.is_grad_enabled()
+
+
+def test_autograd_entry_points_reject_bad_arguments():
+    with pytest.raises(ValueError, match="at least one tensor must have requires_grad"):
+        gradcheck(lambda t: t * 2.0, [gf.ones(2, dtype=gf.float64)])
+    with pytest.raises(RuntimeError, match="output: does not require grad"):
+        gf.autograd.grad(gf.ones(2).sum(), [gf.ones(2)])
+    with pytest.raises(RuntimeError, match="grad_output: required"):
+        gf.autograd.grad(gf.ones(2, requires_grad=True) * 2.0, [gf.ones(2)])

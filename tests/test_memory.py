@@ -184,3 +184,10 @@ def test_pool_switch_is_per_thread_context():
     th.join()
     assert out == {"off_again": False, "on": True, "pooled": True}
     assert not gf.memory.use_pool_for_numpy(True)  # still on in the main thread
+
+
+def test_memory_entry_points_reject_bad_arguments():
+    with pytest.raises(ValueError, match="shape: dimensions must be >= 0"):
+        gf.memory.empty(-1)
+    with pytest.raises(TypeError, match="enabled: expected a bool"):
+        gf.memory.use_pool_for_numpy("no")

@@ -61,6 +61,8 @@ def test_linear_init_bounds_and_seed():
     assert np.array_equal(a.weight.data, b.weight.data)
     assert np.abs(a.weight.data).max() <= 0.1 and np.abs(a.weight.data).max() > 0.09
     assert a.weight.dtype == np.float32
+    with pytest.raises(ValueError, match="seed: expected a non-negative int"):
+        gf.manual_seed(-1)
 
 
 def test_linear_bad_input():

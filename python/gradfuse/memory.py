@@ -51,6 +51,8 @@ def use_pool_for_numpy(enabled: bool = True) -> bool:
     Returns whether anything changed. Arrays keep the allocator they were made with, so
     switching is safe at any time.
     """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
     if enabled:
         return bool(_backend.install_numpy_allocator())
     return bool(_backend.uninstall_numpy_allocator())

@@ -14,6 +14,7 @@ from . import (
     functional,
     memory,
     nn,
+    optim,
 )
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
@@ -96,4 +97,5 @@ __all__ = [
     "functional",
     "memory",
     "nn",
+    "optim",
 ]

@@ -1,0 +1,5 @@
+"""Optimizers and learning-rate schedulers (``gf.optim``)."""
+
+from . import lr_scheduler
+
+__all__ = ["lr_scheduler"]

@@ -118,6 +118,19 @@ def test_warm_restarts_fractional_epochs():
         assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * t_cur / t_i)))
 
 
+def test_cyclic_closed_form():
+    t = np.arange(STEPS + 1)
+    got = seq(lambda o: L.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=10,
+                                   step_size_down=30, mode="triangular2"))[:, 0]
+    cycle, pos = t // 40, t % 40
+    tri = np.where(pos <= 10, pos / 10, (40 - pos) / 30)
+    np.testing.assert_allclose(got, 0.01 + 0.09 * tri * 0.5**cycle, rtol=1e-12, atol=1e-17)
+    opt = StandIn([0.1])
+    mom = drive(L.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=4), opt, 16, "momentum")[0]
+    tri = np.where(t[:17] % 8 <= 4, (t[:17] % 8) / 4, (8 - t[:17] % 8) / 4)
+    np.testing.assert_allclose(mom[:, 0], 0.9 - 0.1 * tri, rtol=1e-12)
+
+
 def test_lambda_and_multiplicative():
     t = np.arange(STEPS + 1)
     got = seq(lambda o: L.LambdaLR(o, [lambda e: 0.95**e, lambda e: 1 / (1 + e)]), lrs=(0.1, 0.2))
@@ -307,6 +320,10 @@ CASES = {
     "onecycle_three_phase": ((0.1,), lambda m, o: m.OneCycleLR(o, max_lr=0.5, total_steps=STEPS + 17, three_phase=True)),
     "onecycle_epochs": ((0.1, 0.1), lambda m, o: m.OneCycleLR(o, max_lr=[0.3, 0.03], epochs=30, steps_per_epoch=10, pct_start=0.25, div_factor=10.0, final_div_factor=100.0, base_momentum=[0.8, 0.7], max_momentum=[0.9, 0.99])),
     "onecycle_no_momentum": ((0.1,), lambda m, o: m.OneCycleLR(o, max_lr=0.2, total_steps=STEPS, cycle_momentum=False, pct_start=0.123)),
+    "cyclic": ((0.1,), lambda m, o: m.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=20)),
+    "cyclic_triangular2": ((0.1, 0.2), lambda m, o: m.CyclicLR(o, base_lr=[0.01, 0.02], max_lr=[0.1, 0.3], step_size_up=15, step_size_down=35, mode="triangular2", base_momentum=[0.8, 0.85], max_momentum=0.95)),
+    "cyclic_exp_range": ((0.1,), lambda m, o: m.CyclicLR(o, base_lr=0.001, max_lr=0.1, step_size_up=13, mode="exp_range", gamma=0.99)),
+    "cyclic_custom": ((0.1,), lambda m, o: m.CyclicLR(o, base_lr=0.001, max_lr=0.1, step_size_up=9.5, scale_fn=lambda x: 1 / (1 + 0.01 * x), scale_mode="iterations", cycle_momentum=False)),
     "sequential": ((0.1,), lambda m, o: m.SequentialLR(o, [m.LinearLR(o, start_factor=0.1, total_iters=5), m.CosineAnnealingLR(o, T_max=95)], milestones=[5])),
     "sequential_3": ((0.1, 0.05), lambda m, o: m.SequentialLR(o, [m.ConstantLR(o, factor=0.1, total_iters=20), m.StepLR(o, step_size=10, gamma=0.8), m.ExponentialLR(o, gamma=0.99)], milestones=[10, 100])),
     "sequential_lambda": ((0.1,), lambda m, o: m.SequentialLR(o, [m.LambdaLR(o, lambda e: (e + 1) / 20), m.PolynomialLR(o, total_iters=250, power=1.5)], milestones=[20])),
@@ -314,8 +331,9 @@ CASES = {
     "chained_3": ((0.1, 0.2), lambda m, o: m.ChainedScheduler([m.LinearLR(o, start_factor=0.2, total_iters=30), m.CosineAnnealingLR(o, T_max=60), m.StepLR(o, step_size=45, gamma=0.5)])),
 }
 
-MOMENTUM_KEY = {name: "momentum" for name in CASES if name.startswith("onecycle")}
+MOMENTUM_KEY = {name: "momentum" for name in CASES if name.startswith(("onecycle", "cyclic"))}
 MOMENTUM_KEY.pop("onecycle_no_momentum")
+MOMENTUM_KEY.pop("cyclic_custom")
 
 
 def torch_pair(torch, name, betas=False):
@@ -363,11 +381,14 @@ def test_matches_torch(name):
     assert len(np.unique(g[:, 0])) > 1  # the schedule does something
 
 
-def test_one_cycle_betas_matches_torch_adam():
+def test_one_cycle_and_cyclic_betas_match_torch_adam():
     torch = pytest.importorskip("torch")
     t, g, *_ = run_both(torch, "onecycle_epochs", betas=True)
     np.testing.assert_array_equal(g, t)
     assert g[:, -1].min() == pytest.approx(0.7) and g[:, -1].max() == pytest.approx(0.99)
+    t, g, *_ = run_both(torch, "cyclic_triangular2", betas=True)
+    np.testing.assert_array_equal(g, t)
+    assert g[:, -2].min() == pytest.approx(0.8) and g[:, -2].max() == pytest.approx(0.95)
 
 
 def _torch_groups(t_opt):
@@ -574,6 +595,10 @@ BAD = [
     (lambda m, o: m.OneCycleLR(o, max_lr=-0.1, total_steps=10), ValueError, "max_lr", False),
     (lambda m, o: m.OneCycleLR(o, max_lr=0.1, total_steps=10, div_factor=0.0), ValueError, "div_factor", False),
     (lambda m, o: m.OneCycleLR(o, max_lr=0.1, total_steps=10, max_momentum=[0.9]), ValueError, "max_momentum", True),
+    (lambda m, o: m.CyclicLR(o, base_lr=0.01, max_lr=0.1, mode="sine"), ValueError, "mode", True),
+    (lambda m, o: m.CyclicLR(o, base_lr=[0.01], max_lr=0.1), ValueError, "base_lr", True),
+    (lambda m, o: m.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=0), ValueError, "step_size_up", False),
+    (lambda m, o: m.CyclicLR(o, base_lr=0.01, max_lr=0.1, scale_mode="epoch"), ValueError, "scale_mode", False),
     (lambda m, o: m.ReduceLROnPlateau(o, factor=1.0), ValueError, "factor", True),
     (lambda m, o: m.ReduceLROnPlateau(o, mode="avg"), ValueError, "mode", True),
     (lambda m, o: m.ReduceLROnPlateau(o, threshold_mode="pct"), ValueError, "threshold_mode", True),
@@ -694,3 +719,20 @@ def test_readme_scheduler_example(monkeypatch):
     np.testing.assert_allclose(lrs[:5], [0.028, 0.046, 0.064, 0.082, 0.1], rtol=1e-12)
     assert lrs[-1] == pytest.approx(1e-4) and min(lrs) == pytest.approx(1e-4)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # monotone decay after warm-up
+
+
+def test_lambda_object_state_is_saved_and_restored():
+    fn = Counted()
+    fn.scale = 0.5
+    opt = StandIn([1.0])
+    s = L.LambdaLR(opt, fn)
+    s.step()
+    sd = copy.deepcopy(s.state_dict())
+    assert sd["lr_lambdas"] == [{"scale": 0.5}]
+    fn2 = Counted()  # scale 0.97
+    s2 = L.LambdaLR(StandIn([1.0]), fn2)
+    s2.load_state_dict(sd)
+    assert fn2.scale == 0.5 and s2.last_epoch == 1
+    s2.step()
+    assert s2.get_last_lr() == [0.25]
+    assert L.LambdaLR(StandIn([1.0]), lambda e: 1.0).state_dict()["lr_lambdas"] == [None]

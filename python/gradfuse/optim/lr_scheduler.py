@@ -50,6 +50,7 @@ __all__ = [
     "ChainedScheduler",
     "ReduceLROnPlateau",
     "CosineAnnealingWarmRestarts",
+    "CyclicLR",
     "OneCycleLR",
 ]
 
@@ -180,6 +181,7 @@ class LRScheduler:
 
     _get_lr_called_within_step = False
     _is_initial = False
+    _unsaved = ("optimizer",)  # attributes that state_dict leaves out
 
     def __init__(self, optimizer, last_epoch=-1):
         _check_optimizer(optimizer)
@@ -220,7 +222,7 @@ class LRScheduler:
             >>> sd = sched.state_dict(); sd["last_epoch"]
             10
         """
-        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
+        return {k: v for k, v in self.__dict__.items() if k not in self._unsaved}
 
     def load_state_dict(self, state_dict):
         """Restore the state saved by :meth:`state_dict`.
@@ -239,7 +241,7 @@ class LRScheduler:
     def _check_state_dict(self, state_dict, skip=()):
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        mine = {k for k in self.__dict__ if k != "optimizer"}
+        mine = {k for k in self.__dict__ if k not in self._unsaved}
         theirs = set(state_dict)
         if mine != theirs:
             missing, unexpected = sorted(mine - theirs), sorted(theirs - mine)
@@ -415,7 +417,7 @@ class StepLR(LRScheduler):
 
     Example::
 
-        >>> # lr = 0.05 for epochs 0-29, 0.005 for 30-59, 0.0005 for 60-89, ...
+        >>> # with lr=0.05: 0.05 for epochs 0-29, 0.005 for 30-59, 0.0005 for 60-89, ...
         >>> sched = StepLR(opt, step_size=30, gamma=0.1)
     """
 
@@ -446,7 +448,7 @@ class MultiStepLR(LRScheduler):
 
     Example::
 
-        >>> # lr = 0.05 before epoch 30, 0.005 until epoch 80, then 0.0005
+        >>> # with lr=0.05: 0.05 before epoch 30, 0.005 until epoch 80, then 0.0005
         >>> sched = MultiStepLR(opt, milestones=[30, 80], gamma=0.1)
     """
 
@@ -487,7 +489,7 @@ class ConstantLR(LRScheduler):
 
     Example::
 
-        >>> # lr = 0.025 for epochs 0-3, then 0.05
+        >>> # with lr=0.05: 0.025 for epochs 0-3, then 0.05
         >>> sched = ConstantLR(opt, factor=0.5, total_iters=4)
     """
 
@@ -524,7 +526,7 @@ class LinearLR(LRScheduler):
 
     Example::
 
-        >>> # warm-up: lr = 0.0125, 0.025, 0.0375 in epochs 0-2, then 0.05
+        >>> # warm-up with lr=0.05: 0.0125, 0.025, 0.0375 in epochs 0-2, then 0.05
         >>> sched = LinearLR(opt, start_factor=0.25, total_iters=3)
     """
 
@@ -602,7 +604,7 @@ class PolynomialLR(LRScheduler):
 
     Example::
 
-        >>> # lr 0.05 decays to 0 at epoch 50 along (1 - t/50) ** 0.9
+        >>> # lr decays to 0 at epoch 50 along (1 - t/50) ** 0.9
         >>> sched = PolynomialLR(opt, total_iters=50, power=0.9)
     """
 
@@ -762,6 +764,186 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         for group, lr in zip(self.optimizer.param_groups, values):
             group["lr"] = lr
         self._last_lr = _lrs(self.optimizer)
+
+
+class CyclicLR(LRScheduler):
+    r"""Cyclical learning rate (https://arxiv.org/abs/1506.01186), stepped once per *batch*:
+    the lr goes from ``base_lr`` up to ``max_lr`` in ``step_size_up`` steps and back down in
+    ``step_size_down`` steps, the amplitude scaled per cycle or per iteration:
+
+    * 'triangular': constant amplitude;
+    * 'triangular2': amplitude halved each cycle;
+    * 'exp_range': amplitude times ``gamma ** iteration``;
+    * or a custom ``scale_fn(x)`` with ``scale_mode`` 'cycle' or 'iterations'.
+
+    Momentum (or beta1) cycles the other way between ``max_momentum`` and ``base_momentum``.
+
+    Args:
+        optimizer: the optimizer.
+        base_lr, max_lr (float or list): the bounds, one per group if a list.
+        step_size_up (number): steps in the rising half, > 0, default 2000.
+        step_size_down (number): steps in the falling half, >= 0; default ``step_size_up``.
+        mode (str): 'triangular' (default), 'triangular2' or 'exp_range'.
+        gamma (float): for 'exp_range', default 1.
+        scale_fn (callable): overrides ``mode``.
+        scale_mode (str): 'cycle' (default) or 'iterations', for ``scale_fn``.
+        cycle_momentum (bool): default True.
+        base_momentum, max_momentum (float or list): default 0.8 and 0.9.
+        last_epoch (int): index of the last *batch*, default -1.
+
+    Example::
+
+        >>> opt = gf.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> sched = CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=500,
+        ...                  mode="triangular2")
+        >>> for batch in loader:
+        ...     train_step(batch); opt.step(); sched.step()
+    """
+
+    _unsaved = ("optimizer", "_scale_fn_ref")
+
+    def __init__(self, optimizer, base_lr, max_lr, step_size_up=2000, step_size_down=None,
+                 mode="triangular", gamma=1.0, scale_fn=None, scale_mode="cycle",
+                 cycle_momentum=True, base_momentum=0.8, max_momentum=0.9, last_epoch=-1):
+        _check_optimizer(optimizer)
+        # every check first: the groups are written below
+        base_lrs = _format_param("base_lr", optimizer, base_lr)
+        max_lrs = _format_param("max_lr", optimizer, max_lr)
+        _check_real("step_size_up", step_size_up, low=0, low_inclusive=False)
+        if step_size_down is not None:
+            _check_real("step_size_down", step_size_down, low=0)
+        if scale_fn is None and mode not in ("triangular", "triangular2", "exp_range"):
+            raise ValueError(
+                f"mode {mode!r} is invalid and scale_fn is None (expected 'triangular', "
+                "'triangular2' or 'exp_range')"
+            )
+        if scale_fn is not None and not callable(scale_fn):
+            raise TypeError(f"scale_fn must be callable, got {type(scale_fn).__name__}")
+        if scale_mode not in ("cycle", "iterations"):
+            raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
+        _check_real("gamma", gamma)
+        _check_int("last_epoch", last_epoch, low=-1)
+        if cycle_momentum:
+            defaults = getattr(optimizer, "defaults", None)
+            if not isinstance(defaults, Mapping):
+                defaults = optimizer.param_groups[0] if optimizer.param_groups else {}
+            if "momentum" not in defaults and "betas" not in defaults:
+                raise ValueError(
+                    "optimizer must support momentum or beta1 with `cycle_momentum` option "
+                    "enabled"
+                )
+            base_momentums = _format_param("base_momentum", optimizer, base_momentum)
+            max_momentums = _format_param("max_momentum", optimizer, max_momentum)
+
+        self.optimizer = optimizer
+        if last_epoch == -1:
+            for lr, group in zip(base_lrs, optimizer.param_groups):
+                group["lr"] = lr
+        self.max_lrs = max_lrs
+        step_size_up = float(step_size_up)
+        step_size_down = float(step_size_down) if step_size_down is not None else step_size_up
+        self.total_size = step_size_up + step_size_down
+        self.step_ratio = step_size_up / self.total_size
+        self.mode = mode
+        self.gamma = gamma
+        self._scale_fn_custom = scale_fn
+        self.scale_mode = scale_mode
+        self._init_scale_fn()
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            self.use_beta1 = "betas" in defaults
+            self.base_momentums = base_momentums
+            self.max_momentums = max_momentums
+            if last_epoch == -1:
+                for m_mom, b_mom, group in zip(max_momentums, base_momentums,
+                                               optimizer.param_groups):
+                    if self.use_beta1:
+                        group["betas"] = (m_mom, *group["betas"][1:])
+                    else:
+                        group["momentum"] = m_mom
+                    group["max_momentum"] = m_mom
+                    group["base_momentum"] = b_mom
+        super().__init__(optimizer, last_epoch)
+        self.base_lrs = base_lrs
+
+    def _init_scale_fn(self):
+        if self._scale_fn_custom is not None:
+            return
+        if self.mode == "triangular":
+            self._scale_fn_ref = self._triangular_scale_fn
+            self.scale_mode = "cycle"
+        elif self.mode == "triangular2":
+            self._scale_fn_ref = self._triangular2_scale_fn
+            self.scale_mode = "cycle"
+        else:
+            self._scale_fn_ref = self._exp_range_scale_fn
+            self.scale_mode = "iterations"
+
+    def scale_fn(self, x):
+        """The amplitude scale at cycle (or iteration) ``x``.
+
+        Example::
+
+            >>> CyclicLR(opt, 0.01, 0.1, mode="triangular2").scale_fn(3)
+            0.25
+        """
+        if self._scale_fn_custom is not None:
+            return self._scale_fn_custom(x)
+        return self._scale_fn_ref(x)
+
+    @staticmethod
+    def _triangular_scale_fn(x):
+        return 1.0
+
+    @staticmethod
+    def _triangular2_scale_fn(x):
+        return 1 / 2.0 ** (x - 1)
+
+    def _exp_range_scale_fn(self, x):
+        return self.gamma**x
+
+    def get_lr(self):
+        self._warn_get_lr_outside_step()
+        cycle = math.floor(1 + self.last_epoch / self.total_size)
+        x = 1.0 + self.last_epoch / self.total_size - cycle  # position in the cycle, [0, 1)
+        if x <= self.step_ratio:
+            scale_factor = x / self.step_ratio
+        else:
+            scale_factor = (x - 1) / (self.step_ratio - 1)
+        scale = self.scale_fn(cycle if self.scale_mode == "cycle" else self.last_epoch)
+        lrs = [b + (m - b) * scale_factor * scale for b, m in zip(self.base_lrs, self.max_lrs)]
+        if self.cycle_momentum:
+            for b, m, group in zip(self.base_momentums, self.max_momentums,
+                                   self.optimizer.param_groups):
+                momentum = m - (m - b) * scale_factor * scale
+                if self.use_beta1:
+                    group["betas"] = (momentum, *group["betas"][1:])
+                else:
+                    group["momentum"] = momentum
+        return lrs
+
+    def state_dict(self):
+        """See :meth:`LRScheduler.state_dict`; a custom ``scale_fn`` is saved as its
+        ``__dict__`` if it is a callable object, not at all if it is a function (as PyTorch)."""
+        sd = super().state_dict()
+        fn = sd.pop("_scale_fn_custom")
+        sd["_scale_fn_custom"] = (
+            fn.__dict__.copy() if fn is not None and not isinstance(fn, types.FunctionType)
+            else None
+        )
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """See :meth:`LRScheduler.load_state_dict`."""
+        self._check_state_dict(state_dict)
+        fn = state_dict["_scale_fn_custom"]
+        if fn is not None and not isinstance(fn, Mapping):
+            raise ValueError("state_dict['_scale_fn_custom'] must be None or a dict")
+        custom = self._scale_fn_custom
+        self.__dict__.update({k: v for k, v in state_dict.items() if k != "_scale_fn_custom"})
+        if fn is not None and custom is not None:
+            custom.__dict__.update(fn)
+        self._init_scale_fn()
 
 
 class OneCycleLR(LRScheduler):

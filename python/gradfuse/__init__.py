@@ -14,6 +14,7 @@ from . import (
     functional,
     memory,
     nn,
+    optim,
 )
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
@@ -53,6 +54,7 @@ permute = functional.permute
 
 __all__ = [
     "__version__",
+    "optim",
     "Tensor",
     "tensor",
     "as_tensor",

@@ -51,7 +51,7 @@ import numpy as np
 from .. import _backend
 from ..tensor import Tensor, enable_grad
 
-__all__ = ["Optimizer", "required"]
+__all__ = ["Optimizer", "required", "total_norm"]
 
 _get_grad = operator.attrgetter("grad")
 _get_data = operator.attrgetter("data")
@@ -113,6 +113,7 @@ class _Arena:
             v = self.param[o : o + s].reshape(shape)
             np.copyto(v, p.data)
             gv = Tensor(self.grad[o : o + s].reshape(shape))
+            gv._gf_arena = self  # lets clip_grad_norm_ find the whole buffer (one pass)
             self.views.append(v)
             self.grad_tensors.append(gv)
         for p, v, gt in zip(params, self.views, self.grad_tensors):
@@ -352,7 +353,7 @@ class Optimizer:
         if math.isnan(norm_type) or norm_type <= 0:
             raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
         plans = self._plans()
-        total = _total_norm(self._grad_ranges(plans), norm_type)
+        total = total_norm(self._grad_ranges(plans), norm_type)
         if error_if_nonfinite and not math.isfinite(total):
             raise RuntimeError(
                 f"The total norm of order {norm_type} for gradients from `parameters` is "
@@ -617,7 +618,7 @@ def _to_numpy(x):
     return x
 
 
-def _total_norm(arrays, norm_type: float) -> float:
+def total_norm(arrays, norm_type: float) -> float:
     """Norm of all elements of `arrays` together (fixed-order reductions)."""
     if math.isinf(norm_type):
         total = 0.0

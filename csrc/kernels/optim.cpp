@@ -48,26 +48,24 @@ GF_TARGET_CLONES void sgd_range(const OptimHyper& h, T* __restrict p, const T* _
 
 // Adam / AdamW:  m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2; (amsgrad: vmax = max(vmax, v))
 //   p -= step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps),  step_size = lr / (1 - b1^t)
-template <typename T>
-GF_TARGET_CLONES void adam_range(const OptimHyper& h, T* __restrict p, const T* __restrict g,
-                                 T* __restrict m, T* __restrict v, T* __restrict vmax, int64_t n) {
+template <typename T, bool kCoupled, bool kDecoupled, bool kAms>
+GF_TARGET_CLONES void adam_loop(const OptimHyper& h, T* __restrict p, const T* __restrict g,
+                                T* __restrict m, T* __restrict v, T* __restrict vmax, int64_t n) {
   const T scale = T(h.grad_scale) * (h.maximize ? T(-1) : T(1));
   const T wd = T(h.weight_decay), decay = T(1.0 - h.lr * h.weight_decay);
   const T w1 = T(1.0 - h.beta1), b2 = T(h.beta2), w2 = T(1.0 - h.beta2);
   const T step_size = T(h.step_size), bc2s = T(h.bc2_sqrt), eps = T(h.eps);
-  const bool coupled = h.weight_decay != 0 && !h.decoupled;
-  const bool decoupled = h.weight_decay != 0 && h.decoupled, ams = h.amsgrad;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     T pi = p[i];
     T d = g[i] * scale;
-    if (coupled) d = d + wd * pi;
-    if (decoupled) pi = pi * decay;
+    if constexpr (kCoupled) d = d + wd * pi;
+    if constexpr (kDecoupled) pi = pi * decay;
     const T mi = m[i] + w1 * (d - m[i]);
     T vi = v[i] * b2 + w2 * d * d;
     m[i] = mi;
     v[i] = vi;
-    if (ams) {
+    if constexpr (kAms) {
       vi = vmax[i] > vi ? vmax[i] : vi;
       vmax[i] = vi;
     }
@@ -76,17 +74,34 @@ GF_TARGET_CLONES void adam_range(const OptimHyper& h, T* __restrict p, const T* 
   }
 }
 
+// Flags that decide which arrays a loop reads or writes are template parameters: a store
+// under a runtime condition keeps GCC 12 from vectorizing the loop at all.
+template <typename T>
+void adam_range(const OptimHyper& h, T* p, const T* g, T* m, T* v, T* vmax, int64_t n) {
+  const bool wd = h.weight_decay != 0;
+  const int mode = (wd && !h.decoupled ? 1 : 0) | (wd && h.decoupled ? 2 : 0) |
+                   (h.amsgrad ? 4 : 0);
+  switch (mode) {
+    case 0: adam_loop<T, false, false, false>(h, p, g, m, v, vmax, n); break;
+    case 1: adam_loop<T, true, false, false>(h, p, g, m, v, vmax, n); break;
+    case 2: adam_loop<T, false, true, false>(h, p, g, m, v, vmax, n); break;
+    case 4: adam_loop<T, false, false, true>(h, p, g, m, v, vmax, n); break;
+    case 5: adam_loop<T, true, false, true>(h, p, g, m, v, vmax, n); break;
+    default: adam_loop<T, false, true, true>(h, p, g, m, v, vmax, n); break;
+  }
+}
+
 // RMSprop: sq = alpha sq + (1 - alpha) g^2; centered: ga = lerp(ga, g, 1 - alpha),
 //   avg = sqrt(sq - ga^2) + eps, else sqrt(sq) + eps;
 //   momentum: buf = mom buf + g / avg, p -= lr buf; otherwise p -= lr g / avg
-template <typename T>
-GF_TARGET_CLONES void rmsprop_range(const OptimHyper& h, T* __restrict p, const T* __restrict g,
-                                    T* __restrict sq, T* __restrict buf, T* __restrict ga,
-                                    int64_t n) {
+template <typename T, bool kCentered, bool kMomentum>
+GF_TARGET_CLONES void rmsprop_loop(const OptimHyper& h, T* __restrict p, const T* __restrict g,
+                                   T* __restrict sq, T* __restrict buf, T* __restrict ga,
+                                   int64_t n) {
   const T scale = T(h.grad_scale) * (h.maximize ? T(-1) : T(1));
   const T wd = T(h.weight_decay), a = T(h.alpha), wa = T(1.0 - h.alpha), eps = T(h.eps);
   const T lr = T(h.lr), mom = T(h.momentum);
-  const bool use_wd = h.weight_decay != 0, centered = h.centered, use_mom = h.momentum > 0;
+  const bool use_wd = h.weight_decay != 0;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     T d = g[i] * scale;
@@ -94,20 +109,32 @@ GF_TARGET_CLONES void rmsprop_range(const OptimHyper& h, T* __restrict p, const 
     const T s = sq[i] * a + wa * d * d;
     sq[i] = s;
     T avg;
-    if (centered) {
+    if constexpr (kCentered) {
       const T gi = ga[i] + wa * (d - ga[i]);
       ga[i] = gi;
       avg = std::sqrt(s - gi * gi) + eps;
     } else {
       avg = std::sqrt(s) + eps;
     }
-    if (use_mom) {
+    if constexpr (kMomentum) {
       const T b = buf[i] * mom + d / avg;
       buf[i] = b;
       p[i] = p[i] - lr * b;
     } else {
       p[i] = p[i] - lr * (d / avg);
     }
+  }
+}
+
+template <typename T>
+void rmsprop_range(const OptimHyper& h, T* p, const T* g, T* sq, T* buf, T* ga, int64_t n) {
+  const bool mom = h.momentum > 0;
+  if (h.centered) {
+    if (mom) rmsprop_loop<T, true, true>(h, p, g, sq, buf, ga, n);
+    else rmsprop_loop<T, true, false>(h, p, g, sq, buf, ga, n);
+  } else {
+    if (mom) rmsprop_loop<T, false, true>(h, p, g, sq, buf, ga, n);
+    else rmsprop_loop<T, false, false>(h, p, g, sq, buf, ga, n);
   }
 }
 
@@ -131,21 +158,19 @@ GF_TARGET_CLONES void adagrad_range(const OptimHyper& h, T* __restrict p, const 
 // NAdam (PyTorch): m, v as Adam; denom = sqrt(v / (1 - b2^t)) + eps;
 //   p += c1 g / denom + c2 m / denom with c1 = -lr (1 - mu_t) / (1 - prod mu),
 //   c2 = -lr mu_{t+1} / (1 - prod mu * mu_{t+1})
-template <typename T>
-GF_TARGET_CLONES void nadam_range(const OptimHyper& h, T* __restrict p, const T* __restrict g,
+template <typename T, bool coupled, bool decoupled>
+GF_TARGET_CLONES void nadam_loop(const OptimHyper& h, T* __restrict p, const T* __restrict g,
                                   T* __restrict m, T* __restrict v, int64_t n) {
   const T scale = T(h.grad_scale) * (h.maximize ? T(-1) : T(1));
   const T wd = T(h.weight_decay), decay = T(1.0 - h.lr * h.weight_decay);
   const T w1 = T(1.0 - h.beta1), b2 = T(h.beta2), w2 = T(1.0 - h.beta2);
   const T bc2 = T(h.bc2_sqrt), eps = T(h.eps), c1 = T(h.c1), c2 = T(h.c2);
-  const bool coupled = h.weight_decay != 0 && !h.decoupled;
-  const bool decoupled = h.weight_decay != 0 && h.decoupled;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     T pi = p[i];
     T d = g[i] * scale;
-    if (coupled) d = d + wd * pi;
-    if (decoupled) pi = pi * decay;
+    if constexpr (coupled) d = d + wd * pi;
+    if constexpr (decoupled) pi = pi * decay;
     const T mi = m[i] + w1 * (d - m[i]);
     const T vi = v[i] * b2 + w2 * d * d;
     m[i] = mi;
@@ -159,33 +184,53 @@ GF_TARGET_CLONES void nadam_range(const OptimHyper& h, T* __restrict p, const T*
 // RAdam (PyTorch): m, v as Adam; mhat = m / (1 - b1^t) (c1 here);
 //   rho_t > 5: p -= mhat lr sqrt(1 - b2^t) / (sqrt(v) + eps) rect  (rect = c2)
 //   else:      p -= mhat lr
-template <typename T>
-GF_TARGET_CLONES void radam_range(const OptimHyper& h, T* __restrict p, const T* __restrict g,
+template <typename T, bool coupled, bool decoupled, bool rectify>
+GF_TARGET_CLONES void radam_loop(const OptimHyper& h, T* __restrict p, const T* __restrict g,
                                   T* __restrict m, T* __restrict v, int64_t n) {
   const T scale = T(h.grad_scale) * (h.maximize ? T(-1) : T(1));
   const T wd = T(h.weight_decay), decay = T(1.0 - h.lr * h.weight_decay);
   const T w1 = T(1.0 - h.beta1), b2 = T(h.beta2), w2 = T(1.0 - h.beta2);
   const T bc1 = T(h.c1), rect = T(h.c2), bc2s = T(h.bc2_sqrt), eps = T(h.eps), lr = T(h.lr);
-  const bool coupled = h.weight_decay != 0 && !h.decoupled;
-  const bool decoupled = h.weight_decay != 0 && h.decoupled, rectify = h.rectify;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     T pi = p[i];
     T d = g[i] * scale;
-    if (coupled) d = d + wd * pi;
-    if (decoupled) pi = pi * decay;
+    if constexpr (coupled) d = d + wd * pi;
+    if constexpr (decoupled) pi = pi * decay;
     const T mi = m[i] + w1 * (d - m[i]);
     const T vi = v[i] * b2 + w2 * d * d;
     m[i] = mi;
     v[i] = vi;
     const T mh = mi / bc1;
-    if (rectify) {
+    if constexpr (rectify) {
       const T adaptive = bc2s / (std::sqrt(vi) + eps);
       p[i] = pi - mh * lr * adaptive * rect;
     } else {
       p[i] = pi - mh * lr;
     }
   }
+}
+
+template <typename T>
+void nadam_range(const OptimHyper& h, T* p, const T* g, T* m, T* v, int64_t n) {
+  const bool wd = h.weight_decay != 0;
+  if (wd && h.decoupled) nadam_loop<T, false, true>(h, p, g, m, v, n);
+  else if (wd) nadam_loop<T, true, false>(h, p, g, m, v, n);
+  else nadam_loop<T, false, false>(h, p, g, m, v, n);
+}
+
+template <typename T, bool rectify>
+void radam_wd(const OptimHyper& h, T* p, const T* g, T* m, T* v, int64_t n) {
+  const bool wd = h.weight_decay != 0;
+  if (wd && h.decoupled) radam_loop<T, false, true, rectify>(h, p, g, m, v, n);
+  else if (wd) radam_loop<T, true, false, rectify>(h, p, g, m, v, n);
+  else radam_loop<T, false, false, rectify>(h, p, g, m, v, n);
+}
+
+template <typename T>
+void radam_range(const OptimHyper& h, T* p, const T* g, T* m, T* v, int64_t n) {
+  if (h.rectify) radam_wd<T, true>(h, p, g, m, v, n);
+  else radam_wd<T, false>(h, p, g, m, v, n);
 }
 
 // Lion (Chen et al. 2023, arXiv:2302.06675): c = b1 m + (1 - b1) g;

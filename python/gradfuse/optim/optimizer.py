@@ -124,9 +124,29 @@ class _Arena:
                 np.copyto(gt.data, old.data)
                 p.grad = gt
         self.state: dict[str, np.ndarray] = {}
-        self.steps = np.zeros(len(params), dtype=np.int64)
-        self.uniform = True  # all entries of `steps` equal
+        # Step count per segment. While every segment has the same count it is kept in the
+        # Python int `count` (the fast path touches no numpy scalar); `_steps` is then stale.
+        self.count: int | None = 0
+        self._steps = np.zeros(len(params), dtype=np.int64)
+        self.slot_cache = None  # (state keys, [state0, state1, state2]) of the last step
         self.extra: dict[str, np.ndarray] = {}  # per-segment scalars (NAdam's mu_product)
+
+    # ------------------------------------------------------------ step counts
+    @property
+    def steps(self) -> np.ndarray:
+        """Per-segment step counts, writable; call settle() after writing."""
+        if self.count is not None:
+            self._steps[:] = self.count
+            self.count = None
+        return self._steps
+
+    def settle(self) -> None:
+        st = self._steps
+        if self.count is None and (len(st) == 0 or (st == st[0]).all()):
+            self.count = int(st[0]) if len(st) else 0
+
+    def step_of(self, seg: int) -> int:
+        return self.count if self.count is not None else int(self._steps[seg])
 
     # ------------------------------------------------------------ per-step bookkeeping
     def sync(self):
@@ -394,15 +414,21 @@ class Optimizer:
 
     def _update(self, group, a: _Arena, active, grad_scale: float) -> None:
         keys = self._state_keys(group)
-        slots = [a.ensure_state(k, self._state_init(group, k)) if k else None for k in keys]
-        slots += [None] * (3 - len(slots))
+        cache = a.slot_cache
+        if cache is not None and cache[0] == keys:
+            slots = cache[1]
+        else:
+            slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
+                     for k in keys]
+            slots += [None] * (3 - len(slots))
+            a.slot_cache = (keys, slots)
         kind = self._kind
-        if active is None and a.uniform:
-            step = int(a.steps[0]) + 1
+        if active is None and a.count is not None:
+            step = a.count + 1
             sc, flags = self._scalars(group, step, a, 0, len(a.params))
             sc[12] = grad_scale
             _backend.optim_step(kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags)
-            a.steps += 1
+            a.count = step
             return
         for lo, hi, step0, i0, i1 in a.runs(active):
             step = step0 + 1
@@ -411,7 +437,7 @@ class Optimizer:
             s = [None if x is None else x[lo:hi] for x in slots]
             _backend.optim_step(kind, a.param[lo:hi], a.grad[lo:hi], s[0], s[1], s[2], sc, flags)
             a.steps[i0:i1] += 1
-        a.uniform = bool((a.steps == a.steps[0]).all()) if len(a.steps) else True
+        a.settle()
 
     # hooks for subclasses
     def _state_keys(self, group) -> list:
@@ -452,7 +478,7 @@ class Optimizer:
 
     def _segment_state(self, group, a: _Arena, seg: int) -> dict:
         """PyTorch-layout state of one parameter (copies), {} before its first step."""
-        step = int(a.steps[seg])
+        step = a.step_of(seg)
         if step == 0 and not self._eager_state:
             return {}
         o, s, shape = a.offsets[seg], a.sizes[seg], a.shapes[seg]
@@ -567,6 +593,7 @@ class Optimizer:
         for arenas in self._arenas:
             for _, a in arenas:
                 a.steps[:] = 0
+                a.slot_cache = None
                 for arr in a.state.values():
                     arr.fill(0)
                 for k in list(a.state):
@@ -592,7 +619,7 @@ class Optimizer:
                             if a.steps[seg] == 0:
                                 o = a.offsets[seg]
                                 buf[o : o + a.sizes[seg]] = init
-                a.uniform = bool((a.steps == a.steps[0]).all()) if len(a.steps) else True
+                a.settle()
 
     def _extra_keys(self) -> list[str]:
         return []

@@ -273,6 +273,50 @@ void py_optim_step(int kind, py::array param, const py::array& grad, const py::o
   }
 }
 
+template <typename T>
+void lamb_impl(const OptimHyper& h, py::array& param, const py::array& grad, const py::array& m,
+               const py::array& v, const py::array& offsets, const py::array& sizes) {
+  check_array<T>(param, "param", 1);
+  check_array<T>(grad, "grad", 1);
+  const int64_t n = param.shape(0);
+  if (grad.shape(0) != n) throw py::value_error("grad: expected the shape of param");
+  if (!param.writeable()) throw py::value_error("param: array is read-only");
+  T* pm = optional_state<T>(m, "exp_avg", n);
+  T* pv = optional_state<T>(v, "exp_avg_sq", n);
+  check_array<int64_t>(offsets, "offsets", 1);
+  check_array<int64_t>(sizes, "sizes", 1);
+  const int64_t nseg = offsets.shape(0);
+  if (sizes.shape(0) != nseg) throw py::value_error("sizes: expected as many entries as offsets");
+  const int64_t* off = cptr<int64_t>(offsets);
+  const int64_t* sz = cptr<int64_t>(sizes);
+  for (int64_t s = 0; s < nseg; ++s) {
+    if (off[s] < 0 || sz[s] < 0 || off[s] + sz[s] > n) {
+      throw py::value_error("offsets/sizes: segment " + std::to_string(s) +
+                            " lies outside the arena of " + std::to_string(n) + " elements");
+    }
+  }
+  T* p = static_cast<T*>(param.mutable_data());
+  const T* g = cptr<T>(grad);
+  py::gil_scoped_release nogil;
+  lamb_step<T>(h, p, g, pm, pv, off, sz, nseg);
+}
+
+void py_lamb_step(py::array param, const py::array& grad, const py::array& exp_avg,
+                  const py::array& exp_avg_sq, const py::array& offsets, const py::array& sizes,
+                  const std::vector<double>& sc, int64_t flags) {
+  if (sc.size() != kOptScalars) throw py::value_error("scalars: expected 14 values");
+  OptimHyper h;
+  h.lr = sc[0]; h.weight_decay = sc[1]; h.eps = sc[2]; h.beta1 = sc[3]; h.beta2 = sc[4];
+  h.c1 = sc[10]; h.c2 = sc[11]; h.grad_scale = sc[12];
+  h.maximize = flags & kOptMaximize;
+  check_floating(param, "param");
+  if (is_dtype<float>(param)) {
+    lamb_impl<float>(h, param, grad, exp_avg, exp_avg_sq, offsets, sizes);
+  } else {
+    lamb_impl<double>(h, param, grad, exp_avg, exp_avg_sq, offsets, sizes);
+  }
+}
+
 // x must be a 1-D contiguous float32/float64 arena (or arena slice).
 template <typename F>
 auto arena_dispatch(const py::array& x, const char* name, F&& f) {
@@ -503,6 +547,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("state0"), py::arg("state1"), py::arg("state2"), py::arg("scalars"),
         py::arg("flags"),
         "one fused optimizer update over a flat arena (see csrc/kernels/optim.h)");
+  m.def("lamb_step", &py_lamb_step, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
+        py::arg("exp_avg_sq"), py::arg("offsets"), py::arg("sizes"), py::arg("scalars"),
+        py::arg("flags"), "LAMB over an arena with a per-tensor trust ratio (segment table)");
   m.def("arena_norm_reduce", &py_arena_norm_reduce, py::arg("x"), py::arg("norm_type"),
         "sum |x|^p (p=2: sum of squares; p=inf: max |x|), NaN if any NaN");
   m.def("arena_all_finite", &py_arena_all_finite, py::arg("x"));

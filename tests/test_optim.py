@@ -288,7 +288,8 @@ def test_rebound_data_and_second_optimizer_are_readopted():
         o1.step()
 
 
-@pytest.mark.parametrize("name,kw", [GRID[1], GRID[4], GRID[9], GRID[12], GRID[14]])
+@pytest.mark.parametrize("name,kw", [GRID[1], GRID[4], GRID[9], GRID[12], GRID[14],
+                                     ("LAMB", dict(lr=1e-2, weight_decay=0.1))])
 def test_thread_count_independent(name, kw):
     n = 3 * 40_000 + 7  # over the parallel grain, not a multiple of the vector width
     out = []
@@ -457,3 +458,35 @@ def test_bad_state_dict_leaves_optimizer_untouched():
         for k, st in snapshot["state"].items():
             for n, v in st.items():
                 np.testing.assert_array_equal(now["state"][k][n], v)
+
+
+def lamb_reference(p, g, m, v, t, lr, b1, b2, eps, wd):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    u = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + wd * p
+    r1, r2 = np.linalg.norm(p), np.linalg.norm(u)
+    trust = r1 / r2 if r1 > 0 and r2 > 0 else 1.0
+    return p - lr * trust * u, m, v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lamb_matches_reference_with_per_tensor_trust_ratio(dtype):
+    rng = np.random.default_rng(10)
+    shapes = SHAPES + [(70_000,)]  # one tensor spans two reduction blocks
+    init = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    init[2][...] = 0  # ||p|| = 0: trust ratio 1
+    gp = [gf.nn.Parameter(a.copy()) for a in init]
+    opt = gf.optim.LAMB(gp, lr=1e-2, weight_decay=0.1)
+    ref = [(a.astype(np.float64), np.zeros(a.shape), np.zeros(a.shape)) for a in init]
+    for t in range(1, 31):
+        gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        for k, (p, g) in enumerate(zip(gp, gs)):
+            p.grad = None if (t % 4 == 0 and k == 1) else gf.Tensor(g)
+        opt.step()
+        ref = [r if (t % 4 == 0 and k == 1) else
+               lamb_reference(r[0], g.astype(np.float64), r[1], r[2],
+                              t - (t // 4 if k == 1 else 0), 1e-2, 0.9, 0.999, 1e-6, 0.1)
+               for k, (r, g) in enumerate(zip(ref, gs))]
+    rtol = 2e-4 if dtype == np.float32 else 1e-10
+    for p, r in zip(gp, ref):
+        np.testing.assert_allclose(p.data, r[0], rtol=rtol, atol=1e-6)

@@ -256,6 +256,8 @@ GF_TARGET_CLONES void lion_range(const OptimHyper& h, T* __restrict p, const T* 
 
 constexpr int64_t kReduceBlock = int64_t(1) << 16;
 
+// (block_reduce and LAMB below share the fixed block size)
+
 template <typename T>
 GF_TARGET_CLONES double block_reduce(const T* x, int64_t n, int mode, double p) {
   double s = 0;
@@ -283,6 +285,88 @@ GF_TARGET_CLONES double block_reduce(const T* x, int64_t n, int mode, double p) 
   return s;
 }
 
+// ---- LAMB
+template <typename T>
+GF_TARGET_CLONES void lamb_moments(const OptimHyper& h, const T* __restrict p,
+                                   const T* __restrict g, T* __restrict m, T* __restrict v,
+                                   int64_t n, double* pn, double* un) {
+  const T scale = T(h.grad_scale) * (h.maximize ? T(-1) : T(1));
+  const T b1 = T(h.beta1), w1 = T(1.0 - h.beta1), b2 = T(h.beta2), w2 = T(1.0 - h.beta2);
+  const T c1 = T(h.c1), c2 = T(h.c2), eps = T(h.eps), wd = T(h.weight_decay);
+  double sp = 0, su = 0;
+#pragma omp simd reduction(+ : sp, su)
+  for (int64_t i = 0; i < n; ++i) {
+    const T d = g[i] * scale;
+    const T mi = b1 * m[i] + w1 * d;
+    const T vi = b2 * v[i] + w2 * d * d;
+    m[i] = mi;
+    v[i] = vi;
+    const T u = (mi * c1) / (std::sqrt(vi * c2) + eps) + wd * p[i];
+    sp += double(p[i]) * double(p[i]);
+    su += double(u) * double(u);
+  }
+  *pn = sp;
+  *un = su;
+}
+
+template <typename T>
+GF_TARGET_CLONES void lamb_apply(const OptimHyper& h, T* __restrict p, const T* __restrict m,
+                                 const T* __restrict v, int64_t n, T step) {
+  const T c1 = T(h.c1), c2 = T(h.c2), eps = T(h.eps), wd = T(h.weight_decay);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T u = (m[i] * c1) / (std::sqrt(v[i] * c2) + eps) + wd * p[i];
+    p[i] = p[i] - step * u;
+  }
+}
+
+struct LambBlock {
+  int64_t seg, lo, hi;
+};
+
+}  // namespace
+
+template <typename T>
+void lamb_step(const OptimHyper& h, T* param, const T* grad, T* m, T* v, const int64_t* offsets,
+               const int64_t* sizes, int64_t nseg) {
+  std::vector<LambBlock> blocks;
+  for (int64_t s = 0; s < nseg; ++s) {
+    for (int64_t lo = 0; lo < sizes[s]; lo += kReduceBlock) {
+      const int64_t hi = lo + kReduceBlock < sizes[s] ? lo + kReduceBlock : sizes[s];
+      blocks.push_back({s, offsets[s] + lo, offsets[s] + hi});
+    }
+  }
+  const int64_t nb = int64_t(blocks.size());
+  std::vector<double> pn(static_cast<size_t>(nb)), un(static_cast<size_t>(nb));
+  std::vector<double> step(static_cast<size_t>(nseg), 0.0);
+  parallel_for(nb, kReduceBlock, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const LambBlock& B = blocks[size_t(k)];
+      lamb_moments<T>(h, param + B.lo, grad + B.lo, m + B.lo, v + B.lo, B.hi - B.lo,
+                      &pn[size_t(k)], &un[size_t(k)]);
+    }
+  });
+  {
+    std::vector<double> sp(size_t(nseg), 0.0), su(size_t(nseg), 0.0);
+    for (int64_t k = 0; k < nb; ++k) {
+      sp[size_t(blocks[size_t(k)].seg)] += pn[size_t(k)];
+      su[size_t(blocks[size_t(k)].seg)] += un[size_t(k)];
+    }
+    for (int64_t s = 0; s < nseg; ++s) {
+      const double r1 = std::sqrt(sp[size_t(s)]), r2 = std::sqrt(su[size_t(s)]);
+      const double trust = (r1 > 0 && r2 > 0) ? r1 / r2 : 1.0;
+      step[size_t(s)] = h.lr * trust;
+    }
+  }
+  parallel_for(nb, kReduceBlock, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const LambBlock& B = blocks[size_t(k)];
+      lamb_apply<T>(h, param + B.lo, m + B.lo, v + B.lo, B.hi - B.lo, T(step[size_t(B.seg)]));
+    }
+  });
+}
+
+namespace {
 }  // namespace
 
 template <typename T>
@@ -383,7 +467,9 @@ void arena_clamp(T* x, int64_t n, double lo, double hi) {
   template double arena_norm_reduce<T>(const T*, int64_t, double);                        \
   template bool arena_all_finite<T>(const T*, int64_t);                                   \
   template void arena_scale<T>(T*, int64_t, double);                                      \
-  template void arena_clamp<T>(T*, int64_t, double, double);
+  template void arena_clamp<T>(T*, int64_t, double, double);                              \
+  template void lamb_step<T>(const OptimHyper&, T*, const T*, T*, T*, const int64_t*,     \
+                             const int64_t*, int64_t);
 GF_OPTIM_INSTANTIATE(float)
 GF_OPTIM_INSTANTIATE(double)
 #undef GF_OPTIM_INSTANTIATE

@@ -49,6 +49,16 @@ struct OptimHyper {
 template <typename T>
 void optim_step(const OptimHyper& h, T* param, const T* grad, T* s0, T* s1, T* s2, int64_t n);
 
+// LAMB (You et al. 2019, arXiv:1904.00962) over an arena of nseg tensors (segment table
+// offsets/sizes, in elements): per element u = mhat / (sqrt(vhat) + eps) + wd p with
+// mhat = m c1, vhat = v c2 (c1, c2 = 1 / bias corrections, h.c1 / h.c2), then per tensor
+// p -= lr * trust * u with trust = ||p|| / ||u|| (1 when either norm is 0). Two passes: the
+// first updates m, v and sums ||p||^2, ||u||^2 in fixed 64Ki-element blocks (summed in order:
+// thread independent), the second recomputes u from the new m, v and applies it.
+template <typename T>
+void lamb_step(const OptimHyper& h, T* param, const T* grad, T* m, T* v, const int64_t* offsets,
+               const int64_t* sizes, int64_t nseg);
+
 // ---- gradient-arena reductions (fixed 64Ki-element blocks summed in order: thread independent)
 // norm_type: 2 -> sum of squares, 1 -> sum of |x|, inf -> max |x| (+inf passes as inf),
 // other p -> sum |x|^p. NaN anywhere gives NaN.

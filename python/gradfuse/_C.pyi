@@ -29,6 +29,16 @@ def optim_step(
     scalars: list[float] | tuple[float, ...],
     flags: int,
 ) -> None: ...
+def lamb_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    offsets: np.ndarray,
+    sizes: np.ndarray,
+    scalars: list[float] | tuple[float, ...],
+    flags: int,
+) -> None: ...
 def arena_norm_reduce(x: np.ndarray, norm_type: float) -> float: ...
 def arena_all_finite(x: np.ndarray) -> bool: ...
 def arena_scale(x: np.ndarray, s: float) -> None: ...

@@ -12,6 +12,7 @@ Example::
 
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .lamb import LAMB
 from .lion import Lion
 from .nadam import NAdam
 from .optimizer import Optimizer
@@ -19,4 +20,6 @@ from .radam import RAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Lion"]
+__all__ = [
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Lion", "LAMB",
+]

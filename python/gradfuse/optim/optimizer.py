@@ -129,6 +129,7 @@ class _Arena:
         self.count: int | None = 0
         self._steps = np.zeros(len(params), dtype=np.int64)
         self.slot_cache = None  # (state keys, [state0, state1, state2]) of the last step
+        self.seg_table = None  # (offsets, sizes) as int64 arrays, for kernels that need them
         self.extra: dict[str, np.ndarray] = {}  # per-segment scalars (NAdam's mu_product)
 
     # ------------------------------------------------------------ step counts

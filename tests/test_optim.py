@@ -490,3 +490,26 @@ def test_lamb_matches_reference_with_per_tensor_trust_ratio(dtype):
     rtol = 2e-4 if dtype == np.float32 else 1e-10
     for p, r in zip(gp, ref):
         np.testing.assert_allclose(p.data, r[0], rtol=rtol, atol=1e-6)
+
+
+def test_large_arena_is_huge_page_aligned_and_small_one_cache_line_aligned():
+    big = [gf.nn.Parameter(np.zeros(600_000, np.float32)), gf.nn.Parameter(np.zeros(5))]
+    opt = gf.optim.Adam(big)
+    arenas = {a.dtype: a for _, a in opt._arenas[0]}
+    assert arenas[np.dtype(np.float32)].param.ctypes.data % (2 << 20) == 0
+    assert arenas[np.dtype(np.float32)].grad.ctypes.data % (2 << 20) == 0
+    assert arenas[np.dtype(np.float64)].param.ctypes.data % 64 == 0
+    for p in big:  # one arena per dtype inside the group
+        assert p.data.base is not None
+
+
+def test_readme_optimizer_example_runs():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"\*\*Optimizers\*\*.*?```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README optimizers", "exec"), scope)
+    assert scope["applied"] is True
+    assert set(scope["sd"]["state"]) == {0, 1, 2, 3}

@@ -43,7 +43,6 @@ Example::
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import numpy as np
@@ -53,8 +52,6 @@ from ..tensor import Tensor, enable_grad
 
 __all__ = ["Optimizer", "required", "total_norm"]
 
-_get_grad = operator.attrgetter("grad")
-_get_data = operator.attrgetter("data")
 _ALIGN = 16  # elements: every segment starts on a 64-byte (cache line) boundary for float32
 
 
@@ -154,9 +151,7 @@ class _Arena:
         """Which segments take part in this step. Returns None when all do (the fast path),
         else a bool list. Re-adopts rebound ``.data`` and hand-assigned ``.grad``."""
         ps = self.params
-        if all(map(operator.is_, map(_get_grad, ps), self.grad_tensors)) and all(
-            map(operator.is_, map(_get_data, ps), self.views)
-        ):
+        if _backend.arena_intact(ps, self.grad_tensors, self.views):
             return None
         active = []
         for i, p in enumerate(ps):

@@ -33,7 +33,7 @@ Example::
 
     >>> model = gf.nn.Linear(4, 2)
     >>> opt = gf.optim.Adam(model.parameters(), lr=1e-3)
-    >>> loss = (model(gf.randn(8, 4)) ** 2).mean()
+    >>> loss = (model(gf.ones(8, 4)) ** 2).mean()
     >>> loss.backward()
     >>> opt.step()
     True

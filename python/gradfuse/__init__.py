@@ -54,6 +54,7 @@ permute = functional.permute
 
 __all__ = [
     "__version__",
+    "optim",
     "Tensor",
     "tensor",
     "as_tensor",

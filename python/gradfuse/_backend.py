@@ -14,6 +14,15 @@ from . import _C
 cross_entropy_forward = _C.cross_entropy_forward
 cross_entropy_backward = _C.cross_entropy_backward
 
+# optimizers over a flat arena (gradfuse.optim)
+optim_step = _C.optim_step
+lamb_step = _C.lamb_step
+arena_intact = _C.arena_intact
+arena_norm_reduce = _C.arena_norm_reduce
+arena_all_finite = _C.arena_all_finite
+arena_scale = _C.arena_scale
+arena_clamp = _C.arena_clamp
+
 build_info = _C.build_info
 get_num_threads = _C.get_num_threads
 set_num_threads = _C.set_num_threads

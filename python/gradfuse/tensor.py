@@ -299,6 +299,13 @@ def _topological_order(root: Function) -> list:
 
 def _accumulate_leaf(t: Tensor, g: np.ndarray) -> None:
     if t.grad is None:
+        slot = t._grad_slot
+        if slot is not None and slot.data.shape == t.data.shape:
+            # An optimizer keeps this leaf's gradient in its flat arena: the first gradient
+            # of a backward is copied into the arena view (no zeroing pass needed before).
+            np.copyto(slot.data, g, casting="same_kind")
+            t.grad = slot
+            return
         t.grad = Tensor(np.array(g, dtype=t.data.dtype, copy=True))
     else:
         t.grad.data += g  # in place: keeps .grad a view wherever an optimizer put it
@@ -374,6 +381,7 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
                         captured[id(t)] = ig if prev is None else prev + ig
                 elif (
                     t.grad is None
+                    and t._grad_slot is None
                     and ig.base is None
                     and ig.flags.writeable
                     and _ADOPT_FRESH
@@ -445,6 +453,8 @@ class Tensor:
     requires_grad = False
     _ctx = None
     _retains_grad = False
+    # Set by an optimizer: the Tensor viewing this leaf's slice of its gradient arena.
+    _grad_slot = None
 
     def __init__(self, data, requires_grad: bool = False):
         if not isinstance(data, np.ndarray):

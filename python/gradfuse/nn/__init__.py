@@ -1,6 +1,6 @@
 """Layers, losses and the Module system (``gf.nn``)."""
 
-from . import functional
+from . import functional, utils
 from .container import Sequential
 from .linear import Linear
 from .loss import CrossEntropyLoss, MSELoss
@@ -15,4 +15,5 @@ __all__ = [
     "MSELoss",
     "CrossEntropyLoss",
     "functional",
+    "utils",
 ]

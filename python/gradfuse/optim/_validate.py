@@ -1,0 +1,44 @@
+"""Hyperparameter checks with PyTorch's messages (``Invalid learning rate: -1.0``), plus a
+finiteness check PyTorch does not make: a NaN or infinite hyperparameter is a ValueError."""
+
+from __future__ import annotations
+
+import math
+
+
+def number(name: str, value, label: str | None = None) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"Invalid {label or name} value: {value} (must be finite)")
+    return v
+
+
+def lr(value) -> None:
+    v = number("lr", value, "learning rate")
+    if v < 0.0:
+        raise ValueError(f"Invalid learning rate: {value}")
+
+
+def nonneg(name: str, value, label: str | None = None) -> None:
+    v = number(name, value, label)
+    if v < 0.0:
+        raise ValueError(f"Invalid {label or name} value: {value}")
+
+
+def betas(value) -> None:
+    try:
+        b0, b1 = value
+    except (TypeError, ValueError):
+        raise TypeError(f"betas: expected a pair of floats, got {value!r}") from None
+    for i, b in enumerate((b0, b1)):
+        v = number(f"betas[{i}]", b, f"beta parameter at index {i}")
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+
+
+def flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {value!r}")

@@ -1,0 +1,662 @@
+"""Optimizer base: parameters in a flat arena, one fused kernel call per group and dtype.
+
+When an optimizer is built, the parameters of each param group are copied into one contiguous
+buffer per dtype (the *arena*, 2 MiB aligned with transparent huge pages when it is that large,
+from gradfuse's pool) and every parameter's ``.data`` becomes a view into it; gradients get a
+second arena of the same layout, and each state tensor (``exp_avg``, ``momentum_buffer``, ...)
+one more. A step is then one compiled call per group and dtype over whole buffers
+(DESIGN.md, decision 3): the Python work per step is a handful of operations per group, plus
+one identity check per parameter done by C-level ``map`` (about 20 ns each).
+
+Arena semantics (read this if you hold on to arrays):
+
+* ``p.data`` is a view into the arena. In-place writes (``p.data[...] = x``,
+  ``model.load_state_dict``) update the arena. Rebinding ``p.data = other_array`` of the same
+  shape and dtype is noticed at the next ``step()``: the values are copied into the arena and
+  ``p.data`` is made a view again.
+* ``p.grad`` is, once backward has run, a Tensor whose ``.data`` is a view into the gradient
+  arena; autograd *copies* the first gradient of a backward into it and adds later ones (see
+  ``_accumulate_leaf`` in gradfuse/tensor.py), so nothing has to be zeroed beforehand.
+* ``zero_grad(set_to_none=True)`` (the default) sets every ``p.grad`` to ``None``, as PyTorch:
+  a user reading ``.grad`` sees ``None``; the arena memory is kept, and the next backward writes
+  into it again. A parameter whose ``.grad`` is ``None`` at ``step()`` is skipped (no update,
+  no state change), as in PyTorch. ``zero_grad(set_to_none=False)`` zeroes the gradient arena
+  in one call and leaves ``.grad`` as zero-filled views.
+* A gradient assigned by hand (``p.grad = gf.Tensor(g)``) is copied into the arena at the next
+  ``step()``.
+* A parameter given to a second optimizer moves into the second one's arena; the first
+  optimizer copies it back into its own at its next ``step()``, so both keep updating the same
+  values (PyTorch's behaviour, at the price of a copy per step). A parameter listed twice in
+  one optimizer is a ``ValueError``, as in PyTorch for two groups.
+
+Example::
+
+    >>> model = gf.nn.Linear(4, 2)
+    >>> opt = gf.optim.Adam(model.parameters(), lr=1e-3)
+    >>> loss = (model(gf.ones(8, 4)) ** 2).mean()
+    >>> loss.backward()
+    >>> opt.step()
+    True
+    >>> opt.zero_grad()
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import _backend
+from ..tensor import Tensor, enable_grad
+
+__all__ = ["Optimizer", "required", "total_norm"]
+
+_ALIGN = 16  # elements: every segment starts on a 64-byte (cache line) boundary for float32
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+required = _Required()
+
+# flag bits of _C.optim_step
+F_MAXIMIZE, F_NESTEROV, F_FIRST, F_AMSGRAD, F_DECOUPLED, F_CENTERED, F_RECTIFY = (
+    1, 2, 4, 8, 16, 32, 64)
+
+
+def _check_finite(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"Invalid {name} value: {value} (must be finite)")
+    return v
+
+
+def _arena_empty(n: int, dtype: np.dtype) -> np.ndarray:
+    """A zero-filled 1-D pool buffer (2 MiB aligned + MADV_HUGEPAGE from 2 MiB up)."""
+    a = _backend.pool_empty([max(n, 1)], dtype)[:n] if n else np.zeros(0, dtype)
+    a.fill(0)
+    return a
+
+
+class _Arena:
+    """The parameters of one param group with one dtype, laid out contiguously.
+
+    ``offsets``/``sizes`` are the segment table; ``steps`` counts each segment's updates
+    (PyTorch keeps a step per parameter, and a parameter without a gradient is skipped)."""
+
+    def __init__(self, params: list, dtype: np.dtype):
+        self.dtype = np.dtype(dtype)
+        self.params = params
+        self.shapes = [p.data.shape for p in params]
+        self.sizes = [int(p.data.size) for p in params]
+        offs, n = [], 0
+        for s in self.sizes:
+            offs.append(n)
+            n += -(-s // _ALIGN) * _ALIGN if s else 0
+        self.offsets = offs
+        self.n = n
+        # Padding elements stay 0 in every buffer: every update rule maps (p, g, state) = 0 to 0.
+        self.param = _arena_empty(n, self.dtype)
+        self.grad = _arena_empty(n, self.dtype)
+        self.views = []
+        self.grad_tensors = []
+        for p, o, s, shape in zip(params, offs, self.sizes, self.shapes):
+            v = self.param[o : o + s].reshape(shape)
+            np.copyto(v, p.data)
+            gv = Tensor(self.grad[o : o + s].reshape(shape))
+            gv._gf_arena = self  # lets clip_grad_norm_ find the whole buffer (one pass)
+            self.views.append(v)
+            self.grad_tensors.append(gv)
+        for p, v, gt in zip(params, self.views, self.grad_tensors):
+            old = p.grad
+            p.data = v
+            p._grad_slot = gt
+            if old is not None:
+                np.copyto(gt.data, old.data)
+                p.grad = gt
+        self.state: dict[str, np.ndarray] = {}
+        # Step count per segment. While every segment has the same count it is kept in the
+        # Python int `count` (the fast path touches no numpy scalar); `_steps` is then stale.
+        self.count: int | None = 0
+        self._steps = np.zeros(len(params), dtype=np.int64)
+        self.slot_cache = None  # (state keys, [state0, state1, state2]) of the last step
+        self.seg_table = None  # (offsets, sizes) as int64 arrays, for kernels that need them
+        self.extra: dict[str, np.ndarray] = {}  # per-segment scalars (NAdam's mu_product)
+
+    # ------------------------------------------------------------ step counts
+    @property
+    def steps(self) -> np.ndarray:
+        """Per-segment step counts, writable; call settle() after writing."""
+        if self.count is not None:
+            self._steps[:] = self.count
+            self.count = None
+        return self._steps
+
+    def settle(self) -> None:
+        st = self._steps
+        if self.count is None and (len(st) == 0 or (st == st[0]).all()):
+            self.count = int(st[0]) if len(st) else 0
+
+    def step_of(self, seg: int) -> int:
+        return self.count if self.count is not None else int(self._steps[seg])
+
+    # ------------------------------------------------------------ per-step bookkeeping
+    def sync(self):
+        """Which segments take part in this step. Returns None when all do (the fast path),
+        else a bool list. Re-adopts rebound ``.data`` and hand-assigned ``.grad``."""
+        ps = self.params
+        if _backend.arena_intact(ps, self.grad_tensors, self.views):
+            return None
+        active = []
+        for i, p in enumerate(ps):
+            v = self.views[i]
+            if p.data is not v:
+                d = p.data
+                if not isinstance(d, np.ndarray) or d.shape != v.shape or d.dtype != v.dtype:
+                    raise RuntimeError(
+                        f"parameter {i} of shape {v.shape} and dtype {v.dtype} in the optimizer "
+                        f"arena was replaced by an array of shape {getattr(d, 'shape', '?')} "
+                        f"and dtype {getattr(d, 'dtype', '?')}; build a new optimizer after "
+                        "changing a parameter's shape or dtype")
+                np.copyto(v, d)
+                p.data = v
+            g = p.grad
+            gt = self.grad_tensors[i]
+            if g is None:
+                active.append(False)
+                continue
+            if g is not gt:
+                gd = g.data if isinstance(g, Tensor) else np.asarray(g)
+                if gd.shape != v.shape:
+                    raise RuntimeError(
+                        f"parameter {i}: .grad has shape {gd.shape}, expected {v.shape}")
+                np.copyto(gt.data, gd, casting="same_kind")
+                p.grad = gt
+                p._grad_slot = gt
+            active.append(True)
+        return active
+
+    def runs(self, active):
+        """Contiguous ranges [lo, hi) of active segments with equal step counts:
+        ``(lo, hi, step, first_index, last_index_exclusive)``."""
+        out = []
+        start = None
+        steps = self.steps
+        for i in range(len(self.params) + 1):
+            ok = i < len(self.params) and (active is None or active[i])
+            if start is not None and (not ok or steps[i] != steps[start]):
+                out.append((start, i))
+                start = None
+            if ok and start is None:
+                start = i
+        res = []
+        for a, b in out:
+            lo = self.offsets[a]
+            hi = self.offsets[b] if b < len(self.params) else self.n
+            res.append((lo, hi, int(steps[a]), a, b))
+        return res
+
+    def ensure_state(self, name: str, init: float = 0.0) -> np.ndarray:
+        a = self.state.get(name)
+        if a is None:
+            a = _arena_empty(self.n, self.dtype)
+            if init:
+                for o, s in zip(self.offsets, self.sizes):
+                    a[o : o + s] = init
+            self.state[name] = a
+        return a
+
+
+class Optimizer:
+    """Base class of gradfuse's optimizers (PyTorch's ``torch.optim.Optimizer`` interface).
+
+    Args:
+        params: an iterable of Tensors, or of dicts (param groups) with a ``"params"`` entry
+            and per-group hyperparameters.
+        defaults: default hyperparameters of every group.
+        skip_nonfinite: when True, ``step()`` first checks all gradients taking part for
+            NaN/inf (one read pass over the gradient arena, or none when
+            :meth:`clip_grad_norm_` already computed the norm); a step with a non-finite
+            gradient changes no parameter and no state, increments ``skipped_steps`` and
+            returns False.
+
+    Subclasses set ``_kind`` (the kernel), ``_state_keys(group)`` (PyTorch's state names, in
+    kernel slot order), and ``_scalars(group, step, arena, lo_index, hi_index)``.
+    """
+
+    _kind = -1
+    _has_step = True  # whether PyTorch's state carries 'step'
+    _eager_state = False  # PyTorch creates the state at construction (Adagrad), not at step 1
+
+    def __init__(self, params, defaults: dict, *, skip_nonfinite: bool = False):
+        if isinstance(params, Tensor):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or "
+                "dicts, but got a Tensor")
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(f"skip_nonfinite: expected a bool, got {skip_nonfinite!r}")
+        self.defaults = dict(defaults)
+        self._check_group(self.defaults)
+        self.param_groups: list[dict] = []
+        self._arenas: list[list[tuple[list[int], _Arena]]] = []
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+        self.last_step_skipped = False
+        self._clip_scale = None  # folded into the next step by clip_grad_norm_
+        self._clip_norm = None
+        groups = list(params)
+        if len(groups) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            self.add_param_group(g)
+
+    # ------------------------------------------------------------ groups
+    def _check_group(self, group: dict) -> None:
+        """Validate hyperparameters (PyTorch's errors); subclasses extend."""
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group (dict with ``"params"`` and optional hyperparameters); its parameters
+        move into a new arena. Everything is checked before any parameter is touched."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        params = group.get("params")
+        if params is None:
+            raise ValueError("param_group: missing 'params'")
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the "
+                "ordering of tensors in sets will change between runs. Please use a list instead.")
+        else:
+            params = list(params)
+        if len(params) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(
+                    "optimizer can only optimize Tensors, but one of the params is "
+                    f"{type(p).__name__}")
+            if p._ctx is not None:
+                raise ValueError("can't optimize a non-leaf Tensor")
+            if p.data.dtype.kind != "f" or p.data.dtype.itemsize not in (4, 8):
+                raise TypeError(
+                    "params: only float32 and float64 parameters are supported, got "
+                    f"{p.data.dtype}")
+        ids = [id(p) for p in params]
+        if len(set(ids)) != len(ids):
+            raise ValueError("param_group: a parameter appears more than once in the group")
+        for g in self.param_groups:
+            if not set(ids).isdisjoint(id(q) for q in g["params"]):
+                raise ValueError("some parameters appear in more than one parameter group")
+        for name, default in self.defaults.items():
+            if default is required and name not in group:
+                raise ValueError(
+                    "parameter group didn't specify a value of required optimization "
+                    f"parameter {name}")
+            group.setdefault(name, default)
+        self._check_group(group)
+        group["params"] = params
+        by_dtype: dict[np.dtype, list[int]] = {}
+        for i, p in enumerate(params):
+            by_dtype.setdefault(p.data.dtype, []).append(i)
+        arenas = [(idx, _Arena([params[i] for i in idx], dt)) for dt, idx in by_dtype.items()]
+        self.param_groups.append(group)
+        self._arenas.append(arenas)
+
+    # ------------------------------------------------------------ gradients
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop gradients (``set_to_none=True``, PyTorch's default: ``p.grad`` reads None and
+        the parameter is skipped by ``step()`` until a backward writes it again) or zero the
+        gradient arenas in one call each (``set_to_none=False``: ``p.grad`` is a zero view)."""
+        for arenas in self._arenas:
+            for _, a in arenas:
+                if set_to_none:
+                    for p in a.params:
+                        p.grad = None
+                else:
+                    a.grad.fill(0)
+                    for p, gt in zip(a.params, a.grad_tensors):
+                        g = p.grad
+                        if g is not None and g is not gt:
+                            g.data[...] = 0  # a foreign gradient: zero it too, as PyTorch
+                        else:
+                            p.grad = gt
+
+    def _plans(self):
+        """Sync every arena; returns [(group, arena, active)] for the step."""
+        plans = []
+        for group, arenas in zip(self.param_groups, self._arenas):
+            for _, a in arenas:
+                plans.append((group, a, a.sync()))
+        return plans
+
+    @staticmethod
+    def _grad_ranges(plans):
+        for _, a, active in plans:
+            if active is None:
+                yield a.grad
+            else:
+                for i, on in enumerate(active):
+                    if on:
+                        o = a.offsets[i]
+                        yield a.grad[o : o + a.sizes[i]]
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0,
+                        error_if_nonfinite: bool = False) -> float:
+        """Total gradient norm over this optimizer's parameters, like
+        ``gf.nn.utils.clip_grad_norm_``, but the scale ``min(1, max_norm / (norm + 1e-6))`` is
+        folded into the next ``step()`` instead of being written into the gradients: one read
+        pass instead of a read and a write. ``.grad`` is left unscaled.
+
+        Returns the total norm (a float). Example::
+
+            loss.backward()
+            opt.clip_grad_norm_(1.0)
+            opt.step()
+        """
+        max_norm = _check_finite("max_norm", max_norm)
+        norm_type = float(norm_type)
+        if math.isnan(norm_type) or norm_type <= 0:
+            raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
+        plans = self._plans()
+        total = total_norm(self._grad_ranges(plans), norm_type)
+        if error_if_nonfinite and not math.isfinite(total):
+            raise RuntimeError(
+                f"The total norm of order {norm_type} for gradients from `parameters` is "
+                "non-finite, so it cannot be clipped. To disable this error and scale the "
+                "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`")
+        self._clip_norm = total
+        self._clip_scale = min(1.0, max_norm / (total + 1e-6))
+        return total
+
+    # ------------------------------------------------------------ step
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient.
+
+        Returns the closure's loss when a closure is given (PyTorch), otherwise True when the
+        update was applied and False when the non-finite guard skipped it (also readable as
+        ``last_step_skipped``; the running count is ``skipped_steps``)."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        plans = self._plans()
+        scale, norm = self._clip_scale, self._clip_norm
+        self._clip_scale = self._clip_norm = None
+        if self.skip_nonfinite:
+            if norm is not None:
+                finite = math.isfinite(norm)
+            else:
+                finite = all(_backend.arena_all_finite(g) for g in self._grad_ranges(plans))
+            if not finite:
+                self.skipped_steps += 1
+                self.last_step_skipped = True
+                return loss if closure is not None else False
+        self.last_step_skipped = False
+        gs = 1.0 if scale is None else float(scale)
+        for group, a, active in plans:
+            self._update(group, a, active, gs)
+        return loss if closure is not None else True
+
+    def _update(self, group, a: _Arena, active, grad_scale: float) -> None:
+        keys = self._state_keys(group)
+        cache = a.slot_cache
+        if cache is not None and cache[0] == keys:
+            slots = cache[1]
+        else:
+            slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
+                     for k in keys]
+            slots += [None] * (3 - len(slots))
+            a.slot_cache = (keys, slots)
+        kind = self._kind
+        if active is None and a.count is not None:
+            step = a.count + 1
+            sc, flags = self._scalars(group, step, a, 0, len(a.params))
+            sc[12] = grad_scale
+            _backend.optim_step(kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags)
+            a.count = step
+            return
+        for lo, hi, step0, i0, i1 in a.runs(active):
+            step = step0 + 1
+            sc, flags = self._scalars(group, step, a, i0, i1)
+            sc[12] = grad_scale
+            s = [None if x is None else x[lo:hi] for x in slots]
+            _backend.optim_step(kind, a.param[lo:hi], a.grad[lo:hi], s[0], s[1], s[2], sc, flags)
+            a.steps[i0:i1] += 1
+        a.settle()
+
+    # hooks for subclasses
+    def _state_keys(self, group) -> list:
+        """PyTorch state names in kernel slot order (state0..2); None for an unused slot."""
+        return []
+
+    def _keys(self, group) -> list[str]:
+        return [k for k in self._state_keys(group) if k]
+
+    def _state_init(self, group, key) -> float:
+        return 0.0
+
+    def _scalars(self, group, step, arena, i0, i1):
+        raise NotImplementedError
+
+    @staticmethod
+    def _base_scalars(group) -> list[float]:
+        # lr, weight_decay, eps, beta1, beta2, momentum, dampening, alpha, step_size,
+        # bc2_sqrt, c1, c2, grad_scale, reserved (order of bindings.cpp, optim section)
+        betas = group.get("betas", (0.0, 0.0))
+        return [float(group["lr"]), float(group.get("weight_decay", 0.0)),
+                float(group.get("eps", 0.0)), float(betas[0]), float(betas[1]),
+                float(group.get("momentum", 0.0)), float(group.get("dampening", 0.0)),
+                float(group.get("alpha", 0.0)), 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+
+    # ------------------------------------------------------------ state
+    def _param_index(self):
+        """(group index, arena, segment) for each parameter in PyTorch's index order."""
+        out = []
+        for gi, arenas in enumerate(self._arenas):
+            pos = {}
+            for idx, a in arenas:
+                for seg, i in enumerate(idx):
+                    pos[i] = (a, seg)
+            for i in range(len(self.param_groups[gi]["params"])):
+                out.append((gi,) + pos[i])
+        return out
+
+    def _segment_state(self, group, a: _Arena, seg: int) -> dict:
+        """PyTorch-layout state of one parameter (copies), {} before its first step."""
+        step = a.step_of(seg)
+        if step == 0 and not self._eager_state:
+            return {}
+        o, s, shape = a.offsets[seg], a.sizes[seg], a.shapes[seg]
+        st = {}
+        if self._has_step:
+            st["step"] = np.array(float(step), dtype=np.float32)
+        for k in self._keys(group):
+            st[k] = a.state[k][o : o + s].reshape(shape).copy()
+        for k, arr in a.extra.items():
+            st[k] = np.array(arr[seg], dtype=np.float32)
+        return st
+
+    @property
+    def state(self) -> dict:
+        """param -> its state dict (PyTorch's ``optimizer.state``), built on each access; the
+        arrays are copies: write state through :meth:`load_state_dict`."""
+        out = {}
+        for gi, a, seg in self._param_index():
+            st = self._segment_state(self.param_groups[gi], a, seg)
+            if st:
+                out[a.params[seg]] = st
+        return out
+
+    def state_dict(self) -> dict:
+        """``{"state": {index: {"step", "exp_avg", ...}}, "param_groups": [...]}`` in PyTorch's
+        layout with numpy arrays (``step`` a 0-d float32 array, as ``tensor.numpy()`` gives).
+        Parameters are numbered across groups in order, as PyTorch does."""
+        state = {}
+        for i, (gi, a, seg) in enumerate(self._param_index()):
+            st = self._segment_state(self.param_groups[gi], a, seg)
+            if st:
+                state[i] = st
+        groups = []
+        start = 0
+        for g in self.param_groups:
+            d = {k: v for k, v in g.items() if k != "params"}
+            d["params"] = list(range(start, start + len(g["params"])))
+            start += len(g["params"])
+            groups.append(d)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state_dict from gradfuse or from PyTorch (tensors converted with
+        ``.numpy()``, or left as tensors). Everything is checked first; on any error the
+        optimizer is left untouched."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or \
+                "param_groups" not in state_dict:
+            raise ValueError("state_dict: expected a dict with 'state' and 'param_groups'")
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for g, sg in zip(self.param_groups, groups):
+            if "params" not in sg or len(sg["params"]) != len(g["params"]):
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size "
+                    "of optimizer's group")
+        index = self._param_index()
+        id_to_pos = {}
+        for sg in groups:
+            for pid in sg["params"]:
+                id_to_pos[pid] = len(id_to_pos)
+        plan = []  # (arena, seg, step, {key: array}, extra)
+        for pid, st in state_dict["state"].items():
+            if pid not in id_to_pos:
+                raise ValueError(f"state_dict: state for unknown parameter id {pid!r}")
+            gi, a, seg = index[id_to_pos[pid]]
+            group = dict(self.param_groups[gi])
+            group.update({k: v for k, v in groups[gi].items() if k != "params"})
+            if not isinstance(st, dict):
+                raise ValueError(f"state_dict: state of parameter {pid!r} is not a dict")
+            keys = self._keys(group)
+            extra_keys = self._extra_keys()
+            allowed = set(keys) | set(extra_keys) | ({"step"} if self._has_step else set())
+            unknown = set(st) - allowed
+            if unknown:
+                raise ValueError(
+                    f"state_dict: parameter {pid!r} has state {sorted(unknown)} that "
+                    f"{type(self).__name__} does not use (state of another optimizer?)")
+            missing = [k for k in keys + extra_keys if k not in st]
+            if self._has_step and "step" not in st:
+                missing.insert(0, "step")
+            if missing:
+                raise ValueError(f"state_dict: parameter {pid!r} is missing state {missing}")
+            step = 1
+            if self._has_step:
+                sv = float(np.asarray(_to_numpy(st["step"])))
+                if not (sv >= 0 and sv == int(sv)):
+                    raise ValueError(f"state_dict: parameter {pid!r} has step {sv}")
+                step = int(sv)
+            arrays = {}
+            for k in keys:
+                arr = np.asarray(_to_numpy(st[k]))
+                if arr.shape != a.shapes[seg]:
+                    raise ValueError(
+                        f"state_dict: state '{k}' of parameter {pid!r} has shape {arr.shape}, "
+                        f"expected {a.shapes[seg]}")
+                arrays[k] = arr
+            extra = {k: float(np.asarray(_to_numpy(st[k]))) for k in extra_keys}
+            plan.append((a, seg, step, arrays, extra))
+        hyper = []
+        for g, sg in zip(self.param_groups, groups):
+            ng = dict(g)
+            ng.update({k: v for k, v in sg.items() if k != "params"})
+            self._check_group(ng)
+            hyper.append(ng)
+        # ---- all checked: write
+        for g, ng in zip(self.param_groups, hyper):
+            params = g["params"]
+            g.clear()
+            g.update(ng)
+            g["params"] = params
+        for arenas in self._arenas:
+            for _, a in arenas:
+                a.steps[:] = 0
+                a.slot_cache = None
+                for arr in a.state.values():
+                    arr.fill(0)
+                for k in list(a.state):
+                    del a.state[k]  # re-created (with init values) on demand
+                for k in a.extra:
+                    a.extra[k][:] = 1.0
+        for a, seg, step, arrays, extra in plan:
+            o, s = a.offsets[seg], a.sizes[seg]
+            a.steps[seg] = step
+            for k, arr in arrays.items():
+                buf = a.ensure_state(k, 0.0)
+                buf[o : o + s] = arr.reshape(-1)
+            for k, v in extra.items():
+                a.extra[k][seg] = v
+        for gi, arenas in enumerate(self._arenas):
+            for _, a in arenas:
+                # parameters without saved state start fresh: their buffers get init values
+                for k in self._keys(self.param_groups[gi]):
+                    init = self._state_init(self.param_groups[gi], k)
+                    buf = a.ensure_state(k, init)
+                    if init:
+                        for seg in range(len(a.params)):
+                            if a.steps[seg] == 0:
+                                o = a.offsets[seg]
+                                buf[o : o + a.sizes[seg]] = init
+                a.settle()
+
+    def _extra_keys(self) -> list[str]:
+        return []
+
+    def __repr__(self) -> str:
+        s = type(self).__name__ + " ("
+        for i, g in enumerate(self.param_groups):
+            s += f"\nParameter Group {i}"
+            for k in sorted(g):
+                if k != "params":
+                    s += f"\n    {k}: {g[k]}"
+        return s + "\n)"
+
+    def __getstate__(self) -> Any:
+        raise TypeError("gradfuse optimizers are not picklable: save optimizer.state_dict()")
+
+
+def _to_numpy(x):
+    if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor
+        return x.detach().cpu().numpy()
+    if isinstance(x, Tensor):
+        return x.data
+    return x
+
+
+def total_norm(arrays, norm_type: float) -> float:
+    """Norm of all elements of `arrays` together (fixed-order reductions)."""
+    if math.isinf(norm_type):
+        total = 0.0
+        for x in arrays:
+            v = _backend.arena_norm_reduce(x, norm_type) if x.size else 0.0
+            if math.isnan(v):
+                return v
+            total = max(total, v)
+        return total
+    total = 0.0
+    for x in arrays:
+        if x.size:
+            total += _backend.arena_norm_reduce(x, norm_type)
+    if norm_type == 2.0:
+        return math.sqrt(total)
+    if norm_type == 1.0:
+        return total
+    return total ** (1.0 / norm_type)

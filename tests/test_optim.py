@@ -1,0 +1,515 @@
+"""Optimizers over the flat arena: PyTorch parity (100+ steps, state included), state_dict
+portability both ways, param groups, thread-count independence, arena semantics, the
+non-finite guard, folded clipping and PyTorch's errors for bad hyperparameters."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import gradfuse as gf
+
+torch = pytest.importorskip("torch")
+
+SHAPES = [(3, 5), (7,), (1,), (17, 3), ()]  # odd sizes: partial vector blocks, a 0-d param
+STEPS = 110
+
+GRID = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)),
+    ("Adam", dict(lr=1e-2)),
+    ("Adam", dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, amsgrad=True)),
+    ("Adam", dict(lr=1e-2, weight_decay=0.1, maximize=True, decoupled_weight_decay=True)),
+    ("AdamW", dict(lr=1e-2)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.2, amsgrad=True)),
+    ("RMSprop", dict(lr=1e-2)),
+    ("RMSprop", dict(lr=1e-2, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.1)),
+    ("RMSprop", dict(lr=1e-3, centered=True, maximize=True)),
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1, weight_decay=0.1,
+                     eps=1e-8, maximize=True)),
+    ("NAdam", dict(lr=1e-2)),
+    ("NAdam", dict(lr=1e-2, weight_decay=0.1, momentum_decay=1e-2)),
+    ("NAdam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(lr=1e-2)),
+    ("RAdam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+]
+
+
+def tol(dtype):
+    # float64 agrees to ~1e-15 after 110 steps. float32 does not reach 1e-6: PyTorch's CPU ops
+    # round each tensor op separately (and use FMA in add(alpha=)), our loop rounds the whole
+    # update once per element with GCC's contractions; rounding differences of 1 ulp per step
+    # compound through momentum over 100 steps to ~1e-5 relative on the worst element.
+    return dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=5e-5, atol=2e-6)
+
+
+def make(name, kw, dtype, seed=0, groups=None):
+    rng = np.random.default_rng(seed)
+    init = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    tp = [torch.tensor(a.copy(), requires_grad=True) for a in init]
+    gp = [gf.nn.Parameter(a.copy()) for a in init]
+    if groups:
+        targs = [dict(params=tp[:2], **groups[0]), dict(params=tp[2:], **groups[1])]
+        gargs = [dict(params=gp[:2], **groups[0]), dict(params=gp[2:], **groups[1])]
+    else:
+        targs, gargs = tp, gp
+    return tp, gp, getattr(torch.optim, name)(targs, **kw), getattr(gf.optim, name)(gargs, **kw)
+
+
+def feed(rng, tp, gp, dtype, skip=()):
+    for i, (t, p) in enumerate(zip(tp, gp)):
+        if i in skip:
+            t.grad = None
+            p.grad = None
+            continue
+        g = rng.standard_normal(t.shape).astype(dtype)
+        t.grad = torch.tensor(g)
+        p.grad = gf.Tensor(g.copy())
+
+
+def assert_same(tp, gp, topt, gopt, dtype):
+    for t, p in zip(tp, gp):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), **tol(dtype))
+    tsd, gsd = topt.state_dict(), gopt.state_dict()
+    assert sorted(tsd["state"]) == sorted(gsd["state"])
+    for k, ts in tsd["state"].items():
+        gs = gsd["state"][k]
+        assert sorted(ts) == sorted(gs), (ts.keys(), gs.keys())
+        for key, v in ts.items():
+            np.testing.assert_allclose(gs[key], v.numpy(), **tol(dtype), err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,kw", GRID, ids=[f"{n}-{i}" for i, (n, _) in enumerate(GRID)])
+def test_parity_with_pytorch(name, kw, dtype):
+    tp, gp, topt, gopt = make(name, kw, dtype)
+    rng = np.random.default_rng(1)
+    for _ in range(STEPS):
+        feed(rng, tp, gp, dtype)
+        topt.step()
+        assert gopt.step() is True
+    assert_same(tp, gp, topt, gopt, dtype)
+
+
+@pytest.mark.parametrize("name,kw", [GRID[1], GRID[4], GRID[9], GRID[12], GRID[14], GRID[17]])
+def test_state_dict_round_trips_with_pytorch(name, kw):
+    """Mid-way: gradfuse -> gradfuse, PyTorch -> gradfuse and gradfuse -> PyTorch all continue
+    the same trajectory."""
+    dtype = np.float64
+    tp, gp, topt, gopt = make(name, kw, dtype)
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        feed(rng, tp, gp, dtype)
+        topt.step()
+        gopt.step()
+    sd = gopt.state_dict()
+    # gradfuse -> fresh gradfuse optimizer over copies of the parameters
+    gp2 = [gf.nn.Parameter(p.data.copy()) for p in gp]
+    gopt2 = getattr(gf.optim, name)(gp2, lr=123.0)
+    gopt2.load_state_dict(copy.deepcopy(sd))
+    assert gopt2.param_groups[0]["lr"] == kw["lr"]
+    # PyTorch -> gradfuse
+    tsd = topt.state_dict()
+    tsd_np = {"state": {k: {n: v.numpy().copy() for n, v in s.items()}
+                        for k, s in tsd["state"].items()},
+              "param_groups": copy.deepcopy(tsd["param_groups"])}
+    gp3 = [gf.nn.Parameter(t.detach().numpy().copy()) for t in tp]
+    gopt3 = getattr(gf.optim, name)(gp3, **kw)
+    gopt3.load_state_dict(tsd_np)
+    # gradfuse -> PyTorch
+    tp4 = [torch.tensor(p.data.copy(), requires_grad=True) for p in gp]
+    topt4 = getattr(torch.optim, name)(tp4, **kw)
+    topt4.load_state_dict({"state": {k: {n: torch.tensor(v) for n, v in s.items()}
+                                     for k, s in sd["state"].items()},
+                           "param_groups": copy.deepcopy(sd["param_groups"])})
+    for _ in range(50):
+        feed(rng, tp, gp, dtype)
+        for p2, p3, p in zip(gp2, gp3, gp):
+            p2.grad = gf.Tensor(p.grad.data.copy())
+            p3.grad = gf.Tensor(p.grad.data.copy())
+        for t4, t in zip(tp4, tp):
+            t4.grad = t.grad.clone()
+        topt.step()
+        gopt.step()
+        gopt2.step()
+        gopt3.step()
+        topt4.step()
+    assert_same(tp, gp, topt, gopt, dtype)
+    assert_same(tp, gp2, topt, gopt2, dtype)
+    assert_same(tp, gp3, topt, gopt3, dtype)
+    assert_same(tp4, gp, topt4, gopt, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,groups", [
+    ("SGD", [dict(lr=0.1, momentum=0.9), dict(lr=0.01, weight_decay=0.1)]),
+    ("Adam", [dict(lr=1e-2), dict(lr=1e-3, betas=(0.5, 0.9), amsgrad=True)]),
+    ("RMSprop", [dict(lr=1e-2, centered=True), dict(lr=1e-3, momentum=0.9)]),
+])
+def test_two_param_groups(name, groups, dtype):
+    tp, gp, topt, gopt = make(name, {}, dtype, groups=groups)
+    rng = np.random.default_rng(3)
+    for _ in range(STEPS):
+        feed(rng, tp, gp, dtype)
+        topt.step()
+        gopt.step()
+    assert_same(tp, gp, topt, gopt, dtype)
+
+
+@pytest.mark.parametrize("name,kw", [GRID[2], GRID[4], GRID[9], GRID[12]])
+def test_parameters_without_grad_are_skipped_as_pytorch(name, kw):
+    """A None gradient skips the parameter (no update, no step count), so per-parameter step
+    counts diverge and the arena is updated in runs."""
+    dtype = np.float64
+    tp, gp, topt, gopt = make(name, kw, dtype)
+    rng = np.random.default_rng(4)
+    for k in range(30):
+        skip = {k % 5, 2} if k % 3 else ()
+        feed(rng, tp, gp, dtype, skip=skip)
+        topt.step()
+        gopt.step()
+    assert_same(tp, gp, topt, gopt, dtype)
+
+
+def test_add_param_group_matches_pytorch():
+    dtype = np.float64
+    tp, gp, topt, gopt = make("Adam", dict(lr=1e-2), dtype)
+    extra_t = torch.tensor(np.ones((4, 2)), requires_grad=True)
+    extra_g = gf.nn.Parameter(np.ones((4, 2)))
+    topt.add_param_group({"params": [extra_t], "lr": 0.5})
+    gopt.add_param_group({"params": [extra_g], "lr": 0.5})
+    tp, gp = tp + [extra_t], gp + [extra_g]
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        feed(rng, tp, gp, dtype)
+        topt.step()
+        gopt.step()
+    assert_same(tp, gp, topt, gopt, dtype)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        gopt.add_param_group({"params": [gp[0]]})
+    assert len(gopt.param_groups) == 2
+
+
+def lion_reference(p, g, m, lr, b1, b2, wd):
+    c = b1 * m + (1 - b1) * g
+    p = p * (1 - lr * wd) - lr * np.sign(c)
+    return p, b2 * m + (1 - b2) * g
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lion_matches_reference(dtype):
+    rng = np.random.default_rng(6)
+    init = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    gp = [gf.nn.Parameter(a.copy()) for a in init]
+    opt = gf.optim.Lion(gp, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    ref = [(a.astype(np.float64), np.zeros(a.shape)) for a in init]
+    for _ in range(STEPS):
+        gs = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+        for p, g in zip(gp, gs):
+            p.grad = gf.Tensor(g)
+        opt.step()
+        ref = [lion_reference(p, g.astype(np.float64), m, 1e-3, 0.9, 0.99, 0.1)
+               for (p, m), g in zip(ref, gs)]
+    for p, (rp, rm), k in zip(gp, ref, range(len(gp))):
+        np.testing.assert_allclose(p.data, rp, rtol=1e-4 if dtype == np.float32 else 1e-10)
+        np.testing.assert_allclose(opt.state_dict()["state"][k]["exp_avg"], rm,
+                                   rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-6)
+
+
+# ---------------------------------------------------------------- arena semantics
+
+
+def test_params_and_grads_are_arena_views_and_backward_accumulates():
+    model = gf.nn.Sequential(gf.nn.Linear(5, 7), gf.nn.Linear(7, 3))
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    (arena,) = [a for _, a in opt._arenas[0]]
+    for p in model.parameters():
+        assert np.shares_memory(p.data, arena.param)
+    x = gf.tensor(np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32))
+    model(x).sum().backward()
+    g1 = [p.grad.data.copy() for p in model.parameters()]
+    for p in model.parameters():
+        assert np.shares_memory(p.grad.data, arena.grad)
+    model(x).sum().backward()  # accumulates in place
+    for p, g in zip(model.parameters(), g1):
+        np.testing.assert_allclose(p.grad.data, 2 * g, rtol=1e-6)
+        assert np.shares_memory(p.grad.data, arena.grad)
+    opt.zero_grad()  # set_to_none: PyTorch's meaning
+    assert all(p.grad is None for p in model.parameters())
+    model(x).sum().backward()  # copies into the arena again, no stale sum
+    for p, g in zip(model.parameters(), g1):
+        np.testing.assert_allclose(p.grad.data, g, rtol=1e-6)
+        assert np.shares_memory(p.grad.data, arena.grad)
+    opt.zero_grad(set_to_none=False)
+    assert not arena.grad.any()
+    assert all(p.grad is not None and not p.grad.data.any() for p in model.parameters())
+
+
+def test_model_state_dict_round_trip_keeps_arena_views():
+    model = gf.nn.Linear(4, 3)
+    opt = gf.optim.Adam(model.parameters(), lr=0.1)
+    sd = model.state_dict()
+    x = gf.tensor(np.ones((2, 4), np.float32))
+    for _ in range(3):
+        opt.zero_grad()
+        (model(x) ** 2).sum().backward()
+        opt.step()
+    changed = model.state_dict()
+    assert not np.allclose(changed["weight"], sd["weight"])
+    model.load_state_dict(sd)
+    (arena,) = [a for _, a in opt._arenas[0]]
+    for p in model.parameters():
+        assert np.shares_memory(p.data, arena.param)
+    np.testing.assert_array_equal(model.weight.data, sd["weight"])
+    opt.zero_grad()
+    (model(x) ** 2).sum().backward()
+    before = model.weight.data.copy()
+    opt.step()
+    assert not np.array_equal(model.weight.data, before)  # the step reached the module
+
+
+def test_rebound_data_and_second_optimizer_are_readopted():
+    p = gf.nn.Parameter(np.zeros(5))
+    o1 = gf.optim.SGD([p], lr=1.0)
+    o2 = gf.optim.SGD([p], lr=1.0)  # moves p into o2's arena
+    p.grad = gf.Tensor(np.ones(5))
+    o1.step()  # copies p back into o1's arena: both update the same values
+    p.grad = gf.Tensor(np.ones(5))
+    o2.step()
+    np.testing.assert_array_equal(p.data, -2 * np.ones(5))
+    p.data = np.full(5, 3.0)
+    p.grad = gf.Tensor(np.ones(5))
+    o1.step()
+    np.testing.assert_array_equal(p.data, np.full(5, 2.0))
+    p.data = np.zeros(3)
+    with pytest.raises(RuntimeError, match="replaced by an array of shape"):
+        o1.step()
+
+
+@pytest.mark.parametrize("name,kw", [GRID[1], GRID[4], GRID[9], GRID[12], GRID[14],
+                                     ("LAMB", dict(lr=1e-2, weight_decay=0.1))])
+def test_thread_count_independent(name, kw):
+    n = 3 * 40_000 + 7  # over the parallel grain, not a multiple of the vector width
+    out = []
+    for threads in (1, 2):
+        old = gf.get_num_threads()
+        gf.set_num_threads(threads)
+        try:
+            rng = np.random.default_rng(7)
+            p = gf.nn.Parameter(rng.standard_normal(n).astype(np.float32))
+            opt = getattr(gf.optim, name)([p], **kw)
+            for _ in range(5):
+                p.grad = gf.Tensor(rng.standard_normal(n).astype(np.float32))
+                opt.step()
+            norm = gf.nn.utils.clip_grad_norm_([p], 1.0)
+            out.append((p.data.copy(), float(norm.data)))
+        finally:
+            gf.set_num_threads(old)
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    assert out[0][1] == out[1][1]
+
+
+# ---------------------------------------------------------------- guard and folded clipping
+
+
+def test_nonfinite_guard_skips_whole_step():
+    p = gf.nn.Parameter(np.ones(6, np.float32))
+    q = gf.nn.Parameter(np.ones(3, np.float32))
+    opt = gf.optim.Adam([{"params": [p]}, {"params": [q], "lr": 0.5}], lr=0.1,
+                        skip_nonfinite=True)
+    p.grad = gf.Tensor(np.ones(6, np.float32))
+    q.grad = gf.Tensor(np.ones(3, np.float32))
+    assert opt.step() is True
+    before = (p.data.copy(), q.data.copy(), copy.deepcopy(opt.state_dict()))
+    for bad in (np.nan, np.inf, -np.inf):
+        g = np.ones(3, np.float32)
+        g[1] = bad
+        p.grad = gf.Tensor(np.ones(6, np.float32))
+        q.grad = gf.Tensor(g)
+        assert opt.step() is False
+        assert opt.last_step_skipped
+        np.testing.assert_array_equal(p.data, before[0])
+        np.testing.assert_array_equal(q.data, before[1])
+        sd = opt.state_dict()
+        for k in before[2]["state"]:
+            for n, v in before[2]["state"][k].items():
+                np.testing.assert_array_equal(sd["state"][k][n], v)
+    assert opt.skipped_steps == 3
+    q.grad = gf.Tensor(np.ones(3, np.float32))
+    assert opt.step() is True and opt.skipped_steps == 3
+
+
+def test_folded_clip_equals_clip_then_step():
+    rng = np.random.default_rng(8)
+    init = [rng.standard_normal(s) for s in SHAPES]
+    grads = [10 * rng.standard_normal(s) for s in SHAPES]
+    a = [gf.nn.Parameter(x.copy()) for x in init]
+    b = [gf.nn.Parameter(x.copy()) for x in init]
+    oa = gf.optim.Adam(a, lr=0.1)
+    ob = gf.optim.Adam(b, lr=0.1, skip_nonfinite=True)
+    for p, q, g in zip(a, b, grads):
+        p.grad = gf.Tensor(g.copy())
+        q.grad = gf.Tensor(g.copy())
+    na = gf.nn.utils.clip_grad_norm_(a, 1.0)
+    oa.step()
+    nb = ob.clip_grad_norm_(1.0)
+    ob.step()
+    assert float(na.data) == pytest.approx(nb, rel=1e-12)
+    for p, q, g in zip(a, b, grads):
+        np.testing.assert_allclose(q.data, p.data, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(q.grad.data, g)  # folded: .grad itself is not scaled
+    # a non-finite norm with the guard: the step is skipped without another pass
+    b[0].grad.data[0, 0] = np.nan
+    ob.clip_grad_norm_(1.0)
+    assert ob.step() is False and ob.skipped_steps == 1
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("name,kw,msg", [
+    ("SGD", dict(lr=-0.1), "Invalid learning rate"),
+    ("SGD", dict(lr=0.1, momentum=-0.5), "Invalid momentum value"),
+    ("SGD", dict(lr=0.1, nesterov=True), "Nesterov momentum requires"),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.5, nesterov=True), "Nesterov"),
+    ("SGD", dict(lr=0.1, weight_decay=-1), "Invalid weight_decay value"),
+    ("Adam", dict(lr=-1e-3), "Invalid learning rate"),
+    ("Adam", dict(eps=-1e-8), "Invalid epsilon value"),
+    ("Adam", dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0"),
+    ("Adam", dict(betas=(0.9, -0.1)), "Invalid beta parameter at index 1"),
+    ("AdamW", dict(weight_decay=-0.1), "Invalid weight_decay value"),
+    ("RMSprop", dict(alpha=-0.5), "Invalid alpha value"),
+    ("RMSprop", dict(momentum=-0.5), "Invalid momentum value"),
+    ("RMSprop", dict(eps=-1.0), "Invalid epsilon value"),
+    ("Adagrad", dict(lr_decay=-1.0), "Invalid lr_decay value"),
+    ("Adagrad", dict(initial_accumulator_value=-1.0), "Invalid initial_accumulator_value"),
+    ("NAdam", dict(momentum_decay=-1.0), "Invalid momentum_decay value"),
+    ("RAdam", dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1"),
+])
+def test_bad_hyperparameters_match_pytorch(name, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        getattr(torch.optim, name)([torch.zeros(2, requires_grad=True)], **kw)
+    p = gf.nn.Parameter(np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match=msg):
+        getattr(gf.optim, name)([p], **kw)
+    assert p._grad_slot is None  # rejected before the parameter was moved into an arena
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("key", ["lr", "eps", "weight_decay"])
+def test_nonfinite_hyperparameters_rejected(key, value):
+    with pytest.raises(ValueError, match="Invalid"):
+        gf.optim.Adam([gf.nn.Parameter(np.zeros(2))], **{key: value})
+
+
+def test_bad_params():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        gf.optim.Adam([])
+    with pytest.raises(TypeError, match="iterable of Tensors"):
+        gf.optim.SGD(gf.nn.Parameter(np.zeros(2)), lr=0.1)
+    with pytest.raises(TypeError, match="can only optimize Tensors"):
+        gf.optim.SGD([np.zeros(2)], lr=0.1)
+    x = gf.tensor(np.ones(2), requires_grad=True)
+    with pytest.raises(ValueError, match="non-leaf"):
+        gf.optim.SGD([x * 2], lr=0.1)
+    p = gf.nn.Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        gf.optim.SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
+    with pytest.raises(ValueError, match="more than once"):
+        gf.optim.SGD([p, p], lr=0.1)
+
+
+def test_bad_state_dict_leaves_optimizer_untouched():
+    tp, gp, topt, gopt = make("Adam", dict(lr=1e-2, amsgrad=True), np.float64)
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        feed(rng, tp, gp, np.float64)
+        gopt.step()
+    good = gopt.state_dict()
+    snapshot = copy.deepcopy(good)
+
+    def bad(mutate):
+        sd = copy.deepcopy(good)
+        mutate(sd)
+        return sd
+
+    cases = [
+        (bad(lambda s: s["state"][0].__setitem__("exp_avg", np.zeros((2, 2)))), "shape"),
+        (bad(lambda s: s["state"][1].pop("exp_avg_sq")), "missing state"),
+        (bad(lambda s: s["state"][2].__setitem__("momentum_buffer", np.zeros(1))), "another"),
+        (bad(lambda s: s["param_groups"][0]["params"].pop()), "doesn't match"),
+        (bad(lambda s: s["param_groups"][0].__setitem__("lr", -1.0)), "learning rate"),
+        (bad(lambda s: s.pop("state")), "'state'"),
+        (bad(lambda s: s["param_groups"].append(dict(params=[]))), "number of parameter"),
+    ]
+    sgd = gf.optim.SGD([gf.nn.Parameter(np.zeros(s)) for s in SHAPES], lr=0.1, momentum=0.9)
+    sgd.zero_grad()
+    for p in sgd.param_groups[0]["params"]:
+        p.grad = gf.Tensor(np.ones(p.shape))
+    sgd.step()
+    cases.append((sgd.state_dict(), "another optimizer"))
+    for sd, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            gopt.load_state_dict(sd)
+        now = gopt.state_dict()
+        assert now["param_groups"] == snapshot["param_groups"]
+        for k, st in snapshot["state"].items():
+            for n, v in st.items():
+                np.testing.assert_array_equal(now["state"][k][n], v)
+
+
+def lamb_reference(p, g, m, v, t, lr, b1, b2, eps, wd):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    u = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + wd * p
+    r1, r2 = np.linalg.norm(p), np.linalg.norm(u)
+    trust = r1 / r2 if r1 > 0 and r2 > 0 else 1.0
+    return p - lr * trust * u, m, v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lamb_matches_reference_with_per_tensor_trust_ratio(dtype):
+    rng = np.random.default_rng(10)
+    shapes = SHAPES + [(70_000,)]  # one tensor spans two reduction blocks
+    init = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    init[2][...] = 0  # ||p|| = 0: trust ratio 1
+    gp = [gf.nn.Parameter(a.copy()) for a in init]
+    opt = gf.optim.LAMB(gp, lr=1e-2, weight_decay=0.1)
+    ref = [(a.astype(np.float64), np.zeros(a.shape), np.zeros(a.shape)) for a in init]
+    for t in range(1, 31):
+        gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        for k, (p, g) in enumerate(zip(gp, gs)):
+            p.grad = None if (t % 4 == 0 and k == 1) else gf.Tensor(g)
+        opt.step()
+        ref = [r if (t % 4 == 0 and k == 1) else
+               lamb_reference(r[0], g.astype(np.float64), r[1], r[2],
+                              t - (t // 4 if k == 1 else 0), 1e-2, 0.9, 0.999, 1e-6, 0.1)
+               for k, (r, g) in enumerate(zip(ref, gs))]
+    rtol = 2e-4 if dtype == np.float32 else 1e-10
+    for p, r in zip(gp, ref):
+        np.testing.assert_allclose(p.data, r[0], rtol=rtol, atol=1e-6)
+
+
+def test_large_arena_is_huge_page_aligned_and_small_one_cache_line_aligned():
+    big = [gf.nn.Parameter(np.zeros(600_000, np.float32)), gf.nn.Parameter(np.zeros(5))]
+    opt = gf.optim.Adam(big)
+    arenas = {a.dtype: a for _, a in opt._arenas[0]}
+    assert arenas[np.dtype(np.float32)].param.ctypes.data % (2 << 20) == 0
+    assert arenas[np.dtype(np.float32)].grad.ctypes.data % (2 << 20) == 0
+    assert arenas[np.dtype(np.float64)].param.ctypes.data % 64 == 0
+    for p in big:  # one arena per dtype inside the group
+        assert p.data.base is not None
+
+
+def test_readme_optimizer_example_runs():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"## Optimizers\n.*?```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README optimizers", "exec"), scope)
+    assert scope["applied"] is True
+    assert set(scope["sd"]["state"]) == {0, 1, 2, 3}

@@ -14,6 +14,12 @@ from . import _C
 cross_entropy_forward = _C.cross_entropy_forward
 cross_entropy_backward = _C.cross_entropy_backward
 
+# data scaling (csrc/kernels/scale.cpp)
+column_stats = _C.column_stats
+affine_columns = _C.affine_columns
+image_channel_stats = _C.image_channel_stats
+image_affine = _C.image_affine
+
 build_info = _C.build_info
 get_num_threads = _C.get_num_threads
 set_num_threads = _C.set_num_threads

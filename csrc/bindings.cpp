@@ -319,21 +319,23 @@ py::tuple py_image_channel_stats(const py::array& x, int64_t outer, int64_t chan
 }
 
 py::array py_image_affine(const py::array& x, int64_t outer, int64_t channels, int64_t inner,
-                          const py::array& mul, const py::array& add) {
+                          const py::array& shift, const py::array& mul, const py::array& add) {
   const ImageLayout l = image_layout(x, outer, channels, inner);
+  check_array<double>(shift, "shift", 1);
   check_array<double>(mul, "mul", 1);
   check_array<double>(add, "add", 1);
-  if (mul.shape(0) != channels || add.shape(0) != channels) {
-    throw py::value_error("mul, add: expected shape (" + std::to_string(channels) + ",)");
+  if (shift.shape(0) != channels || mul.shape(0) != channels || add.shape(0) != channels) {
+    throw py::value_error("shift, mul, add: expected shape (" + std::to_string(channels) + ",)");
   }
   py::array_t<float> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
   float* o = out.mutable_data();
   const uint8_t* p = cptr<uint8_t>(x);
+  const double* sh = cptr<double>(shift);
   const double* mu = cptr<double>(mul);
   const double* ad = cptr<double>(add);
   {
     py::gil_scoped_release nogil;
-    image_affine(p, l, mu, ad, o);
+    image_affine(p, l, sh, mu, ad, o);
   }
   return std::move(out);
 }
@@ -532,8 +534,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("channels"), py::arg("inner"),
         "(x uint8 seen as (outer, channels, inner)) -> (mean, var) per channel, pixel units");
   m.def("image_affine", &py_image_affine, py::arg("x"), py::arg("outer"), py::arg("channels"),
-        py::arg("inner"), py::arg("mul"), py::arg("add"),
-        "-> float32 x * mul[c] + add[c], x's shape");
+        py::arg("inner"), py::arg("shift"), py::arg("mul"), py::arg("add"),
+        "-> float32 (x - shift[c]) * mul[c] + add[c], x's shape");
 
   m.def("install_numpy_allocator", &install_numpy_allocator);
   m.def("uninstall_numpy_allocator", &uninstall_numpy_allocator);

@@ -73,29 +73,33 @@ inline void for_segments(int64_t r0, int64_t r1, int64_t d, int64_t j0, int64_t 
 
 // ---------------------------------------------------------------- column statistics
 
-// Pass 1 over a segment: count, sum, min, max of the non-NaN values, in double.
+// Pass 1 over a segment: count, sum, min, max of the non-NaN values, in double. The sum is
+// of x - ref (ref: a value of the column, see column_stats_impl), so block means and the
+// differences between them keep their digits when |mean| >> std.
 // NaN fails every comparison, so min/max skip it without a test; v == v is the NaN mask.
 template <typename T, bool kMoments>
-GF_TARGET_CLONES void stats_pass1(const T* x, int64_t len, double* cnt, double* sum, double* mn,
-                                  double* mx) {
+GF_TARGET_CLONES void stats_pass1(const T* x, int64_t len, const double* ref, double* cnt,
+                                  double* sum, double* mn, double* mx) {
 #pragma omp simd
   for (int64_t p = 0; p < len; ++p) {
     const double v = double(x[p]);
     const bool ok = v == v;
     cnt[p] += ok ? 1.0 : 0.0;
-    if (kMoments) sum[p] += ok ? v : 0.0;
+    if (kMoments) sum[p] += ok ? v - ref[p] : 0.0;
     mn[p] = v < mn[p] ? v : mn[p];
     mx[p] = v > mx[p] ? v : mx[p];
   }
 }
 
-// Pass 2, from cache: sum of squared deviations from the block's column mean.
+// Pass 2, from cache: sum of squared deviations from the block's column mean (both shifted
+// by ref).
 template <typename T>
-GF_TARGET_CLONES void stats_pass2(const T* x, int64_t len, const double* mean, double* m2) {
+GF_TARGET_CLONES void stats_pass2(const T* x, int64_t len, const double* ref, const double* mean,
+                                  double* m2) {
 #pragma omp simd
   for (int64_t p = 0; p < len; ++p) {
     const double v = double(x[p]);
-    const double dv = v - mean[p];
+    const double dv = (v - ref[p]) - mean[p];
     m2[p] += v == v ? dv * dv : 0.0;
   }
 }
@@ -117,12 +121,13 @@ inline void chan_merge(double& na, double& ma, double& m2a, double nb, double mb
   na = n;
 }
 
-// Statistics of one superblock (rows [r0, r1)) in one column tile, written to p* (length wt).
-// acc holds 6 * seg doubles of per-segment-position state.
+// Statistics of one superblock (rows [r0, r1)) in one column tile, written to p* (length wt;
+// pmean relative to ref). acc holds 6 * seg doubles of per-segment-position state; ref is the
+// per-column shift repeated to the segment length.
 template <typename T, bool kMoments>
 void stats_item(const T* x, int64_t d, const Tiling& tl, int64_t block_rows, int64_t r0,
-                int64_t r1, int64_t j0, int64_t wt, double* acc, double* pcnt, double* pmean,
-                double* pm2, double* pmn, double* pmx) {
+                int64_t r1, int64_t j0, int64_t wt, const double* ref, double* acc, double* pcnt,
+                double* pmean, double* pm2, double* pmn, double* pmx) {
   const int64_t k = tl.k;
   const int64_t len = k * wt;
   double* cnt = acc;
@@ -147,7 +152,7 @@ void stats_item(const T* x, int64_t d, const Tiling& tl, int64_t block_rows, int
       std::fill(m2, m2 + len, 0.0);
     }
     for_segments(b0, b1, d, j0, wt, k, [&](int64_t off, int64_t n) {
-      stats_pass1<T, kMoments>(x + off, n, cnt, sum, mn, mx);
+      stats_pass1<T, kMoments>(x + off, n, ref, cnt, sum, mn, mx);
     });
     // fold the k copies of each column, in a fixed order
     for (int64_t c = 0; c < wt; ++c) {
@@ -169,7 +174,7 @@ void stats_item(const T* x, int64_t d, const Tiling& tl, int64_t block_rows, int
     }
     if (kMoments) {
       for_segments(b0, b1, d, j0, wt, k, [&](int64_t off, int64_t n) {
-        stats_pass2<T>(x + off, n, bm, m2);
+        stats_pass2<T>(x + off, n, ref, bm, m2);
       });
       for (int64_t c = 0; c < wt; ++c) {
         double m2b = 0.0;
@@ -192,7 +197,29 @@ void column_stats_impl(const T* x, int64_t n, int64_t d, const ColumnStatsOut& o
   if (rows > block_rows) rows = ceil_div(rows, block_rows) * block_rows;
   nsuper = ceil_div(n, rows);
 
-  // partials[s] = 5 arrays of d: count, mean, m2, min, max
+  // Every mean is accumulated relative to ref[j], the column's first finite value among its
+  // first rows (x - ref is exact for values within a factor 2 of ref, Sterbenz): with mean 1e6
+  // and std 1e-3 the block means then differ in their leading digits, not below an ulp of 1e6.
+  // The same ref for all blocks keeps the merge order and the result thread independent.
+  // Stored repeated k times, as the segments see it.
+  std::vector<double> ref(kMoments ? size_t(tl.k) * size_t(d) : 0, 0.0);
+  if (kMoments) {
+    const int64_t scan = std::min<int64_t>(n, 64);
+    for (int64_t j = 0; j < d; ++j) {
+      for (int64_t i = 0; i < scan; ++i) {
+        const double v = double(x[i * d + j]);
+        if (std::isfinite(v)) {
+          ref[j] = v;
+          break;
+        }
+      }
+    }
+    for (int64_t q = 1; q < tl.k; ++q) {
+      std::copy(ref.begin(), ref.begin() + d, ref.begin() + q * d);
+    }
+  }
+
+  // partials[s] = 5 arrays of d: count, mean - ref, m2, min, max
   std::vector<double> partials(size_t(nsuper) * 5 * size_t(d));
   const int64_t items = nsuper * tl.ntiles;
   parallel_for(items, rows * tl.w, [&](int64_t b, int64_t e) {
@@ -202,7 +229,8 @@ void column_stats_impl(const T* x, int64_t n, int64_t d, const ColumnStatsOut& o
       const int64_t j0 = t * tl.w, wt = std::min(tl.w, d - j0);
       const int64_t r0 = s * rows, r1 = std::min(n, r0 + rows);
       double* p = partials.data() + size_t(s) * 5 * size_t(d) + size_t(j0);
-      stats_item<T, kMoments>(x, d, tl, block_rows, r0, r1, j0, wt, acc.data(), p, p + d,
+      const double* rj = kMoments ? ref.data() + j0 : nullptr;
+      stats_item<T, kMoments>(x, d, tl, block_rows, r0, r1, j0, wt, rj, acc.data(), p, p + d,
                               p + 2 * d, p + 3 * d, p + 4 * d);
     }
   });
@@ -224,7 +252,7 @@ void column_stats_impl(const T* x, int64_t n, int64_t d, const ColumnStatsOut& o
     out.min[j] = lo;
     out.max[j] = hi;
     if (kMoments) {
-      out.mean[j] = cnt > 0.0 ? mean : std::numeric_limits<double>::quiet_NaN();
+      out.mean[j] = cnt > 0.0 ? ref[j] + mean : std::numeric_limits<double>::quiet_NaN();
       out.m2[j] = cnt > 0.0 ? m2 : std::numeric_limits<double>::quiet_NaN();
     }
   }
@@ -335,18 +363,19 @@ GF_TARGET_CLONES void u8_sums_pattern(const uint8_t* x, int64_t len, uint32_t* s
 
 // In double, rounded once to float: x / 255 comes out exactly as numpy's (x / 255) cast to
 // float32 (x / 255 repeats x's 8 bits, so it is never near a float rounding midpoint), and a
-// standardized pixel is as close to its float64 value as a float allows. The memory traffic
-// (1 byte in, 4 out) hides the wider arithmetic.
-GF_TARGET_CLONES void u8_affine_run(const uint8_t* x, int64_t len, double m, double a,
+// standardized pixel is as close to its float64 value as a float allows; x - shift is exact,
+// so a pixel equal to the mean gives exactly 0. The memory traffic (1 byte in, 4 out) hides
+// the wider arithmetic.
+GF_TARGET_CLONES void u8_affine_run(const uint8_t* x, int64_t len, double s, double m, double a,
                                     float* out) {
 #pragma omp simd
-  for (int64_t i = 0; i < len; ++i) out[i] = float(double(x[i]) * m + a);
+  for (int64_t i = 0; i < len; ++i) out[i] = float((double(x[i]) - s) * m + a);
 }
 
-GF_TARGET_CLONES void u8_affine_pattern(const uint8_t* x, int64_t len, const double* m,
-                                        const double* a, float* out) {
+GF_TARGET_CLONES void u8_affine_pattern(const uint8_t* x, int64_t len, const double* s,
+                                        const double* m, const double* a, float* out) {
 #pragma omp simd
-  for (int64_t p = 0; p < len; ++p) out[p] = float(double(x[p]) * m[p] + a[p]);
+  for (int64_t p = 0; p < len; ++p) out[p] = float((double(x[p]) - s[p]) * m[p] + a[p]);
 }
 
 }  // namespace
@@ -432,31 +461,33 @@ void image_channel_stats(const uint8_t* x, const ImageLayout& l, double* mean, d
   }
 }
 
-void image_affine(const uint8_t* x, const ImageLayout& l, const double* mul, const double* add,
-                  float* out) {
+void image_affine(const uint8_t* x, const ImageLayout& l, const double* shift, const double* mul,
+                  const double* add, float* out) {
   const int64_t C = l.channels;
   const int64_t total = l.outer * C * l.inner;
   if (long_runs(l)) {
     parallel_for(ceil_div(total, kImageChunk), kImageChunk, [&](int64_t b, int64_t e) {
       for_runs(l, b * kImageChunk, std::min(total, e * kImageChunk),
                [&](int64_t s0, int64_t s1, int64_t c) {
-                 u8_affine_run(x + s0, s1 - s0, mul[c], add[c], out + s0);
+                 u8_affine_run(x + s0, s1 - s0, shift[c], mul[c], add[c], out + s0);
                });
     });
     return;
   }
   const int64_t period = C * l.inner;
   const int64_t seg = repeat_for_lanes(period) * period;
-  std::vector<double> pm(seg), pa(seg);
+  std::vector<double> ps(seg), pm(seg), pa(seg);
   for (int64_t p = 0; p < seg; ++p) {
     const int64_t c = (p / l.inner) % C;
+    ps[p] = shift[c];
     pm[p] = mul[c];
     pa[p] = add[c];
   }
   parallel_for(ceil_div(total, seg), seg, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t off = i * seg;
-      u8_affine_pattern(x + off, std::min(seg, total - off), pm.data(), pa.data(), out + off);
+      u8_affine_pattern(x + off, std::min(seg, total - off), ps.data(), pm.data(), pa.data(),
+                        out + off);
     }
   });
 }

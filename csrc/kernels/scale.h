@@ -60,9 +60,9 @@ struct ImageLayout {
 // or the order. mean and var have length channels.
 void image_channel_stats(const uint8_t* x, const ImageLayout& l, double* mean, double* var);
 
-// out[o, c, i] = float(x[o, c, i] * mul[c] + add[c]), computed in double and rounded once:
-// one read of the bytes, one write of the floats.
-void image_affine(const uint8_t* x, const ImageLayout& l, const double* mul, const double* add,
-                  float* out);
+// out[o, c, i] = float((x[o, c, i] - shift[c]) * mul[c] + add[c]), computed in double and
+// rounded once: one read of the bytes, one write of the floats.
+void image_affine(const uint8_t* x, const ImageLayout& l, const double* shift, const double* mul,
+                  const double* add, float* out);
 
 }  // namespace gradfuse

@@ -36,7 +36,13 @@ def image_channel_stats(
     x: np.ndarray, outer: int, channels: int, inner: int
 ) -> tuple[np.ndarray, np.ndarray]: ...
 def image_affine(
-    x: np.ndarray, outer: int, channels: int, inner: int, mul: np.ndarray, add: np.ndarray
+    x: np.ndarray,
+    outer: int,
+    channels: int,
+    inner: int,
+    shift: np.ndarray,
+    mul: np.ndarray,
+    add: np.ndarray,
 ) -> np.ndarray: ...
 def install_numpy_allocator() -> bool: ...
 def uninstall_numpy_allocator() -> bool: ...

@@ -425,7 +425,7 @@ class MinMaxScaler(_Scaler):
         """
         fitted = self._n_features is not None
         return {
-            "feature_range": tuple(float(v) for v in self.feature_range),
+            "feature_range": tuple(self.feature_range),
             "clip": self.clip,
             "nan_policy": self.nan_policy,
             "n_samples_seen": self._n_seen if fitted else 0,
@@ -751,6 +751,7 @@ def scale_images(x, mode: str = "minmax", *, channel_axis=None, mean=None, std=N
         if mean is not None or std is not None:
             raise ValueError("mean, std: only used with mode='standardize'")
         lo, hi = MinMaxScaler._check_range(feature_range)
+        shift = np.zeros(c)
         mul = np.full(c, (float(hi) - float(lo)) / 255.0)
         add = np.full(c, float(lo))
     else:
@@ -767,10 +768,12 @@ def scale_images(x, mode: str = "minmax", *, channel_axis=None, mean=None, std=N
             s = _channel_values(std, c, "std")
             if (s <= 0).any():
                 raise ValueError(f"std: expected values > 0, got {s}")
+        # (x / 255 - m) / s as (x - 255 m) / (255 s): x - 255 m is exact for a whole-pixel mean
+        shift = 255.0 * m
         mul = 1.0 / (255.0 * s)
-        add = -m / s
+        add = np.zeros(c)
     if a.size == 0:
         out = np.empty(a.shape, np.float32)
     else:
-        out = _backend.image_affine(a, outer, c, inner, mul, add)
+        out = _backend.image_affine(a, outer, c, inner, shift, mul, add)
     return Tensor(out) if was_tensor else out

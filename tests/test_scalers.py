@@ -654,3 +654,18 @@ def test_scale_images_bad_input(rng):
     with pytest.raises(ValueError, match="at least one pixel"):
         gf.data.image_stats(np.zeros((0, 3), np.uint8))
     assert gf.data.scale_images(np.zeros((0, 3), np.uint8)).shape == (0, 3)
+
+
+def test_image_stats_exact_past_the_uint32_partial_sums():
+    # all 255: per-position sums of squares overflow uint32 after 66052 values; the kernel
+    # flushes its partial sums to uint64 before that, on one thread (longest run) or more
+    prev = gf.get_num_threads()
+    try:
+        for t in (1, 2):
+            gf.set_num_threads(t)
+            for shape, axis in [((2_200_000, 3), -1), ((2, 3_000_000), None)]:
+                mean, std = gf.data.image_stats(np.full(shape, 255, np.uint8), channel_axis=axis)
+                np.testing.assert_array_equal(mean, 1.0)
+                np.testing.assert_array_equal(std, 0.0)
+    finally:
+        gf.set_num_threads(prev)

@@ -9,6 +9,10 @@
 
 #include "common.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>  // streaming stores; SSE2 is in every x86-64 target clone
+#endif
+
 namespace gradfuse {
 namespace {
 
@@ -32,6 +36,11 @@ constexpr int64_t kMaxSuper = 256;
 constexpr int64_t kMaxPartials = int64_t(1) << 23;
 // transform: rows per work item, so a tile's coefficients are reused across many rows
 constexpr int64_t kAffineBlockElems = int64_t(1) << 16;
+// Outputs at least this large are written with non-temporal (streaming) stores: an ordinary
+// store first reads the line it writes (read for ownership), so a transform that cannot fit
+// its output in cache would move 3 bytes per byte written instead of 2. Smaller outputs stay
+// in cache for whatever reads them next.
+constexpr int64_t kStreamMinBytes = int64_t(8) << 20;
 // image path: flat chunk per work item; 2^16 bytes keep a uint32 sum of squares exact
 // (2^16 * 255^2 < 2^32)
 constexpr int64_t kImageChunk = int64_t(1) << 16;
@@ -60,16 +69,50 @@ Tiling make_tiling(int64_t d) {
   return t;
 }
 
-// Calls f(offset, len) for the segments of rows [r0, r1) in the tile starting at column j0
-// (width wt): k whole rows at a time when k > 1 (then j0 == 0 and wt == d, so the k rows are
-// contiguous), else one row's slice of the tile. The last segment may hold fewer rows.
+// Calls f(offset, count, len) for the segments of rows [r0, r1) in the tile starting at
+// column j0 (width wt): `count` segments of `len` values, k * d apart. A segment is k whole
+// rows when k > 1 (then j0 == 0 and wt == d, so the k rows are contiguous), else one row's
+// slice of the tile; a last segment of fewer rows comes as a second call. The hot functions
+// take the whole run of segments, so the dispatch of a target_clones call is paid per block,
+// not per row.
 template <typename F>
 inline void for_segments(int64_t r0, int64_t r1, int64_t d, int64_t j0, int64_t wt, int64_t k,
                          F&& f) {
-  int64_t r = r0;
-  for (; r + k <= r1; r += k) f(r * d + j0, k * wt);
-  if (r < r1) f(r * d + j0, (r1 - r) * wt);
+  const int64_t count = (r1 - r0) / k;
+  const int64_t rest = (r1 - r0) % k;
+  if (count > 0) f(r0 * d + j0, count, k * wt);
+  if (rest > 0) f((r0 + count * k) * d + j0, int64_t(1), rest * wt);
 }
+
+// dst[0, n) = src[0, n) with streaming stores where dst is 16-byte aligned. The vector code
+// computes into a small buffer in L1 first; 16-byte streaming stores to consecutive addresses
+// fill whole lines in the write-combining buffers, so the width does not matter.
+__attribute__((always_inline)) inline void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+__attribute__((always_inline)) inline void stream_copy(double* dst, const double* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
+  for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// Streaming stores are weakly ordered: each thread fences before its writes are read.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+constexpr int64_t kStreamBuf = kTileCols;  // >= every segment length (see make_tiling)
 
 // ---------------------------------------------------------------- column statistics
 
@@ -78,29 +121,34 @@ inline void for_segments(int64_t r0, int64_t r1, int64_t d, int64_t j0, int64_t 
 // differences between them keep their digits when |mean| >> std.
 // NaN fails every comparison, so min/max skip it without a test; v == v is the NaN mask.
 template <typename T, bool kMoments>
-GF_TARGET_CLONES void stats_pass1(const T* x, int64_t len, const double* ref, double* cnt,
-                                  double* sum, double* mn, double* mx) {
+GF_TARGET_CLONES void stats_pass1(const T* x, int64_t count, int64_t stride, int64_t len,
+                                  const double* ref, double* cnt, double* sum, double* mn,
+                                  double* mx) {
+  for (int64_t s = 0; s < count; ++s, x += stride) {
 #pragma omp simd
-  for (int64_t p = 0; p < len; ++p) {
-    const double v = double(x[p]);
-    const bool ok = v == v;
-    cnt[p] += ok ? 1.0 : 0.0;
-    if (kMoments) sum[p] += ok ? v - ref[p] : 0.0;
-    mn[p] = v < mn[p] ? v : mn[p];
-    mx[p] = v > mx[p] ? v : mx[p];
+    for (int64_t p = 0; p < len; ++p) {
+      const double v = double(x[p]);
+      const bool ok = v == v;
+      cnt[p] += ok ? 1.0 : 0.0;
+      if (kMoments) sum[p] += ok ? v - ref[p] : 0.0;
+      mn[p] = v < mn[p] ? v : mn[p];
+      mx[p] = v > mx[p] ? v : mx[p];
+    }
   }
 }
 
 // Pass 2, from cache: sum of squared deviations from the block's column mean (both shifted
 // by ref).
 template <typename T>
-GF_TARGET_CLONES void stats_pass2(const T* x, int64_t len, const double* ref, const double* mean,
-                                  double* m2) {
+GF_TARGET_CLONES void stats_pass2(const T* x, int64_t count, int64_t stride, int64_t len,
+                                  const double* ref, const double* mean, double* m2) {
+  for (int64_t s = 0; s < count; ++s, x += stride) {
 #pragma omp simd
-  for (int64_t p = 0; p < len; ++p) {
-    const double v = double(x[p]);
-    const double dv = (v - ref[p]) - mean[p];
-    m2[p] += v == v ? dv * dv : 0.0;
+    for (int64_t p = 0; p < len; ++p) {
+      const double v = double(x[p]);
+      const double dv = (v - ref[p]) - mean[p];
+      m2[p] += v == v ? dv * dv : 0.0;
+    }
   }
 }
 
@@ -151,8 +199,8 @@ void stats_item(const T* x, int64_t d, const Tiling& tl, int64_t block_rows, int
       std::fill(sum, sum + len, 0.0);
       std::fill(m2, m2 + len, 0.0);
     }
-    for_segments(b0, b1, d, j0, wt, k, [&](int64_t off, int64_t n) {
-      stats_pass1<T, kMoments>(x + off, n, ref, cnt, sum, mn, mx);
+    for_segments(b0, b1, d, j0, wt, k, [&](int64_t off, int64_t count, int64_t n) {
+      stats_pass1<T, kMoments>(x + off, count, k * d, n, ref, cnt, sum, mn, mx);
     });
     // fold the k copies of each column, in a fixed order
     for (int64_t c = 0; c < wt; ++c) {
@@ -173,8 +221,8 @@ void stats_item(const T* x, int64_t d, const Tiling& tl, int64_t block_rows, int
       }
     }
     if (kMoments) {
-      for_segments(b0, b1, d, j0, wt, k, [&](int64_t off, int64_t n) {
-        stats_pass2<T>(x + off, n, ref, bm, m2);
+      for_segments(b0, b1, d, j0, wt, k, [&](int64_t off, int64_t count, int64_t n) {
+        stats_pass2<T>(x + off, count, k * d, n, ref, bm, m2);
       });
       for (int64_t c = 0; c < wt; ++c) {
         double m2b = 0.0;
@@ -260,16 +308,18 @@ void column_stats_impl(const T* x, int64_t n, int64_t d, const ColumnStatsOut& o
 
 // ---------------------------------------------------------------- transform
 
+// always_inline: a helper the compiler leaves out of line is compiled for the baseline target
+// only, and the AVX-512 clone of the caller would run SSE2 code.
 template <typename T, bool kClip>
-GF_TARGET_CLONES void affine_segment(const T* x, int64_t len, const double* shift,
-                                     const double* mul, const double* add, double lo, double hi,
-                                     T* out, double* nan_seen, double* inf_seen) {
-  double nans = 0.0, infs = 0.0;
-#pragma omp simd reduction(+ : nans, infs)
+__attribute__((always_inline)) inline void affine_values(const T* x, int64_t len, const double* shift, const double* mul,
+                          const double* add, double lo, double hi, T* out, double& nans,
+                          double& infs) {
+  double nn = 0.0, ni = 0.0;
+#pragma omp simd reduction(+ : nn, ni)
   for (int64_t p = 0; p < len; ++p) {
     const double v = double(x[p]);
-    nans += v != v ? 1.0 : 0.0;
-    infs += std::fabs(v) == kInf ? 1.0 : 0.0;
+    nn += v != v ? 1.0 : 0.0;
+    ni += std::fabs(v) == kInf ? 1.0 : 0.0;
     double y = (v - shift[p]) * mul[p] + add[p];
     if (kClip) {
       y = y < lo ? lo : y;  // NaN fails both tests and passes through, as in np.clip
@@ -277,11 +327,30 @@ GF_TARGET_CLONES void affine_segment(const T* x, int64_t len, const double* shif
     }
     out[p] = T(y);
   }
+  nans += nn;
+  infs += ni;
+}
+
+template <typename T, bool kClip, bool kStream>
+GF_TARGET_CLONES void affine_segments(const T* x, int64_t count, int64_t stride, int64_t len,
+                                      const double* shift, const double* mul, const double* add,
+                                      double lo, double hi, T* out, double* nan_seen,
+                                      double* inf_seen) {
+  double nans = 0.0, infs = 0.0;
+  alignas(64) T buf[kStream ? kStreamBuf : 1];
+  for (int64_t s = 0; s < count; ++s, x += stride, out += stride) {
+    if (kStream) {
+      affine_values<T, kClip>(x, len, shift, mul, add, lo, hi, buf, nans, infs);
+      stream_copy(out, buf, len);
+    } else {
+      affine_values<T, kClip>(x, len, shift, mul, add, lo, hi, out, nans, infs);
+    }
+  }
   *nan_seen += nans;
   *inf_seen += infs;
 }
 
-template <typename T, bool kClip>
+template <typename T, bool kClip, bool kStream>
 NonFiniteSeen affine_impl(const T* x, const double* shift, const double* mul, const double* add,
                           const AffineArgs& a, T* out) {
   const int64_t n = a.n, d = a.d;
@@ -310,12 +379,14 @@ NonFiniteSeen affine_impl(const T* x, const double* shift, const double* mul, co
       const int64_t rb = std::min(r1, r0 + block_rows);
       for (int64_t t = 0; t < tl.ntiles; ++t) {
         const int64_t j0 = t * tl.w, wt = std::min(tl.w, d - j0);
-        for_segments(r0, rb, d, j0, wt, tl.k, [&](int64_t off, int64_t len) {
-          affine_segment<T, kClip>(x + off, len, shift + j0, mul + j0, add + j0, a.lo, a.hi,
-                                   out + off, &nans, &infs);
+        for_segments(r0, rb, d, j0, wt, tl.k, [&](int64_t off, int64_t count, int64_t len) {
+          affine_segments<T, kClip, kStream>(x + off, count, tl.k * d, len, shift + j0,
+                                             mul + j0, add + j0, a.lo, a.hi, out + off, &nans,
+                                             &infs);
         });
       }
     }
+    if (kStream) stream_fence();
     if (nans > 0.0) any_nan.store(true, std::memory_order_relaxed);
     if (infs > 0.0) any_inf.store(true, std::memory_order_relaxed);
   });
@@ -352,12 +423,16 @@ GF_TARGET_CLONES void u8_sums(const uint8_t* x, int64_t len, uint64_t* s_out, ui
   *q_out += q;
 }
 
-GF_TARGET_CLONES void u8_sums_pattern(const uint8_t* x, int64_t len, uint32_t* s, uint32_t* q) {
+// count contiguous segments of len bytes (count <= kImageChunk keeps the uint32 sums exact)
+GF_TARGET_CLONES void u8_sums_pattern(const uint8_t* x, int64_t count, int64_t len, uint32_t* s,
+                                      uint32_t* q) {
+  for (int64_t i = 0; i < count; ++i, x += len) {
 #pragma omp simd
-  for (int64_t p = 0; p < len; ++p) {
-    const uint32_t v = x[p];
-    s[p] += v;
-    q[p] += v * v;
+    for (int64_t p = 0; p < len; ++p) {
+      const uint32_t v = x[p];
+      s[p] += v;
+      q[p] += v * v;
+    }
   }
 }
 
@@ -372,10 +447,13 @@ GF_TARGET_CLONES void u8_affine_run(const uint8_t* x, int64_t len, double s, dou
   for (int64_t i = 0; i < len; ++i) out[i] = float((double(x[i]) - s) * m + a);
 }
 
-GF_TARGET_CLONES void u8_affine_pattern(const uint8_t* x, int64_t len, const double* s,
-                                        const double* m, const double* a, float* out) {
+GF_TARGET_CLONES void u8_affine_pattern(const uint8_t* x, int64_t count, int64_t len,
+                                        const double* s, const double* m, const double* a,
+                                        float* out) {
+  for (int64_t i = 0; i < count; ++i, x += len, out += len) {
 #pragma omp simd
-  for (int64_t p = 0; p < len; ++p) out[p] = float((double(x[p]) - s[p]) * m[p] + a[p]);
+    for (int64_t p = 0; p < len; ++p) out[p] = float((double(x[p]) - s[p]) * m[p] + a[p]);
+  }
 }
 
 }  // namespace
@@ -394,8 +472,13 @@ template <typename T>
 NonFiniteSeen affine_columns(const T* x, const double* shift, const double* mul,
                              const double* add, const AffineArgs& a, T* out) {
   if (a.n <= 0 || a.d <= 0) return {};
-  if (a.clip) return affine_impl<T, true>(x, shift, mul, add, a, out);
-  return affine_impl<T, false>(x, shift, mul, add, a, out);
+  const bool stream = a.n * a.d * int64_t(sizeof(T)) >= kStreamMinBytes;
+  if (a.clip) {
+    return stream ? affine_impl<T, true, true>(x, shift, mul, add, a, out)
+                  : affine_impl<T, true, false>(x, shift, mul, add, a, out);
+  }
+  return stream ? affine_impl<T, false, true>(x, shift, mul, add, a, out)
+                : affine_impl<T, false, false>(x, shift, mul, add, a, out);
 }
 
 void image_channel_stats(const uint8_t* x, const ImageLayout& l, double* mean, double* var) {
@@ -433,12 +516,17 @@ void image_channel_stats(const uint8_t* x, const ImageLayout& l, double* mean, d
           s32[p] = q32[p] = 0;
         }
       };
-      for (int64_t i = b; i < e; ++i) {
-        const int64_t off = i * seg;
-        u8_sums_pattern(x + off, std::min(seg, total - off), s32.data(), q32.data());
-        if ((i - b + 1) % kImageChunk == 0) flush();
+      // whole segments in runs of at most kImageChunk, then the partial last one
+      const int64_t full_end = std::min(e, total / seg);
+      for (int64_t i = b; i < full_end; i += kImageChunk) {
+        const int64_t count = std::min(kImageChunk, full_end - i);
+        u8_sums_pattern(x + i * seg, count, seg, s32.data(), q32.data());
+        flush();
       }
-      flush();
+      if (e > full_end && full_end * seg < total) {
+        u8_sums_pattern(x + full_end * seg, 1, total - full_end * seg, s32.data(), q32.data());
+        flush();
+      }
       std::vector<uint64_t> s(C, 0), q(C, 0);
       for (int64_t p = 0; p < seg; ++p) {
         const int64_t c = (p / l.inner) % C;
@@ -483,11 +571,16 @@ void image_affine(const uint8_t* x, const ImageLayout& l, const double* shift, c
     pm[p] = mul[c];
     pa[p] = add[c];
   }
+  const int64_t nfull = total / seg;
   parallel_for(ceil_div(total, seg), seg, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t off = i * seg;
-      u8_affine_pattern(x + off, std::min(seg, total - off), ps.data(), pm.data(), pa.data(),
-                        out + off);
+    const int64_t full_end = std::min(e, nfull);
+    if (full_end > b) {
+      u8_affine_pattern(x + b * seg, full_end - b, seg, ps.data(), pm.data(), pa.data(),
+                        out + b * seg);
+    }
+    if (e > nfull && nfull * seg < total) {  // the partial last segment
+      u8_affine_pattern(x + nfull * seg, 1, total - nfull * seg, ps.data(), pm.data(), pa.data(),
+                        out + nfull * seg);
     }
   });
 }

@@ -669,3 +669,30 @@ def test_image_stats_exact_past_the_uint32_partial_sums():
                 np.testing.assert_array_equal(std, 0.0)
     finally:
         gf.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("shape", [(70001, 31), (1100, 2100), (500_003, 5)], ids=str)
+def test_large_outputs_match_reference(rng, shape):
+    # outputs of 8 MiB and more take the streaming-store path of the kernels (odd row counts
+    # and row lengths: unaligned segment starts)
+    X = data(rng, shape, np.float32)
+    X[shape[0] // 2, shape[1] - 1] = np.nan
+    s = MinMaxScaler((-1, 1), clip=True, nan_policy="ignore").fit(X)
+    np.testing.assert_allclose(s.transform(X), np.clip(ref_minmax(X, (-1, 1))["out"], -1, 1),
+                               rtol=2e-6, atol=2e-6)
+    strict = StandardScaler().fit(np.nan_to_num(X))
+    with pytest.raises(ValueError, match=rf"column {shape[1] - 1} contains NaN"):
+        strict.transform(X)
+
+
+@pytest.mark.parametrize("shape,axis", [((2100, 1001), None), ((700, 1001, 3), -1), ((3, 5, 700, 201), 1)], ids=str)
+def test_large_images_match_numpy(rng, shape, axis):
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_array_equal(gf.data.scale_images(x), (x / 255).astype(np.float32))
+    m, s = gf.data.image_stats(x, channel_axis=axis)
+    out = gf.data.scale_images(x, "standardize", channel_axis=axis, mean=m, std=s)
+    shape_c = [1] * x.ndim
+    if axis is not None:
+        shape_c[axis] = -1
+    want = (x / 255 - m.reshape(shape_c)) / s.reshape(shape_c)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)

@@ -441,19 +441,82 @@ GF_TARGET_CLONES void u8_sums_pattern(const uint8_t* x, int64_t count, int64_t l
 // standardized pixel is as close to its float64 value as a float allows; x - shift is exact,
 // so a pixel equal to the mean gives exactly 0. The memory traffic (1 byte in, 4 out) hides
 // the wider arithmetic.
+template <bool kStream>
 GF_TARGET_CLONES void u8_affine_run(const uint8_t* x, int64_t len, double s, double m, double a,
                                     float* out) {
+  if (!kStream) {
 #pragma omp simd
-  for (int64_t i = 0; i < len; ++i) out[i] = float((double(x[i]) - s) * m + a);
+    for (int64_t i = 0; i < len; ++i) out[i] = float((double(x[i]) - s) * m + a);
+    return;
+  }
+  alignas(64) float buf[kStreamBuf];
+  for (int64_t i0 = 0; i0 < len; i0 += kStreamBuf) {
+    const int64_t n = std::min(kStreamBuf, len - i0);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) buf[i] = float((double(x[i0 + i]) - s) * m + a);
+    stream_copy(out + i0, buf, n);
+  }
 }
 
+template <bool kStream>
 GF_TARGET_CLONES void u8_affine_pattern(const uint8_t* x, int64_t count, int64_t len,
                                         const double* s, const double* m, const double* a,
                                         float* out) {
+  alignas(64) float buf[kStream ? kStreamBuf : 1];
   for (int64_t i = 0; i < count; ++i, x += len, out += len) {
+    if (!kStream) {
 #pragma omp simd
-    for (int64_t p = 0; p < len; ++p) out[p] = float((double(x[p]) - s[p]) * m[p] + a[p]);
+      for (int64_t p = 0; p < len; ++p) out[p] = float((double(x[p]) - s[p]) * m[p] + a[p]);
+      continue;
+    }
+    for (int64_t p0 = 0; p0 < len; p0 += kStreamBuf) {
+      const int64_t n = std::min(kStreamBuf, len - p0);
+#pragma omp simd
+      for (int64_t p = 0; p < n; ++p) {
+        buf[p] = float((double(x[p0 + p]) - s[p0 + p]) * m[p0 + p] + a[p0 + p]);
+      }
+      stream_copy(out + p0, buf, n);
+    }
   }
+}
+
+template <bool kStream>
+void image_affine_impl(const uint8_t* x, const ImageLayout& l, const double* shift,
+                       const double* mul, const double* add, float* out) {
+  const int64_t C = l.channels;
+  const int64_t total = l.outer * C * l.inner;
+  if (long_runs(l)) {
+    parallel_for(ceil_div(total, kImageChunk), kImageChunk, [&](int64_t b, int64_t e) {
+      for_runs(l, b * kImageChunk, std::min(total, e * kImageChunk),
+               [&](int64_t s0, int64_t s1, int64_t c) {
+                 u8_affine_run<kStream>(x + s0, s1 - s0, shift[c], mul[c], add[c], out + s0);
+               });
+      if (kStream) stream_fence();
+    });
+    return;
+  }
+  const int64_t period = C * l.inner;
+  const int64_t seg = repeat_for_lanes(period) * period;
+  std::vector<double> ps(seg), pm(seg), pa(seg);
+  for (int64_t p = 0; p < seg; ++p) {
+    const int64_t c = (p / l.inner) % C;
+    ps[p] = shift[c];
+    pm[p] = mul[c];
+    pa[p] = add[c];
+  }
+  const int64_t nfull = total / seg;
+  parallel_for(ceil_div(total, seg), seg, [&](int64_t b, int64_t e) {
+    const int64_t full_end = std::min(e, nfull);
+    if (full_end > b) {
+      u8_affine_pattern<kStream>(x + b * seg, full_end - b, seg, ps.data(), pm.data(), pa.data(),
+                                 out + b * seg);
+    }
+    if (e > nfull && nfull * seg < total) {  // the partial last segment
+      u8_affine_pattern<kStream>(x + nfull * seg, 1, total - nfull * seg, ps.data(), pm.data(),
+                                 pa.data(), out + nfull * seg);
+    }
+    if (kStream) stream_fence();
+  });
 }
 
 }  // namespace
@@ -551,38 +614,12 @@ void image_channel_stats(const uint8_t* x, const ImageLayout& l, double* mean, d
 
 void image_affine(const uint8_t* x, const ImageLayout& l, const double* shift, const double* mul,
                   const double* add, float* out) {
-  const int64_t C = l.channels;
-  const int64_t total = l.outer * C * l.inner;
-  if (long_runs(l)) {
-    parallel_for(ceil_div(total, kImageChunk), kImageChunk, [&](int64_t b, int64_t e) {
-      for_runs(l, b * kImageChunk, std::min(total, e * kImageChunk),
-               [&](int64_t s0, int64_t s1, int64_t c) {
-                 u8_affine_run(x + s0, s1 - s0, shift[c], mul[c], add[c], out + s0);
-               });
-    });
-    return;
+  const int64_t bytes = l.outer * l.channels * l.inner * int64_t(sizeof(float));
+  if (bytes >= kStreamMinBytes) {
+    image_affine_impl<true>(x, l, shift, mul, add, out);
+  } else {
+    image_affine_impl<false>(x, l, shift, mul, add, out);
   }
-  const int64_t period = C * l.inner;
-  const int64_t seg = repeat_for_lanes(period) * period;
-  std::vector<double> ps(seg), pm(seg), pa(seg);
-  for (int64_t p = 0; p < seg; ++p) {
-    const int64_t c = (p / l.inner) % C;
-    ps[p] = shift[c];
-    pm[p] = mul[c];
-    pa[p] = add[c];
-  }
-  const int64_t nfull = total / seg;
-  parallel_for(ceil_div(total, seg), seg, [&](int64_t b, int64_t e) {
-    const int64_t full_end = std::min(e, nfull);
-    if (full_end > b) {
-      u8_affine_pattern(x + b * seg, full_end - b, seg, ps.data(), pm.data(), pa.data(),
-                        out + b * seg);
-    }
-    if (e > nfull && nfull * seg < total) {  // the partial last segment
-      u8_affine_pattern(x + nfull * seg, 1, total - nfull * seg, ps.data(), pm.data(), pa.data(),
-                        out + nfull * seg);
-    }
-  });
 }
 
 #define GF_INSTANTIATE(T)                                                                  \

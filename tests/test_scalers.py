@@ -696,3 +696,21 @@ def test_large_images_match_numpy(rng, shape, axis):
         shape_c[axis] = -1
     want = (x / 255 - m.reshape(shape_c)) / s.reshape(shape_c)
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+
+
+def test_readme_data_scalers_example_runs():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"\*\*Data scalers\*\*.*?```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README data scalers", "exec"), scope)
+    x, x_train = scope["x"], scope["x_train"]
+    assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    np.testing.assert_allclose(x_train.numpy().mean(), 0, atol=1e-5)
+    np.testing.assert_allclose(x_train.numpy().std(), 1, atol=1e-5)
+    assert isinstance(scope["features"], gf.Tensor) and scope["features"].dtype == np.float32
+    fresh = StandardScaler()
+    fresh.load_state_dict(scope["checkpoint"]["scaler"])
+    assert fresh.n_samples_seen_ == 1000

@@ -224,18 +224,22 @@ py::tuple py_column_stats(const py::array& x, bool moments) {
     throw py::value_error("X: expected at least 1 sample and 1 feature, got shape " +
                           shape_str(x));
   }
-  py::array_t<double> count(d), mn(d), mx(d);
-  py::object mean = py::none(), m2 = py::none();
+  py::array_t<double> count(d);
+  py::object mean = py::none(), m2 = py::none(), mn = py::none(), mx = py::none();
   ColumnStatsOut out;
   out.count = count.mutable_data();
-  out.min = mn.mutable_data();
-  out.max = mx.mutable_data();
   if (moments) {
     py::array_t<double> mean_a(d), m2_a(d);
     out.mean = mean_a.mutable_data();
     out.m2 = m2_a.mutable_data();
     mean = mean_a;
     m2 = m2_a;
+  } else {
+    py::array_t<double> mn_a(d), mx_a(d);
+    out.min = mn_a.mutable_data();
+    out.max = mx_a.mutable_data();
+    mn = mn_a;
+    mx = mx_a;
   }
   if (is_dtype<float>(x)) {
     column_stats_call<float>(x, out);
@@ -525,8 +529,8 @@ PYBIND11_MODULE(_C, m) {
         "-> dinput (N, C); grad_output (N,)|None is multiplied by grad_scale");
 
   m.def("column_stats", &py_column_stats, py::arg("X"), py::arg("moments"),
-        "(X (n, d) float32|float64, moments) -> (count, mean|None, m2|None, min, max), each (d,)"
-        " float64; mean/m2 of the non-NaN values, min/max skip NaN");
+        "(X (n, d) float32|float64, moments) -> (count, mean, m2, None, None) if moments else"
+        " (count, None, None, min, max), each (d,) float64; NaN skipped");
   m.def("affine_columns", &py_affine_columns, py::arg("X"), py::arg("shift"), py::arg("mul"),
         py::arg("add"), py::arg("clip"), py::arg("lo"), py::arg("hi"),
         "-> (out, saw_nan, saw_inf); out = clip((X - shift) * mul + add, lo, hi), X's dtype");

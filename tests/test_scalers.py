@@ -714,3 +714,11 @@ def test_readme_data_scalers_example_runs():
     fresh = StandardScaler()
     fresh.load_state_dict(scope["checkpoint"]["scaler"])
     assert fresh.n_samples_seen_ == 1000
+
+
+def test_float64_overflow_is_an_error_not_garbage():
+    X = np.array([[1.0, 1.5e308], [2.0, -1.5e308]])
+    with pytest.raises(ValueError, match="column 1 overflows float64 statistics"):
+        StandardScaler().fit(X)
+    # the range alone does not overflow a MinMaxScaler's statistics (data_range_ is inf)
+    assert MinMaxScaler().fit(X).data_min_[1] == -1.5e308

@@ -116,8 +116,8 @@ constexpr int64_t kStreamBuf = kTileCols;  // >= every segment length (see make_
 
 // ---------------------------------------------------------------- column statistics
 
-// Pass 1 over a segment: count, sum, min, max of the non-NaN values, in double. The sum is
-// of x - ref (ref: a value of the column, see column_stats_impl), so block means and the
+// Pass 1 over a segment: count and either the sum (kMoments) or min and max of the non-NaN
+// values, in double. The sum is of x - ref (ref: a value of the column, see column_stats_impl), so block means and the
 // differences between them keep their digits when |mean| >> std.
 // NaN fails every comparison, so min/max skip it without a test; v == v is the NaN mask.
 template <typename T, bool kMoments>
@@ -130,9 +130,12 @@ GF_TARGET_CLONES void stats_pass1(const T* x, int64_t count, int64_t stride, int
       const double v = double(x[p]);
       const bool ok = v == v;
       cnt[p] += ok ? 1.0 : 0.0;
-      if (kMoments) sum[p] += ok ? v - ref[p] : 0.0;
-      mn[p] = v < mn[p] ? v : mn[p];
-      mx[p] = v > mx[p] ? v : mx[p];
+      if (kMoments) {
+        sum[p] += ok ? v - ref[p] : 0.0;
+      } else {
+        mn[p] = v < mn[p] ? v : mn[p];
+        mx[p] = v > mx[p] ? v : mx[p];
+      }
     }
   }
 }
@@ -208,9 +211,12 @@ void stats_item(const T* x, int64_t d, const Tiling& tl, int64_t block_rows, int
       for (int64_t q = 0; q < k; ++q) {
         const int64_t p = q * wt + c;
         nb += cnt[p];
-        if (kMoments) sb += sum[p];
-        lo = mn[p] < lo ? mn[p] : lo;
-        hi = mx[p] > hi ? mx[p] : hi;
+        if (kMoments) {
+          sb += sum[p];
+        } else {
+          lo = mn[p] < lo ? mn[p] : lo;
+          hi = mx[p] > hi ? mx[p] : hi;
+        }
       }
       pmn[c] = lo < pmn[c] ? lo : pmn[c];
       pmx[c] = hi > pmx[c] ? hi : pmx[c];
@@ -297,9 +303,10 @@ void column_stats_impl(const T* x, int64_t n, int64_t d, const ColumnStatsOut& o
       hi = p[4 * d] > hi ? p[4 * d] : hi;
     }
     out.count[j] = cnt;
-    out.min[j] = lo;
-    out.max[j] = hi;
-    if (kMoments) {
+    if (!kMoments) {
+      out.min[j] = lo;
+      out.max[j] = hi;
+    } else {
       out.mean[j] = cnt > 0.0 ? ref[j] + mean : std::numeric_limits<double>::quiet_NaN();
       out.m2[j] = cnt > 0.0 ? m2 : std::numeric_limits<double>::quiet_NaN();
     }

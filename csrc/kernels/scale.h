@@ -7,8 +7,10 @@
 namespace gradfuse {
 
 // Per-column statistics of a row-major (n, d) array, accumulated in double whatever the
-// input type. Arrays of length d owned by the caller; mean and m2 are nullptr when only the
-// range is wanted (MinMaxScaler), which skips the second pass over each block.
+// input type. Arrays of length d owned by the caller. Either the moments (mean and m2 set,
+// min and max nullptr: StandardScaler) or the range (mean and m2 nullptr: MinMaxScaler, no
+// second pass over each block) are computed, with the count in both cases. Infinity shows as
+// a non-finite mean/m2 or as an infinite min/max.
 struct ColumnStatsOut {
   double* count = nullptr;  // non-NaN values per column (n minus the NaNs)
   double* mean = nullptr;   // mean of the non-NaN values (NaN when count == 0)

@@ -22,7 +22,9 @@ def cross_entropy_backward(
 # data scaling (csrc/kernels/scale.cpp)
 def column_stats(
     X: np.ndarray, moments: bool
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray, np.ndarray]: ...
+) -> tuple[
+    np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None
+]: ...
 def affine_columns(
     X: np.ndarray,
     shift: np.ndarray,

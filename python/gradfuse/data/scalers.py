@@ -188,17 +188,26 @@ class _Scaler:
         if a.shape[1] == 0:
             raise ValueError(f"X: expected at least 1 feature, got shape {a.shape}")
         count, mean, m2, mn, mx = _backend.column_stats(a, self._moments)
-        # a column holding +inf has max == inf (min/max skip NaN, so this is exact)
-        inf_cols = (mn == -np.inf) | (mx == np.inf)
+        empty = count == 0
+        if self._moments:
+            # the sums skip NaN, so only infinity (or float64 overflow) makes them non-finite
+            suspect = ~empty & ~(np.isfinite(mean) & np.isfinite(m2))
+            inf_cols = np.zeros(a.shape[1], bool)
+            for j in np.flatnonzero(suspect):  # slow path, errors only
+                inf_cols[j] = np.isinf(a[:, j]).any()
+                if not inf_cols[j]:
+                    raise ValueError(f"X: column {j} overflows float64 statistics (values "
+                                     f"up to {np.nanmax(np.abs(a[:, j])):g})")
+        else:
+            # a column holding +inf has max == inf (min/max skip NaN, so this is exact)
+            inf_cols = (mn == -np.inf) | (mx == np.inf)
+            if empty.any():  # columns without any value (all NaN under 'ignore'): no range
+                mn = np.where(empty, np.nan, mn)
+                mx = np.where(empty, np.nan, mx)
         nan_cols = count < a.shape[0] if self.nan_policy == "raise" else None
         if inf_cols.any() or (nan_cols is not None and nan_cols.any()):
             _raise_nonfinite(a, "X", nan_cols=nan_cols, inf_cols=inf_cols,
                              scaler=type(self).__name__)
-        # columns without any value (all NaN under 'ignore') have no range
-        empty = count == 0
-        if empty.any():
-            mn = np.where(empty, np.nan, mn)
-            mx = np.where(empty, np.nan, mx)
         return {"count": count, "mean": mean, "m2": m2, "min": mn, "max": mx}
 
     def _fit_array(self, a: np.ndarray, reset: bool) -> None:
@@ -360,7 +369,8 @@ class MinMaxScaler(_Scaler):
 
     def _derive(self) -> None:
         lo, hi = (float(v) for v in self.feature_range)
-        rng = self._data_max - self._data_min
+        with np.errstate(over="ignore"):  # a range past float64's max is inf: scale_ 0
+            rng = self._data_max - self._data_min
         eps = float(np.finfo(self._fit_dtype).eps)
         safe = np.where(rng < 10 * eps, 1.0, rng)  # NaN (all-NaN column) stays NaN
         self._range = rng

@@ -671,7 +671,7 @@ def test_image_stats_exact_past_the_uint32_partial_sums():
         gf.set_num_threads(prev)
 
 
-@pytest.mark.parametrize("shape", [(70001, 31), (1100, 2100), (500_003, 5)], ids=str)
+@pytest.mark.parametrize("shape", [(70001, 31), (9001, 255), (1100, 2100), (500_003, 5)], ids=str)
 def test_large_outputs_match_reference(rng, shape):
     # outputs of 8 MiB and more take the streaming-store path of the kernels (odd row counts
     # and row lengths: unaligned segment starts)

@@ -20,9 +20,12 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // Short rows (a few features) would leave the column loop a few lanes long; k whole rows,
 // which are contiguous, are walked as one segment instead, with the per-column state repeated
-// k times. k makes the segment at least kSegmentMin long and a multiple of 16, so the vector
-// loop has no scalar tail.
-constexpr int64_t kSegmentMin = 64;
+// k times. k makes the segment at least kSegmentMin long (kStatsSegmentMin for the statistics,
+// whose four accumulators per position want to stay few), and a multiple of 16 when that costs
+// at most doubling it, so the vector loop has no scalar tail. Either way a segment is shorter
+// than 2 * kSegmentMin.
+constexpr int64_t kSegmentMin = 256;
+constexpr int64_t kStatsSegmentMin = 64;
 // Wider rows are cut into column tiles so the per-column state of a tile stays in L1/L2.
 constexpr int64_t kTileCols = 2048;
 // A block of the stats pass (32 KiB of float32) is read from memory once and a second time
@@ -48,23 +51,24 @@ constexpr int64_t kImageChunk = int64_t(1) << 16;
 struct Tiling {
   int64_t w = 1;       // columns per tile (all d when d <= kTileCols)
   int64_t ntiles = 1;
-  int64_t k = 1;       // rows per segment (> 1 only when d < kSegmentMin, then one tile)
+  int64_t k = 1;       // rows per segment (> 1 only for rows shorter than the minimum)
   int64_t seg = 1;     // k * w: length of the inner loop and of the per-column state
 };
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-int64_t repeat_for_lanes(int64_t period) {
-  if (period >= kSegmentMin) return 1;
+int64_t repeat_for_lanes(int64_t period, int64_t min_len) {
+  if (period >= min_len) return 1;
   const int64_t k0 = 16 / std::gcd(period, int64_t(16));
-  return k0 * ceil_div(kSegmentMin, k0 * period);
+  if (k0 * period <= min_len) return k0 * ceil_div(min_len, k0 * period);
+  return ceil_div(min_len, period);
 }
 
-Tiling make_tiling(int64_t d) {
+Tiling make_tiling(int64_t d, int64_t min_len) {
   Tiling t;
   t.w = d <= kTileCols ? d : kTileCols;
   t.ntiles = ceil_div(d, t.w);
-  t.k = repeat_for_lanes(d);
+  t.k = repeat_for_lanes(d, min_len);
   t.seg = t.k * t.w;
   return t;
 }
@@ -112,7 +116,9 @@ inline void stream_fence() {
 #endif
 }
 
-constexpr int64_t kStreamBuf = kTileCols;  // >= every segment length (see make_tiling)
+// >= every segment length: kTileCols for tiled rows, < 2 * kSegmentMin for repeated ones
+constexpr int64_t kStreamBuf = kTileCols;
+static_assert(2 * kSegmentMin <= kStreamBuf, "a repeated-row segment must fit the buffer");
 
 // ---------------------------------------------------------------- column statistics
 
@@ -243,7 +249,7 @@ void stats_item(const T* x, int64_t d, const Tiling& tl, int64_t block_rows, int
 
 template <typename T, bool kMoments>
 void column_stats_impl(const T* x, int64_t n, int64_t d, const ColumnStatsOut& out) {
-  const Tiling tl = make_tiling(d);
+  const Tiling tl = make_tiling(d, kStatsSegmentMin);
   const int64_t block_rows = tl.k * std::max<int64_t>(1, kBlockElems / tl.seg);
   int64_t nsuper = std::clamp<int64_t>(ceil_div(n * d, kSuperElems), 1, kMaxSuper);
   nsuper = std::min<int64_t>(nsuper, std::max<int64_t>(1, kMaxPartials / (5 * d)));
@@ -361,7 +367,7 @@ template <typename T, bool kClip, bool kStream>
 NonFiniteSeen affine_impl(const T* x, const double* shift, const double* mul, const double* add,
                           const AffineArgs& a, T* out) {
   const int64_t n = a.n, d = a.d;
-  const Tiling tl = make_tiling(d);
+  const Tiling tl = make_tiling(d, kSegmentMin);
   // k > 1: the per-column coefficients repeated k times to match a k-row segment
   std::vector<double> rep;
   if (tl.k > 1) {
@@ -503,7 +509,7 @@ void image_affine_impl(const uint8_t* x, const ImageLayout& l, const double* shi
     return;
   }
   const int64_t period = C * l.inner;
-  const int64_t seg = repeat_for_lanes(period) * period;
+  const int64_t seg = repeat_for_lanes(period, kSegmentMin) * period;
   std::vector<double> ps(seg), pm(seg), pa(seg);
   for (int64_t p = 0; p < seg; ++p) {
     const int64_t c = (p / l.inner) % C;
@@ -573,7 +579,7 @@ void image_channel_stats(const uint8_t* x, const ImageLayout& l, double* mean, d
     });
   } else {
     const int64_t period = C * l.inner;
-    const int64_t seg = repeat_for_lanes(period) * period;
+    const int64_t seg = repeat_for_lanes(period, kSegmentMin) * period;
     const int64_t nseg = ceil_div(total, seg);
     parallel_for(nseg, seg, [&](int64_t b, int64_t e) {
       // uint32 per position, flushed to uint64 before kImageChunk segments could overflow it

@@ -4,16 +4,20 @@
 ``partial_fit``, ``transform``, ``fit_transform``, ``inverse_transform`` and the fitted
 attributes), with the byte-heavy work in ``csrc/kernels/scale.cpp``:
 
-* ``fit`` / ``partial_fit`` read X once: per-column count, min, max, mean and M2 (sum of
-  squared deviations) accumulated in float64 for any input, per fixed-size block (mean and M2 by
-  two passes over the block while it is in cache) and merged with Chan, Golub & LeVeque's
-  pairwise update. Chunks given to ``partial_fit`` are merged the same way, so ten
-  ``partial_fit`` calls agree with one ``fit`` on the concatenation to about 1e-15 relative,
-  and results are bitwise the same for any thread count. NaN and infinity are found in the same
-  pass.
+* ``fit`` / ``partial_fit`` read X once: per-column count and either min and max
+  (MinMaxScaler) or mean and M2 (sum of squared deviations; StandardScaler), accumulated in
+  float64 for any input, per fixed-size block (mean and M2 by two passes over the block while
+  it is in cache) and merged with Chan, Golub & LeVeque's
+  pairwise update, all relative to a value of each column (so the block means keep their
+  digits when the mean is far from 0). Chunks given to ``partial_fit`` are merged the same way,
+  so ten ``partial_fit`` calls agree with one ``fit`` on the concatenation to about 1e-15
+  relative (1e-13 for the variance when the mean is 1e6 standard deviations from 0, where the
+  float64 chunk means themselves round), and results are bitwise the same for any thread
+  count. NaN and infinity are found in the same pass.
 * ``transform`` / ``inverse_transform`` are one fused pass: ``(x - shift[j]) * mul[j] + add[j]``
   per column (with the clip of ``MinMaxScaler(clip=True)``), in float64 arithmetic, rounded once
-  to the output type.
+  to the output type; outputs of 8 MiB and more are written with streaming stores (no read of
+  the destination lines), so a large transform moves about what a copy moves.
 
 Input: a numpy array or a :class:`gradfuse.Tensor` of shape (n_samples, n_features);
 the output has the same kind (Tensor in, Tensor out; never recorded by autograd). float32 stays

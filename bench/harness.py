@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 GRADFUSE, NUMPY, PYTORCH = "gradfuse", "numpy", "pytorch"
+# A further peer where one exists for the concept (the data scalers); a case lists it only
+# when the package imports (see bench_scale.py).
+SKLEARN = "scikit-learn"
 
 _SAMPLE_MIN_S = 1e-3  # shortest timed sample: perf_counter and loop overhead stay < 0.1%
 

@@ -18,6 +18,7 @@
 #include "common.h"
 #include "kernels/loss.h"
 #include "kernels/optim.h"
+#include "kernels/scale.h"
 #include "memory/pool.h"
 
 namespace py = pybind11;
@@ -385,6 +386,155 @@ void py_arena_clamp(py::array x, double lo, double hi) {
   });
 }
 
+// ---------------------------------------------------------------- data scaling (scale.cpp)
+
+// X of a scaler: a C-contiguous float32/float64 (n_samples, n_features) array.
+void check_scaler_input(const py::array& x) {
+  check_floating(x, "X");
+  if (x.ndim() != 2) {
+    throw py::value_error("X: expected a 2-D array (n_samples, n_features), got shape " +
+                          shape_str(x));
+  }
+  if (!(x.flags() & py::array::c_style)) {
+    throw py::value_error("X: expected a C-contiguous array");
+  }
+}
+
+template <typename T>
+void column_stats_call(const py::array& x, const ColumnStatsOut& out) {
+  const T* p = cptr<T>(x);
+  const int64_t n = x.shape(0), d = x.shape(1);
+  py::gil_scoped_release nogil;
+  column_stats<T>(p, n, d, out);
+}
+
+py::tuple py_column_stats(const py::array& x, bool moments) {
+  check_scaler_input(x);
+  const int64_t n = x.shape(0), d = x.shape(1);
+  if (n == 0 || d == 0) {
+    throw py::value_error("X: expected at least 1 sample and 1 feature, got shape " +
+                          shape_str(x));
+  }
+  py::array_t<double> count(d);
+  py::object mean = py::none(), m2 = py::none(), mn = py::none(), mx = py::none();
+  ColumnStatsOut out;
+  out.count = count.mutable_data();
+  if (moments) {
+    py::array_t<double> mean_a(d), m2_a(d);
+    out.mean = mean_a.mutable_data();
+    out.m2 = m2_a.mutable_data();
+    mean = mean_a;
+    m2 = m2_a;
+  } else {
+    py::array_t<double> mn_a(d), mx_a(d);
+    out.min = mn_a.mutable_data();
+    out.max = mx_a.mutable_data();
+    mn = mn_a;
+    mx = mx_a;
+  }
+  if (is_dtype<float>(x)) {
+    column_stats_call<float>(x, out);
+  } else {
+    column_stats_call<double>(x, out);
+  }
+  return py::make_tuple(count, mean, m2, mn, mx);
+}
+
+template <typename T>
+py::tuple affine_columns_call(const py::array& x, const double* sh, const double* mu,
+                              const double* ad, const AffineArgs& a) {
+  py::array_t<T> out({a.n, a.d});
+  T* o = out.mutable_data();
+  const T* p = cptr<T>(x);
+  NonFiniteSeen seen;
+  {
+    py::gil_scoped_release nogil;
+    seen = affine_columns<T>(p, sh, mu, ad, a, o);
+  }
+  return py::make_tuple(out, seen.nan, seen.inf);
+}
+
+py::tuple py_affine_columns(const py::array& x, const py::array& shift, const py::array& mul,
+                            const py::array& add, bool clip, double lo, double hi) {
+  check_scaler_input(x);
+  AffineArgs a;
+  a.n = x.shape(0);
+  a.d = x.shape(1);
+  a.clip = clip;
+  a.lo = lo;
+  a.hi = hi;
+  const std::pair<const py::array*, const char*> coefs[] = {
+      {&shift, "shift"}, {&mul, "mul"}, {&add, "add"}};
+  for (const auto& [arr, name] : coefs) {
+    check_array<double>(*arr, name, 1);
+    if (arr->shape(0) != a.d) {
+      throw py::value_error(std::string(name) + ": expected shape (" + std::to_string(a.d) +
+                            ",) to match X " + shape_str(x) + ", got " + shape_str(*arr));
+    }
+  }
+  if (clip && !(lo <= hi)) throw py::value_error("lo, hi: expected lo <= hi for clip");
+  const double* sh = cptr<double>(shift);
+  const double* mu = cptr<double>(mul);
+  const double* ad = cptr<double>(add);
+  if (is_dtype<float>(x)) return affine_columns_call<float>(x, sh, mu, ad, a);
+  return affine_columns_call<double>(x, sh, mu, ad, a);
+}
+
+ImageLayout image_layout(const py::array& x, int64_t outer, int64_t channels, int64_t inner) {
+  if (!is_dtype<uint8_t>(x)) {
+    throw py::type_error("x: expected dtype uint8 (pixels 0..255), got " + dtype_str(x));
+  }
+  if (!(x.flags() & py::array::c_style)) {
+    throw py::value_error("x: expected a C-contiguous array");
+  }
+  if (outer < 1 || channels < 1 || inner < 1 || outer * channels * inner != int64_t(x.size())) {
+    throw py::value_error("x: layout (outer=" + std::to_string(outer) + ", channels=" +
+                          std::to_string(channels) + ", inner=" + std::to_string(inner) +
+                          ") does not match shape " + shape_str(x));
+  }
+  ImageLayout l;
+  l.outer = outer;
+  l.channels = channels;
+  l.inner = inner;
+  return l;
+}
+
+py::tuple py_image_channel_stats(const py::array& x, int64_t outer, int64_t channels,
+                                 int64_t inner) {
+  const ImageLayout l = image_layout(x, outer, channels, inner);
+  py::array_t<double> mean(channels), var(channels);
+  double* m = mean.mutable_data();
+  double* v = var.mutable_data();
+  const uint8_t* p = cptr<uint8_t>(x);
+  {
+    py::gil_scoped_release nogil;
+    image_channel_stats(p, l, m, v);
+  }
+  return py::make_tuple(mean, var);
+}
+
+py::array py_image_affine(const py::array& x, int64_t outer, int64_t channels, int64_t inner,
+                          const py::array& shift, const py::array& mul, const py::array& add) {
+  const ImageLayout l = image_layout(x, outer, channels, inner);
+  check_array<double>(shift, "shift", 1);
+  check_array<double>(mul, "mul", 1);
+  check_array<double>(add, "add", 1);
+  if (shift.shape(0) != channels || mul.shape(0) != channels || add.shape(0) != channels) {
+    throw py::value_error("shift, mul, add: expected shape (" + std::to_string(channels) + ",)");
+  }
+  py::array_t<float> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  float* o = out.mutable_data();
+  const uint8_t* p = cptr<uint8_t>(x);
+  const double* sh = cptr<double>(shift);
+  const double* mu = cptr<double>(mul);
+  const double* ad = cptr<double>(add);
+  {
+    py::gil_scoped_release nogil;
+    image_affine(p, l, sh, mu, ad, o);
+  }
+  return std::move(out);
+}
+
 // ---------------------------------------------------------------- numpy allocator hook
 // numpy (NEP 49) lets a context route every array's data allocation through a handler.
 // Ours sends large requests to the pool, so the outputs of ordinary numpy operations inside a
@@ -583,6 +733,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("arena_all_finite", &py_arena_all_finite, py::arg("x"));
   m.def("arena_scale", &py_arena_scale, py::arg("x"), py::arg("s"));
   m.def("arena_clamp", &py_arena_clamp, py::arg("x"), py::arg("lo"), py::arg("hi"));
+  m.def("column_stats", &py_column_stats, py::arg("X"), py::arg("moments"),
+        "(X (n, d) float32|float64, moments) -> (count, mean, m2, None, None) if moments else"
+        " (count, None, None, min, max), each (d,) float64; NaN skipped");
+  m.def("affine_columns", &py_affine_columns, py::arg("X"), py::arg("shift"), py::arg("mul"),
+        py::arg("add"), py::arg("clip"), py::arg("lo"), py::arg("hi"),
+        "-> (out, saw_nan, saw_inf); out = clip((X - shift) * mul + add, lo, hi), X's dtype");
+  m.def("image_channel_stats", &py_image_channel_stats, py::arg("x"), py::arg("outer"),
+        py::arg("channels"), py::arg("inner"),
+        "(x uint8 seen as (outer, channels, inner)) -> (mean, var) per channel, pixel units");
+  m.def("image_affine", &py_image_affine, py::arg("x"), py::arg("outer"), py::arg("channels"),
+        py::arg("inner"), py::arg("shift"), py::arg("mul"), py::arg("add"),
+        "-> float32 (x - shift[c]) * mul[c] + add[c], x's shape");
 
   m.def("install_numpy_allocator", &install_numpy_allocator);
   m.def("uninstall_numpy_allocator", &uninstall_numpy_allocator);

@@ -11,6 +11,7 @@ Example::
 from . import (
     _backend,  # noqa: F401  (loads the compiled core, installs the memory pool)
     autograd,
+    data,
     functional,
     memory,
     nn,
@@ -95,6 +96,7 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "autograd",
+    "data",
     "functional",
     "memory",
     "nn",

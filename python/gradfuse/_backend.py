@@ -23,6 +23,12 @@ arena_all_finite = _C.arena_all_finite
 arena_scale = _C.arena_scale
 arena_clamp = _C.arena_clamp
 
+# data scaling (csrc/kernels/scale.cpp)
+column_stats = _C.column_stats
+affine_columns = _C.affine_columns
+image_channel_stats = _C.image_channel_stats
+image_affine = _C.image_affine
+
 build_info = _C.build_info
 get_num_threads = _C.get_num_threads
 set_num_threads = _C.set_num_threads

@@ -14,6 +14,13 @@ from . import _C
 cross_entropy_forward = _C.cross_entropy_forward
 cross_entropy_backward = _C.cross_entropy_backward
 
+row_norm_forward = _C.row_norm_forward
+row_norm_backward = _C.row_norm_backward
+batch_norm_forward = _C.batch_norm_forward
+batch_norm_backward = _C.batch_norm_backward
+group_norm_forward = _C.group_norm_forward
+group_norm_backward = _C.group_norm_backward
+
 build_info = _C.build_info
 get_num_threads = _C.get_num_threads
 set_num_threads = _C.set_num_threads

@@ -711,3 +711,112 @@ class CrossEntropy(Function):
             moved = (shape[0],) + shape[2:] + (shape[1],)
             dx = np.moveaxis(dx2.reshape(moved), -1, 1)
         return dx, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------- normalization
+# Fused compiled kernels (csrc/kernels/norms.cpp). Inputs are reshaped to the kernels' layouts,
+# (rows, D) for layer/RMS norm and (N, C, L) for batch/group norm: views, no copies, for
+# contiguous input. Each forward saves its statistics (mean, 1/std) for the backward, which
+# returns the gradients of input, weight and bias from one kernel call.
+
+
+def _contig(a, dtype):
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _vec(a, dtype):
+    return None if a is None else _contig(a.reshape(-1), dtype)
+
+
+class LayerNorm(Function):
+    """LayerNorm (``rms=False``) or RMSNorm (``rms=True``) over the last ``ndim`` dimensions."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ndim, eps, rms):
+        dt = x.dtype
+        d = int(np.prod(x.shape[x.ndim - ndim:], dtype=np.int64))
+        x2 = _contig(x, dt).reshape(-1, d)
+        w, b = _vec(weight, dt), _vec(bias, dt)
+        y, mean, rstd = _backend.row_norm_forward(x2, w, b, eps, rms)
+        ctx.save_for_backward(x2, w, mean, rstd)
+        ctx.rms = rms
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        x2, w, mean, rstd = ctx.saved
+        need = ctx.needs_input_grad
+        g2 = _contig(g, x2.dtype).reshape(x2.shape)
+        dx, dw, db = _backend.row_norm_backward(
+            x2, g2, w, mean, rstd, ctx.rms, need[0], bool(need[1]), bool(need[2])
+        )
+        x_shape, w_shape, b_shape = (
+            t.shape if t is not None else None for t in ctx.inputs[:3]
+        )
+        return (
+            None if dx is None else dx.reshape(x_shape),
+            None if dw is None else dw.reshape(w_shape),
+            None if db is None else db.reshape(b_shape),
+            None, None, None,
+        )
+
+
+def _as_ncl(x):
+    """(N, C, *) -> contiguous (N, C, L) view (L = 1 for 2-D input)."""
+    return _contig(x, x.dtype).reshape(x.shape[0], x.shape[1], -1)
+
+
+class BatchNorm(Function):
+    """Batch normalization over (N, C, *): statistics per channel over N and the rest.
+
+    ``running_mean``/``running_var`` (numpy arrays or None) are updated in place by the kernel
+    when ``training``, with ``factor`` (momentum, or 1/num_batches_tracked).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, factor, eps):
+        dt = x.dtype
+        x3 = _as_ncl(x)
+        w, b = _vec(weight, dt), _vec(bias, dt)
+        y, mean, rstd = _backend.batch_norm_forward(
+            x3, w, b, running_mean, running_var, training, factor, eps
+        )
+        ctx.save_for_backward(x3, w, mean, rstd)
+        ctx.training = training
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        x3, w, mean, rstd = ctx.saved
+        need = ctx.needs_input_grad
+        g3 = _contig(g, x3.dtype).reshape(x3.shape)
+        dx, dw, db = _backend.batch_norm_backward(
+            x3, g3, w, mean, rstd, ctx.training, need[0], bool(need[1]), bool(need[2])
+        )
+        x_shape = ctx.inputs[0].shape
+        return (None if dx is None else dx.reshape(x_shape), dw, db, None, None, None, None, None)
+
+
+class GroupNorm(Function):
+    """Group normalization over (N, C, *) with ``groups`` groups of C/groups channels."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps):
+        dt = x.dtype
+        x3 = _as_ncl(x)
+        w, b = _vec(weight, dt), _vec(bias, dt)
+        y, mean, rstd = _backend.group_norm_forward(x3, w, b, groups, eps)
+        ctx.save_for_backward(x3, w, mean, rstd)
+        ctx.groups = groups
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        x3, w, mean, rstd = ctx.saved
+        need = ctx.needs_input_grad
+        g3 = _contig(g, x3.dtype).reshape(x3.shape)
+        dx, dw, db = _backend.group_norm_backward(
+            x3, g3, w, mean, rstd, ctx.groups, need[0], bool(need[1]), bool(need[2])
+        )
+        x_shape = ctx.inputs[0].shape
+        return (None if dx is None else dx.reshape(x_shape), dw, db, None, None)

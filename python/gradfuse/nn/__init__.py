@@ -5,6 +5,7 @@ from .container import Sequential
 from .linear import Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module
+from .normalization import BatchNorm1d, GroupNorm, LayerNorm, RMSNorm
 from .parameter import Parameter
 
 __all__ = [
@@ -14,5 +15,9 @@ __all__ = [
     "Linear",
     "MSELoss",
     "CrossEntropyLoss",
+    "BatchNorm1d",
+    "LayerNorm",
+    "RMSNorm",
+    "GroupNorm",
     "functional",
 ]

@@ -208,11 +208,16 @@ def _normalized_shape(normalized_shape):
         shape = (int(normalized_shape),)
     else:
         try:
-            shape = tuple(int(d) for d in normalized_shape)
+            shape = tuple(normalized_shape)
         except TypeError:
+            shape = None
+        if shape is None or isinstance(normalized_shape, str) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape
+        ):
             raise TypeError(
                 f"normalized_shape: expected an int or a sequence of ints, got {normalized_shape!r}"
-            ) from None
+            )
+        shape = tuple(int(d) for d in shape)
     if not shape or any(d <= 0 for d in shape):
         raise ValueError(f"normalized_shape: expected positive sizes, got {shape}")
     return shape

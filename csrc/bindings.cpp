@@ -305,16 +305,32 @@ py::tuple py_row_norm_backward(const py::array& x, const py::array& dy, const py
   return row_norm_backward_impl<double>(x, dy, weight, mean, rstd, rms, need_dx, need_dw, need_db);
 }
 
+// (N, C) or (N, C, L): outputs get the input's own shape, so a gradient needs no reshape (a
+// reshaped view could not be adopted as a leaf's .grad without a copy).
+template <typename T>
+BatchNormArgs bn_args(const py::array& x) {
+  if (x.ndim() != 2 && x.ndim() != 3) {
+    throw py::value_error("input: expected a 2-D (N, C) or 3-D (N, C, L) array, got shape " +
+                          shape_str(x));
+  }
+  check_array<T>(x, "input", int(x.ndim()));
+  BatchNormArgs a;
+  a.n = x.shape(0);
+  a.c = x.shape(1);
+  a.l = x.ndim() == 3 ? x.shape(2) : 1;
+  return a;
+}
+
+std::vector<py::ssize_t> same_shape(const py::array& x) {
+  return std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim());
+}
+
 template <typename T>
 py::tuple batch_norm_forward_impl(const py::array& x, const py::object& weight,
                                   const py::object& bias, const py::object& running_mean,
                                   const py::object& running_var, bool training, double factor,
                                   double eps) {
-  check_array<T>(x, "input", 3);
-  BatchNormArgs a;
-  a.n = x.shape(0);
-  a.c = x.shape(1);
-  a.l = x.shape(2);
+  BatchNormArgs a = bn_args<T>(x);
   a.eps = eps;
   a.training = training;
   a.factor = factor;
@@ -343,7 +359,7 @@ py::tuple batch_norm_forward_impl(const py::array& x, const py::object& weight,
     throw py::value_error("momentum: expected a value in [0, 1], got " + std::to_string(factor));
   }
   a.update_running = training && rm != nullptr;
-  py::array_t<T> y({a.n, a.c, a.l}), mean(a.c), rstd(a.c);
+  py::array_t<T> y(same_shape(x)), mean(a.c), rstd(a.c);
   T* yp = y.mutable_data();
   T* mp = mean.mutable_data();
   T* rp = rstd.mutable_data();
@@ -374,19 +390,14 @@ py::tuple batch_norm_backward_impl(const py::array& x, const py::array& dy,
                                    const py::object& weight, const py::array& mean,
                                    const py::array& rstd, bool training, bool need_dx,
                                    bool need_dw, bool need_db) {
-  check_array<T>(x, "input", 3);
+  BatchNormArgs a = bn_args<T>(x);
   check_same_shape<T>(dy, x, "grad_output");
-  BatchNormArgs a;
-  a.n = x.shape(0);
-  a.c = x.shape(1);
-  a.l = x.shape(2);
   a.training = training;
   const auto wa = optional_array(weight, "weight");
   const T* w = norm_vec<T>(wa, "weight", a.c);
   const T* m = norm_vec<T>(std::optional<py::array>(mean), "mean", a.c);
   const T* r = norm_vec<T>(std::optional<py::array>(rstd), "rstd", a.c);
-  py::array_t<T> dx(need_dx ? std::vector<py::ssize_t>{a.n, a.c, a.l}
-                            : std::vector<py::ssize_t>{0});
+  py::array_t<T> dx(need_dx ? same_shape(x) : std::vector<py::ssize_t>{0});
   py::array_t<T> dw(need_dw ? a.c : 0), db(need_db ? a.c : 0);
   T* dxp = need_dx ? dx.mutable_data() : nullptr;
   T* dwp = need_dw ? dw.mutable_data() : nullptr;

@@ -21,11 +21,15 @@ constexpr int64_t kColChunk = 256;
 // other (4K aliasing), which made the BatchNorm passes several times slower.
 constexpr int64_t kPad = 16;
 
+// Helpers are force-inlined into the GF_TARGET_CLONES entry points: a helper left out of line
+// is compiled for baseline x86-64 only (SSE2), whatever clone calls it.
+#define GF_INLINE inline __attribute__((always_inline))
+
 // Accumulates one element into the pair of sums a statistic needs:
 //   statistics (kGrad false):  p += x - k,  q += (x - k)^2      (k = shift)
 //   gradient   (kGrad true):   p += dy,     q += dy (x - k)     (k = mean)
 template <bool kGrad, typename T>
-inline void acc_pair(T xv, T yv, T k, T& p, T& q) {
+GF_INLINE void acc_pair(T xv, T yv, T k, T& p, T& q) {
   if constexpr (kGrad) {
     p += yv;
     q += yv * (xv - k);
@@ -39,7 +43,7 @@ inline void acc_pair(T xv, T yv, T k, T& p, T& q) {
 
 // Pair sums over one contiguous run of n elements: T within a block, double across blocks.
 template <bool kGrad, typename T>
-inline void run_sums(const T* x, const T* y, int64_t n, T k, double& s1, double& s2) {
+GF_INLINE void run_sums(const T* x, const T* y, int64_t n, T k, double& s1, double& s2) {
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t len = std::min(kBlock, n - b);
     const T* xb = x + b;
@@ -54,7 +58,7 @@ inline void run_sums(const T* x, const T* y, int64_t n, T k, double& s1, double&
 
 // Mean and biased variance (or mean square when !center) of a contiguous run, in one read.
 template <typename T>
-inline void run_stats(const T* x, int64_t n, bool center, double& mean, double& var) {
+GF_INLINE void run_stats(const T* x, int64_t n, bool center, double& mean, double& var) {
   const T k = center ? x[0] : T(0);
   double s1 = 0, s2 = 0;
   run_sums<false>(x, static_cast<const T*>(nullptr), n, k, s1, s2);
@@ -65,7 +69,7 @@ inline void run_stats(const T* x, int64_t n, bool center, double& mean, double& 
 
 // y = (x - m) * r * w + b over a run; W / B say whether w / b exist.
 template <bool W, bool B, typename T>
-inline void affine_run(const T* x, const T* w, const T* b, int64_t n, T m, T r, T* y) {
+GF_INLINE void affine_run(const T* x, const T* w, const T* b, int64_t n, T m, T r, T* y) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
     T v = (x[j] - m) * r;
@@ -78,8 +82,8 @@ inline void affine_run(const T* x, const T* w, const T* b, int64_t n, T m, T r, 
 // ------------------------------------------------------------------ LayerNorm / RMSNorm rows
 
 template <typename T>
-GF_TARGET_CLONES void row_forward(const T* x, const T* w, const T* b, int64_t n, double eps,
-                                  bool rms, T* y, T* mean_out, T* rstd_out) {
+GF_INLINE void row_forward(const T* x, const T* w, const T* b, int64_t n, double eps, bool rms, T* y,
+                        T* mean_out, T* rstd_out) {
   double mean, var;
   run_stats(x, n, !rms, mean, var);
   const T m = rms ? T(0) : T(mean);
@@ -106,8 +110,8 @@ GF_TARGET_CLONES void row_forward(const T* x, const T* w, const T* b, int64_t n,
 // second, over the now cached row, writes dx. (One loop writing dx, dw and db together ran
 // 1.5x slower: the L1 stores queue in the store buffer behind dx's cache-missing ones.)
 template <bool W, bool P, typename T>
-GF_TARGET_CLONES void row_backward(const T* x, const T* dy, const T* w, T m, T r, int64_t n,
-                                   bool rms, T* dx, T* pw, T* pb) {
+GF_INLINE void row_backward(const T* x, const T* dy, const T* w, T m, T r, int64_t n, bool rms,
+                         T* dx, T* pw, T* pb) {
   double sg = 0, sgx = 0;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t e = std::min(n, b + kBlock);
@@ -139,6 +143,28 @@ GF_TARGET_CLONES void row_backward(const T* x, const T* dy, const T* w, T m, T r
   }
 }
 
+// Rows [r0, r1): the unit compiled per instruction set, so a small row costs no dispatch.
+template <typename T>
+GF_TARGET_CLONES void rows_forward(const T* x, const T* w, const T* b, const RowNormArgs& a,
+                                   int64_t r0, int64_t r1, T* y, T* mean, T* rstd) {
+  const int64_t D = a.cols;
+  for (int64_t i = r0; i < r1; ++i) {
+    row_forward<T>(x + i * D, w, b, D, a.eps, a.rms, y + i * D, mean ? mean + i : nullptr,
+                   rstd + i);
+  }
+}
+
+template <bool W, bool P, typename T>
+GF_TARGET_CLONES void rows_backward(const T* x, const T* dy, const T* w, const T* mean,
+                                    const T* rstd, const RowNormArgs& a, int64_t r0, int64_t r1,
+                                    T* dx, T* pw, T* pb) {
+  const int64_t D = a.cols;
+  for (int64_t i = r0; i < r1; ++i) {
+    row_backward<W, P, T>(x + i * D, dy + i * D, w, mean ? mean[i] : T(0), rstd[i], D, a.rms,
+                          dx ? dx + i * D : nullptr, pw, pb);
+  }
+}
+
 // Sum of nchunks partial vectors of length n (stride `stride` apart) in chunk order, in double.
 template <typename T>
 void merge_partials(const T* part, int64_t nchunks, int64_t stride, int64_t n, T* out) {
@@ -153,6 +179,31 @@ void merge_partials(const T* part, int64_t nchunks, int64_t stride, int64_t n, T
 }
 
 // ------------------------------------------------------------------ BatchNorm channel sums
+
+// Rows [r0, r1) of an (n, C) array added into the chunk's partials p, q (all C columns at once).
+template <bool kGrad, typename T>
+GF_TARGET_CLONES void col_chunk_sums(const T* x, const T* y, const T* k, int64_t r0, int64_t r1,
+                                     int64_t C, T* p, T* q) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+    const T* yr = kGrad ? y + r * C : xr;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) acc_pair<kGrad>(xr[c], yr[c], k[c], p[c], q[c]);
+  }
+}
+
+// Channel c of (n, C, l) data: its n runs of l summed in order.
+template <bool kGrad, typename T>
+GF_TARGET_CLONES void channel_run_sums(const T* x, const T* y, T k, const BatchNormArgs& a,
+                                       int64_t c, double* s1, double* s2) {
+  double u = 0, v = 0;
+  for (int64_t i = 0; i < a.n; ++i) {
+    const int64_t off = (i * a.c + c) * a.l;
+    run_sums<kGrad>(x + off, kGrad ? y + off : x + off, a.l, k, u, v);
+  }
+  *s1 = u;
+  *s2 = v;
+}
 
 // Per-channel pair sums over (n, c, l) data, merged in a fixed order:
 //   l == 1: rows in fixed chunks of kColChunk, each chunk accumulating all C columns at once
@@ -169,14 +220,8 @@ void channel_sums(const T* x, const T* y, const T* k, const BatchNormArgs& a, do
     parallel_for(nchunks, kColChunk * C, [&](int64_t cb, int64_t ce) {
       for (int64_t ch = cb; ch < ce; ++ch) {
         T* p = part.data() + ch * stride;
-        T* q = p + C + kPad;
-        const int64_t r1 = std::min(a.n, (ch + 1) * kColChunk);
-        for (int64_t r = ch * kColChunk; r < r1; ++r) {
-          const T* xr = x + r * C;
-          const T* yr = kGrad ? y + r * C : xr;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) acc_pair<kGrad>(xr[c], yr[c], k[c], p[c], q[c]);
-        }
+        col_chunk_sums<kGrad, T>(x, y, k, ch * kColChunk, std::min(a.n, (ch + 1) * kColChunk),
+                                 C, p, p + C + kPad);
       }
     });
     for (int64_t c = 0; c < C; ++c) s1[c] = s2[c] = 0.0;
@@ -190,15 +235,7 @@ void channel_sums(const T* x, const T* y, const T* k, const BatchNormArgs& a, do
     return;
   }
   parallel_for(C, a.n * a.l, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      double u = 0, v = 0;
-      for (int64_t i = 0; i < a.n; ++i) {
-        const int64_t off = (i * C + c) * a.l;
-        run_sums<kGrad>(x + off, kGrad ? y + off : x + off, a.l, k[c], u, v);
-      }
-      s1[c] = u;
-      s2[c] = v;
-    }
+    for (int64_t c = cb; c < ce; ++c) channel_run_sums<kGrad, T>(x, y, k[c], a, c, s1 + c, s2 + c);
   });
 }
 
@@ -255,6 +292,73 @@ void bn_apply(const T* x, const T* m, const T* s, const T* t, const T* v, const 
   }
 }
 
+// (sample, group) blocks [r0, r1) of the GroupNorm forward.
+template <typename T>
+GF_TARGET_CLONES void gn_forward_rows(const T* x, const T* w, const T* b, const GroupNormArgs& a,
+                                      int64_t r0, int64_t r1, T* y, T* mean, T* rstd) {
+  const int64_t cg = a.c / a.groups;
+  const int64_t K = cg * a.s;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* xi = x + i * K;
+    T* yi = y + i * K;
+    double mu, var;
+    run_stats(xi, K, true, mu, var);
+    const T mt = T(mu);
+    const T r = T(1.0 / std::sqrt(var + a.eps));
+    mean[i] = mt;
+    rstd[i] = r;
+    const int64_t c0 = (i % a.groups) * cg;
+    for (int64_t j = 0; j < cg; ++j) {
+      const T sc = w ? r * w[c0 + j] : r;
+      const T tc = b ? b[c0 + j] : T(0);
+      const T* xs = xi + j * a.s;
+      T* ys = yi + j * a.s;
+#pragma omp simd
+      for (int64_t q = 0; q < a.s; ++q) ys[q] = (xs[q] - mt) * sc + tc;
+    }
+  }
+}
+
+// (sample, group) blocks [r0, r1) of the GroupNorm backward; per (sample, channel) sums of dy
+// and dy (x - mean) go to pdy, pdyx for the dw/db reduction.
+template <typename T>
+GF_TARGET_CLONES void gn_backward_rows(const T* x, const T* dy, const T* w, const T* mean,
+                                       const T* rstd, const GroupNormArgs& a, int64_t r0,
+                                       int64_t r1, T* dx, double* pdy, double* pdyx) {
+  const int64_t cg = a.c / a.groups;
+  const int64_t K = cg * a.s;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* xi = x + i * K;
+    const T* gi = dy + i * K;
+    const T mt = mean[i];
+    const double r = rstd[i];
+    const int64_t c0 = (i % a.groups) * cg;
+    const int64_t nc0 = (i / a.groups) * a.c + c0;  // index of (sample, c0)
+    double A = 0, B = 0;                              // sum w dy, sum w dy (x - mean)
+    for (int64_t j = 0; j < cg; ++j) {
+      double u = 0, v = 0;
+      run_sums<true>(xi + j * a.s, gi + j * a.s, a.s, mt, u, v);
+      pdy[nc0 + j] = u;
+      pdyx[nc0 + j] = v;
+      const double wc = w ? double(w[c0 + j]) : 1.0;
+      A += wc * u;
+      B += wc * v;
+    }
+    if (!dx) continue;
+    // dx = r w dy - r A/K - (x - mean) r^3 B/K
+    const T t = T(-r * A / double(K));
+    const T uu = T(-r * r * r * B / double(K));
+    for (int64_t j = 0; j < cg; ++j) {
+      const T sc = T(w ? r * double(w[c0 + j]) : r);
+      const T* xs = xi + j * a.s;
+      const T* gs = gi + j * a.s;
+      T* o = dx + i * K + j * a.s;
+#pragma omp simd
+      for (int64_t q = 0; q < a.s; ++q) o[q] = gs[q] * sc + t + uu * (xs[q] - mt);
+    }
+  }
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ LayerNorm / RMSNorm
@@ -264,10 +368,7 @@ void row_norm_forward(const T* x, const T* w, const T* b, const RowNormArgs& a, 
                       T* rstd) {
   const int64_t D = a.cols;
   parallel_for(a.rows, D, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      row_forward<T>(x + i * D, w, b, D, a.eps, a.rms, y + i * D, mean ? mean + i : nullptr,
-                     rstd + i);
-    }
+    rows_forward<T>(x, w, b, a, r0, r1, y, mean, rstd);
   });
 }
 
@@ -286,21 +387,15 @@ void row_norm_backward(const T* x, const T* dy, const T* w, const T* mean, const
       // dw and db are both accumulated when either is wanted (the other is nearly free)
       T* pw = want ? part.data() + ch * stride : nullptr;
       T* pb = want ? part.data() + ch * stride + D + kPad : nullptr;
-      const int64_t r1 = std::min(M, (ch + 1) * kRowChunk);
-      for (int64_t i = ch * kRowChunk; i < r1; ++i) {
-        const T m = mean ? mean[i] : T(0);
-        T* dxi = dx ? dx + i * D : nullptr;
-        const T* xi = x + i * D;
-        const T* gi = dy + i * D;
-        if (w && want) {
-          row_backward<true, true, T>(xi, gi, w, m, rstd[i], D, a.rms, dxi, pw, pb);
-        } else if (w) {
-          row_backward<true, false, T>(xi, gi, w, m, rstd[i], D, a.rms, dxi, pw, pb);
-        } else if (want) {
-          row_backward<false, true, T>(xi, gi, w, m, rstd[i], D, a.rms, dxi, pw, pb);
-        } else {
-          row_backward<false, false, T>(xi, gi, w, m, rstd[i], D, a.rms, dxi, pw, pb);
-        }
+      const int64_t r0 = ch * kRowChunk, r1 = std::min(M, (ch + 1) * kRowChunk);
+      if (w && want) {
+        rows_backward<true, true, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+      } else if (w) {
+        rows_backward<true, false, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+      } else if (want) {
+        rows_backward<false, true, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+      } else {
+        rows_backward<false, false, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
       }
     }
   });
@@ -386,25 +481,7 @@ void group_norm_forward(const T* x, const T* w, const T* b, const GroupNormArgs&
   const int64_t cg = a.c / a.groups;
   const int64_t K = cg * a.s;  // a (sample, group) block is contiguous
   parallel_for(a.n * a.groups, K, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* xi = x + i * K;
-      T* yi = y + i * K;
-      double mu, var;
-      run_stats(xi, K, true, mu, var);
-      const T mt = T(mu);
-      const T r = T(1.0 / std::sqrt(var + a.eps));
-      mean[i] = mt;
-      rstd[i] = r;
-      const int64_t c0 = (i % a.groups) * cg;
-      for (int64_t j = 0; j < cg; ++j) {
-        const T sc = w ? r * w[c0 + j] : r;
-        const T tc = b ? b[c0 + j] : T(0);
-        const T* xs = xi + j * a.s;
-        T* ys = yi + j * a.s;
-#pragma omp simd
-        for (int64_t q = 0; q < a.s; ++q) ys[q] = (xs[q] - mt) * sc + tc;
-      }
-    }
+    gn_forward_rows<T>(x, w, b, a, r0, r1, y, mean, rstd);
   });
 }
 
@@ -417,36 +494,7 @@ void group_norm_backward(const T* x, const T* dy, const T* w, const T* mean, con
   // are then summed over samples in order.
   std::vector<double> pdy(static_cast<size_t>(a.n * a.c)), pdyx(static_cast<size_t>(a.n * a.c));
   parallel_for(a.n * a.groups, K, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* xi = x + i * K;
-      const T* gi = dy + i * K;
-      const T mt = mean[i];
-      const double r = rstd[i];
-      const int64_t c0 = (i % a.groups) * cg;
-      const int64_t nc0 = (i / a.groups) * a.c + c0;  // index of (sample, c0)
-      double A = 0, B = 0;                              // sum w dy, sum w dy (x - mean)
-      for (int64_t j = 0; j < cg; ++j) {
-        double u = 0, v = 0;
-        run_sums<true>(xi + j * a.s, gi + j * a.s, a.s, mt, u, v);
-        pdy[size_t(nc0 + j)] = u;
-        pdyx[size_t(nc0 + j)] = v;
-        const double wc = w ? double(w[c0 + j]) : 1.0;
-        A += wc * u;
-        B += wc * v;
-      }
-      if (!dx) continue;
-      // dx = r w dy - r A/K - (x - mean) r^3 B/K
-      const T t = T(-r * A / double(K));
-      const T uu = T(-r * r * r * B / double(K));
-      for (int64_t j = 0; j < cg; ++j) {
-        const T sc = T(w ? r * double(w[c0 + j]) : r);
-        const T* xs = xi + j * a.s;
-        const T* gs = gi + j * a.s;
-        T* o = dx + i * K + j * a.s;
-#pragma omp simd
-        for (int64_t q = 0; q < a.s; ++q) o[q] = gs[q] * sc + t + uu * (xs[q] - mt);
-      }
-    }
+    gn_backward_rows<T>(x, dy, w, mean, rstd, a, r0, r1, dx, pdy.data(), pdyx.data());
   });
   if (!dw && !db) return;
   for (int64_t c = 0; c < a.c; ++c) {

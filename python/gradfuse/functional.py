@@ -11,6 +11,7 @@ each input's shape.
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -721,11 +722,15 @@ class CrossEntropy(Function):
 
 
 def _contig(a, dtype):
+    if a.dtype == dtype and a.flags.c_contiguous:
+        return a
     return np.ascontiguousarray(a, dtype=dtype)
 
 
 def _vec(a, dtype):
-    return None if a is None else _contig(a.reshape(-1), dtype)
+    if a is None or (a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous):
+        return a
+    return np.ascontiguousarray(a.reshape(-1), dtype=dtype)
 
 
 class LayerNorm(Function):
@@ -734,13 +739,15 @@ class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, ndim, eps, rms):
         dt = x.dtype
-        d = int(np.prod(x.shape[x.ndim - ndim:], dtype=np.int64))
-        x2 = _contig(x, dt).reshape(-1, d)
+        d = math.prod(x.shape[x.ndim - ndim:])
+        x2 = _contig(x, dt)
+        if x2.ndim != 2 or ndim != 1:
+            x2 = x2.reshape(-1, d)
         w, b = _vec(weight, dt), _vec(bias, dt)
         y, mean, rstd = _backend.row_norm_forward(x2, w, b, eps, rms)
         ctx.save_for_backward(x2, w, mean, rstd)
         ctx.rms = rms
-        return y.reshape(x.shape)
+        return _shaped(y, x.shape)
 
     @staticmethod
     def backward(ctx, g):
@@ -753,17 +760,18 @@ class LayerNorm(Function):
         x_shape, w_shape, b_shape = (
             t.shape if t is not None else None for t in ctx.inputs[:3]
         )
-        return (
-            None if dx is None else dx.reshape(x_shape),
-            None if dw is None else dw.reshape(w_shape),
-            None if db is None else db.reshape(b_shape),
-            None, None, None,
-        )
+        return (_shaped(dx, x_shape), _shaped(dw, w_shape), _shaped(db, b_shape), None, None, None)
 
 
 def _as_ncl(x):
-    """(N, C, *) -> contiguous (N, C, L) view (L = 1 for 2-D input)."""
-    return _contig(x, x.dtype).reshape(x.shape[0], x.shape[1], -1)
+    """(N, C, *) -> contiguous (N, C) or (N, C, L) view."""
+    x = _contig(x, x.dtype)
+    return x if x.ndim <= 3 else x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _shaped(a, shape):
+    # reshape only when needed: a fresh base array can become a leaf's .grad without a copy
+    return a if a is None or a.shape == shape else a.reshape(shape)
 
 
 class BatchNorm(Function):
@@ -783,7 +791,7 @@ class BatchNorm(Function):
         )
         ctx.save_for_backward(x3, w, mean, rstd)
         ctx.training = training
-        return y.reshape(x.shape)
+        return _shaped(y, x.shape)
 
     @staticmethod
     def backward(ctx, g):
@@ -794,7 +802,7 @@ class BatchNorm(Function):
             x3, g3, w, mean, rstd, ctx.training, need[0], bool(need[1]), bool(need[2])
         )
         x_shape = ctx.inputs[0].shape
-        return (None if dx is None else dx.reshape(x_shape), dw, db, None, None, None, None, None)
+        return (_shaped(dx, x_shape), dw, db, None, None, None, None, None)
 
 
 class GroupNorm(Function):
@@ -803,7 +811,7 @@ class GroupNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps):
         dt = x.dtype
-        x3 = _as_ncl(x)
+        x3 = _contig(x, dt).reshape(x.shape[0], x.shape[1], -1)
         w, b = _vec(weight, dt), _vec(bias, dt)
         y, mean, rstd = _backend.group_norm_forward(x3, w, b, groups, eps)
         ctx.save_for_backward(x3, w, mean, rstd)
@@ -819,4 +827,4 @@ class GroupNorm(Function):
             x3, g3, w, mean, rstd, ctx.groups, need[0], bool(need[1]), bool(need[2])
         )
         x_shape = ctx.inputs[0].shape
-        return (None if dx is None else dx.reshape(x_shape), dw, db, None, None)
+        return (_shaped(dx, x_shape), dw, db, None, None)

@@ -204,6 +204,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 
 def _normalized_shape(normalized_shape):
+    if type(normalized_shape) is tuple and all(type(d) is int and d > 0 for d in normalized_shape):
+        if normalized_shape:
+            return normalized_shape  # the common case, without the checks below
     if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
         shape = (int(normalized_shape),)
     else:

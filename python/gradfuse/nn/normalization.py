@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from .. import functional as _ops
 from ..tensor import Tensor
 from . import functional as F
 from .module import Module
@@ -155,7 +156,13 @@ class LayerNorm(Module):
             self.register_parameter("bias", None)
 
     def forward(self, input):
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        # normalized_shape and eps were checked once in __init__; the input and parameters
+        # (which may have been cast or replaced since) are checked on every call
+        x = F._norm_input(input)
+        F._check_trailing(x, self.normalized_shape)
+        w = F._norm_param(self.weight, "weight", self.normalized_shape, x.dtype)
+        b = F._norm_param(self.bias, "bias", self.normalized_shape, x.dtype)
+        return _ops.LayerNorm.apply(input, w, b, len(self.normalized_shape), self.eps, False)
 
     def extra_repr(self) -> str:
         return (
@@ -187,7 +194,11 @@ class RMSNorm(Module):
             self.register_parameter("weight", None)
 
     def forward(self, input):
-        return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+        x = F._norm_input(input)
+        F._check_trailing(x, self.normalized_shape)
+        w = F._norm_param(self.weight, "weight", self.normalized_shape, x.dtype)
+        eps = float(np.finfo(x.dtype).eps) if self.eps is None else self.eps
+        return _ops.LayerNorm.apply(input, w, None, len(self.normalized_shape), eps, True)
 
     def extra_repr(self) -> str:
         return (

@@ -468,3 +468,16 @@ def test_backend_rejects_bad_arrays():
         _backend.group_norm_forward(np.ones((2, 3, 1), np.float32), None, None, 2, 1e-5)
     np.testing.assert_array_equal(rm, 0)
     np.testing.assert_array_equal(rv, 1)
+
+
+def test_readme_normalization_example_runs(capsys):
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"\*\*Normalization layers\*\*.*?```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README normalization example", "exec"), scope)
+    assert capsys.readouterr().out.split("\n")[0] == "1"
+    assert scope["y"].shape == (1, 16)
+    assert not scope["model"].training

@@ -399,8 +399,13 @@ void row_norm_backward(const T* x, const T* dy, const T* w, const T* mean, const
       }
     }
   });
-  if (dw) merge_partials(part.data(), nchunks, stride, D, dw);
-  if (db) merge_partials(part.data() + D + kPad, nchunks, stride, D, db);
+  if (!want) return;
+  // dw, the pad and db merged as one vector: one parallel region, not two (each region end is
+  // a barrier, and a barrier is what costs most when the cores are shared with other work)
+  std::vector<T> merged(static_cast<size_t>(D + kPad + D));
+  merge_partials(part.data(), nchunks, stride, D + kPad + D, merged.data());
+  if (dw) std::copy(merged.begin(), merged.begin() + D, dw);
+  if (db) std::copy(merged.begin() + D + kPad, merged.begin() + D + kPad + D, db);
 }
 
 // ------------------------------------------------------------------ BatchNorm

@@ -82,8 +82,8 @@ GF_INLINE void affine_run(const T* x, const T* w, const T* b, int64_t n, T m, T 
 // ------------------------------------------------------------------ LayerNorm / RMSNorm rows
 
 template <typename T>
-GF_INLINE void row_forward(const T* x, const T* w, const T* b, int64_t n, double eps, bool rms, T* y,
-                        T* mean_out, T* rstd_out) {
+GF_INLINE void row_forward(const T* x, const T* w, const T* b, int64_t n, double eps, bool rms,
+                           T* y, T* mean_out, T* rstd_out) {
   double mean, var;
   run_stats(x, n, !rms, mean, var);
   const T m = rms ? T(0) : T(mean);
@@ -111,7 +111,7 @@ GF_INLINE void row_forward(const T* x, const T* w, const T* b, int64_t n, double
 // 1.5x slower: the L1 stores queue in the store buffer behind dx's cache-missing ones.)
 template <bool W, bool P, typename T>
 GF_INLINE void row_backward(const T* x, const T* dy, const T* w, T m, T r, int64_t n, bool rms,
-                         T* dx, T* pw, T* pb) {
+                            T* dx, T* pw, T* pb) {
   double sg = 0, sgx = 0;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t e = std::min(n, b + kBlock);
@@ -284,7 +284,9 @@ template <typename T>
 void bn_apply(const T* x, const T* m, const T* s, const T* t, const T* v, const T* u,
               const BatchNormArgs& a, T* out) {
   if (a.l == 1) {
-    parallel_for(a.n, a.c, [&](int64_t b, int64_t e) { bn_apply_rows(x, m, s, t, v, u, b, e, a.c, out); });
+    parallel_for(a.n, a.c, [&](int64_t b, int64_t e) {
+      bn_apply_rows(x, m, s, t, v, u, b, e, a.c, out);
+    });
   } else {
     parallel_for(a.n * a.c, a.l, [&](int64_t b, int64_t e) {
       bn_apply_runs(x, m, s, t, v, u, b, e, a.c, a.l, out);
@@ -462,7 +464,8 @@ void batch_norm_backward(const T* x, const T* dy, const T* w, const T* save_mean
     if (db) db[c] = T(sdy[size_t(c)]);
   }
   if (!dx) return;
-  std::vector<T> s(static_cast<size_t>(C)), t(static_cast<size_t>(C)), u(static_cast<size_t>(C)), zero(static_cast<size_t>(C), T(0));
+  const size_t nc = static_cast<size_t>(C);
+  std::vector<T> s(nc), t(nc), u(nc), zero(nc, T(0));
   for (int64_t c = 0; c < C; ++c) {
     const double r = save_rstd[c];
     const double rw = w ? r * double(w[c]) : r;

@@ -74,7 +74,7 @@ def test_rms_norm_matches_numpy(rng, dtype, shape, ndim):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,groups", [((2, 6, 5), 3), ((3, 4), 2), ((1, 8, 3, 3), 4),
-                                          ((2, 5, 17), 1), ((4, 6, 1), 6)])
+                                          ((2, 5, 17), 1), ((4, 6, 1), 6), ((2, 2, 4100), 1)])
 def test_group_norm_matches_numpy(rng, dtype, shape, groups):
     x = (rng.standard_normal(shape) * 2 - 1).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -91,7 +91,8 @@ def test_group_norm_matches_numpy(rng, dtype, shape, groups):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(2, 1), (7, 3), (300, 37), (5, 4, 1), (6, 3, 7), (2, 3, 300)])
+@pytest.mark.parametrize("shape", [(2, 1), (7, 3), (300, 37), (5, 4, 1), (6, 3, 7), (2, 3, 300),
+                                   (3, 2, 4100)])  # the last: runs longer than a stats block
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_matches_numpy(rng, dtype, shape, training):
     x = (rng.standard_normal(shape) * 3 + 5).astype(dtype)

@@ -18,7 +18,7 @@ constexpr int64_t kRowChunk = 64;
 constexpr int64_t kColChunk = 256;
 // The two partial vectors of a chunk are kPad elements further apart than their length: at
 // exactly 4 KiB apart (1024 floats) every store to one falsely aliases the next load from the
-// other (4K aliasing), which made the BatchNorm passes several times slower.
+// other (4K aliasing); the BatchNorm backward at 8192x1024 ran about 2x slower that way.
 constexpr int64_t kPad = 16;
 
 // Helpers are force-inlined into the GF_TARGET_CLONES entry points: a helper left out of line

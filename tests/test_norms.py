@@ -482,3 +482,20 @@ def test_readme_normalization_example_runs(capsys):
     assert capsys.readouterr().out.split("\n")[0] == "1"
     assert scope["y"].shape == (1, 16)
     assert not scope["model"].training
+
+
+def test_non_contiguous_and_empty_inputs(rng):
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    xt = gf.tensor(x.T.copy().T)  # a transposed (Fortran-order) view: copied to rows inside
+    assert not xt.data.flags.c_contiguous
+    np.testing.assert_allclose(F.layer_norm(xt, 5).numpy(), ref.layer_norm(x, 1), atol=1e-5)
+    want, _, _ = ref.batch_norm(x)
+    np.testing.assert_allclose(F.batch_norm(xt, None, None, training=True).numpy(), want,
+                               atol=1e-5)
+    empty = gf.tensor(np.zeros((0, 5), np.float32), requires_grad=True)
+    ln = gf.nn.LayerNorm(5)
+    y = ln(empty)
+    assert y.shape == (0, 5)
+    y.sum().backward()
+    assert empty.grad.shape == (0, 5)
+    np.testing.assert_array_equal(ln.weight.grad.numpy(), 0)

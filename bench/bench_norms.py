@@ -13,6 +13,13 @@ bytes_moved is the minimum traffic of each computation:
   output can be written before the whole batch has been read), write y.
 - BatchNorm1d forward + backward: that, plus read x and dy twice (the per-channel sums of dy
   and dy*xhat again span all rows before any dx is known) and write dx.
+
+Reading the roofline: a 32 MiB array fits this machine's 260 MiB L3, so the 8192x1024 cases
+can beat the copy bandwidth (measured on 256 MiB arrays). Past the L3 (65536x1024, 1 thread,
+CPU time) the LayerNorm forward took 42 ms, as long as numpy's multiply(x, 2, out=y), while
+np.copyto took 22 ms: glibc's copy streams its stores past the cache, ordinary stores read
+each output line first (write-allocate), so any kernel writing with ordinary stores reaches
+about half the copy figure there.
 """
 
 from __future__ import annotations

@@ -499,3 +499,26 @@ def test_non_contiguous_and_empty_inputs(rng):
     y.sum().backward()
     assert empty.grad.shape == (0, 5)
     np.testing.assert_array_equal(ln.weight.grad.numpy(), 0)
+
+
+_ONES = np.ones((3, 4, 5))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (gf.nn.GroupNorm(2, 4, affine=False),
+             lambda x: ref.group_norm(x, 2, dy=_ONES)),
+    lambda: (gf.nn.BatchNorm1d(4, affine=False),
+             lambda x: (lambda r: (r[0], r[3]))(ref.batch_norm(x, dy=_ONES))),
+    lambda: (gf.nn.RMSNorm(5, eps=1e-6, elementwise_affine=False),
+             lambda x: ref.layer_norm(x, 1, eps=1e-6, dy=_ONES, rms=True)),
+], ids=["group", "batch", "rms"])
+def test_modules_without_affine(rng, make):
+    module, want = make()
+    assert list(module.parameters()) == []
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    xt = gf.tensor(x, requires_grad=True)
+    y = module(xt)
+    want_y, (want_dx, _, _) = want(x)
+    np.testing.assert_allclose(y.detach().numpy(), want_y, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), want_dx, rtol=1e-4, atol=1e-5)

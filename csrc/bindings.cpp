@@ -10,6 +10,7 @@
 
 #include <malloc.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -19,6 +20,7 @@
 #include "kernels/loss.h"
 #include "kernels/optim.h"
 #include "kernels/scale.h"
+#include "kernels/norms.h"
 #include "memory/pool.h"
 
 namespace py = pybind11;
@@ -535,6 +537,315 @@ py::array py_image_affine(const py::array& x, int64_t outer, int64_t channels, i
   return std::move(out);
 }
 
+// ---------------------------------------------------------------- normalization layers
+// x arrives as (rows, cols) for layer/RMS norm and as (N, C, L) for batch/group norm: the
+// Python layer reshapes (views, no copies) before calling.
+
+void check_eps(double eps) {
+  if (!(eps >= 0.0) || !std::isfinite(eps)) {
+    throw py::value_error("eps: expected a finite value >= 0, got " + std::to_string(eps));
+  }
+}
+
+// A 1-D float array of `n` elements of type T (weight, bias, statistics), or nullptr for None.
+template <typename T>
+const T* norm_vec(const std::optional<py::array>& a, const char* name, int64_t n) {
+  if (!a) return nullptr;
+  check_array<T>(*a, name, 1);
+  if (a->shape(0) != n) {
+    throw py::value_error(std::string(name) + ": expected shape (" + std::to_string(n) +
+                          ",), got " + shape_str(*a));
+  }
+  return cptr<T>(*a);
+}
+
+template <typename T>
+void check_same_shape(const py::array& a, const py::array& ref, const char* name) {
+  check_array<T>(a, name, int(ref.ndim()));
+  for (py::ssize_t i = 0; i < ref.ndim(); ++i) {
+    if (a.shape(i) != ref.shape(i)) {
+      throw py::value_error(std::string(name) + ": expected shape " + shape_str(ref) + ", got " +
+                            shape_str(a));
+    }
+  }
+}
+
+py::object none_or(bool want, py::array a) { return want ? py::object(std::move(a)) : py::none(); }
+
+template <typename T>
+py::tuple row_norm_forward_impl(const py::array& x, const py::object& weight,
+                                const py::object& bias, double eps, bool rms) {
+  check_array<T>(x, "input", 2);
+  RowNormArgs a;
+  a.rows = x.shape(0);
+  a.cols = x.shape(1);
+  a.eps = eps;
+  a.rms = rms;
+  if (a.cols == 0) throw py::value_error("normalized_shape: normalizes over 0 elements");
+  const auto wa = optional_array(weight, "weight"), ba = optional_array(bias, "bias");
+  const T* w = norm_vec<T>(wa, "weight", a.cols);
+  const T* b = norm_vec<T>(ba, "bias", a.cols);
+  py::array_t<T> y({a.rows, a.cols}), mean(a.rows), rstd(a.rows);
+  T* yp = y.mutable_data();
+  T* mp = rms ? nullptr : mean.mutable_data();
+  T* rp = rstd.mutable_data();
+  const T* xp = cptr<T>(x);
+  {
+    py::gil_scoped_release nogil;
+    row_norm_forward<T>(xp, w, b, a, yp, mp, rp);
+  }
+  return py::make_tuple(y, none_or(!rms, mean), rstd);
+}
+
+py::tuple py_row_norm_forward(const py::array& x, const py::object& weight, const py::object& bias,
+                              double eps, bool rms) {
+  check_floating(x, "input");
+  check_eps(eps);
+  if (is_dtype<float>(x)) return row_norm_forward_impl<float>(x, weight, bias, eps, rms);
+  return row_norm_forward_impl<double>(x, weight, bias, eps, rms);
+}
+
+template <typename T>
+py::tuple row_norm_backward_impl(const py::array& x, const py::array& dy, const py::object& weight,
+                                 const py::object& mean, const py::array& rstd, bool rms,
+                                 bool need_dx, bool need_dw, bool need_db) {
+  check_array<T>(x, "input", 2);
+  check_same_shape<T>(dy, x, "grad_output");
+  RowNormArgs a;
+  a.rows = x.shape(0);
+  a.cols = x.shape(1);
+  a.rms = rms;
+  const auto wa = optional_array(weight, "weight"), ma = optional_array(mean, "mean");
+  const T* w = norm_vec<T>(wa, "weight", a.cols);
+  const T* m = norm_vec<T>(ma, "mean", a.rows);
+  if (!rms && !m) throw py::value_error("mean: required for layer_norm (rms=False)");
+  const T* r = norm_vec<T>(std::optional<py::array>(rstd), "rstd", a.rows);
+  py::array_t<T> dx(need_dx ? std::vector<py::ssize_t>{a.rows, a.cols}
+                            : std::vector<py::ssize_t>{0});
+  py::array_t<T> dw(need_dw ? a.cols : 0), db(need_db ? a.cols : 0);
+  T* dxp = need_dx ? dx.mutable_data() : nullptr;
+  T* dwp = need_dw ? dw.mutable_data() : nullptr;
+  T* dbp = need_db ? db.mutable_data() : nullptr;
+  const T* xp = cptr<T>(x);
+  const T* gp = cptr<T>(dy);
+  {
+    py::gil_scoped_release nogil;
+    row_norm_backward<T>(xp, gp, w, m, r, a, dxp, dwp, dbp);
+  }
+  return py::make_tuple(none_or(need_dx, dx), none_or(need_dw, dw), none_or(need_db, db));
+}
+
+py::tuple py_row_norm_backward(const py::array& x, const py::array& dy, const py::object& weight,
+                               const py::object& mean, const py::array& rstd, bool rms,
+                               bool need_dx, bool need_dw, bool need_db) {
+  check_floating(x, "input");
+  if (is_dtype<float>(x)) {
+    return row_norm_backward_impl<float>(x, dy, weight, mean, rstd, rms, need_dx, need_dw,
+                                         need_db);
+  }
+  return row_norm_backward_impl<double>(x, dy, weight, mean, rstd, rms, need_dx, need_dw, need_db);
+}
+
+// (N, C) or (N, C, L): outputs get the input's own shape, so a gradient needs no reshape (a
+// reshaped view could not be adopted as a leaf's .grad without a copy).
+template <typename T>
+BatchNormArgs bn_args(const py::array& x) {
+  if (x.ndim() != 2 && x.ndim() != 3) {
+    throw py::value_error("input: expected a 2-D (N, C) or 3-D (N, C, L) array, got shape " +
+                          shape_str(x));
+  }
+  check_array<T>(x, "input", int(x.ndim()));
+  BatchNormArgs a;
+  a.n = x.shape(0);
+  a.c = x.shape(1);
+  a.l = x.ndim() == 3 ? x.shape(2) : 1;
+  return a;
+}
+
+std::vector<py::ssize_t> same_shape(const py::array& x) {
+  return std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim());
+}
+
+template <typename T>
+py::tuple batch_norm_forward_impl(const py::array& x, const py::object& weight,
+                                  const py::object& bias, const py::object& running_mean,
+                                  const py::object& running_var, bool training, double factor,
+                                  double eps) {
+  BatchNormArgs a = bn_args<T>(x);
+  a.eps = eps;
+  a.training = training;
+  a.factor = factor;
+  const auto wa = optional_array(weight, "weight"), ba = optional_array(bias, "bias");
+  const auto rma = optional_array(running_mean, "running_mean");
+  const auto rva = optional_array(running_var, "running_var");
+  const T* w = norm_vec<T>(wa, "weight", a.c);
+  const T* b = norm_vec<T>(ba, "bias", a.c);
+  T* rm = const_cast<T*>(norm_vec<T>(rma, "running_mean", a.c));
+  T* rv = const_cast<T*>(norm_vec<T>(rva, "running_var", a.c));
+  if (bool(rm) != bool(rv)) {
+    throw py::value_error("running_mean, running_var: give both or neither");
+  }
+  if (rm && (!rma->writeable() || !rva->writeable())) {
+    throw py::value_error("running_mean, running_var: expected writeable arrays");
+  }
+  if (!training && !rm) {
+    throw py::value_error("running_mean: required when training=False");
+  }
+  if (a.c == 0) throw py::value_error("input: 0 channels");
+  if (training && a.n * a.l <= 1) {
+    throw py::value_error("Expected more than 1 value per channel when training, got input "
+                          "size " + shape_str(x));
+  }
+  if (!(factor >= 0.0 && factor <= 1.0)) {
+    throw py::value_error("momentum: expected a value in [0, 1], got " + std::to_string(factor));
+  }
+  a.update_running = training && rm != nullptr;
+  py::array_t<T> y(same_shape(x)), mean(a.c), rstd(a.c);
+  T* yp = y.mutable_data();
+  T* mp = mean.mutable_data();
+  T* rp = rstd.mutable_data();
+  const T* xp = cptr<T>(x);
+  {
+    py::gil_scoped_release nogil;
+    batch_norm_forward<T>(xp, w, b, rm, rv, a, yp, mp, rp);
+  }
+  return py::make_tuple(y, mean, rstd);
+}
+
+py::tuple py_batch_norm_forward(const py::array& x, const py::object& weight,
+                                const py::object& bias, const py::object& running_mean,
+                                const py::object& running_var, bool training, double factor,
+                                double eps) {
+  check_floating(x, "input");
+  check_eps(eps);
+  if (is_dtype<float>(x)) {
+    return batch_norm_forward_impl<float>(x, weight, bias, running_mean, running_var, training,
+                                          factor, eps);
+  }
+  return batch_norm_forward_impl<double>(x, weight, bias, running_mean, running_var, training,
+                                         factor, eps);
+}
+
+template <typename T>
+py::tuple batch_norm_backward_impl(const py::array& x, const py::array& dy,
+                                   const py::object& weight, const py::array& mean,
+                                   const py::array& rstd, bool training, bool need_dx,
+                                   bool need_dw, bool need_db) {
+  BatchNormArgs a = bn_args<T>(x);
+  check_same_shape<T>(dy, x, "grad_output");
+  a.training = training;
+  const auto wa = optional_array(weight, "weight");
+  const T* w = norm_vec<T>(wa, "weight", a.c);
+  const T* m = norm_vec<T>(std::optional<py::array>(mean), "mean", a.c);
+  const T* r = norm_vec<T>(std::optional<py::array>(rstd), "rstd", a.c);
+  py::array_t<T> dx(need_dx ? same_shape(x) : std::vector<py::ssize_t>{0});
+  py::array_t<T> dw(need_dw ? a.c : 0), db(need_db ? a.c : 0);
+  T* dxp = need_dx ? dx.mutable_data() : nullptr;
+  T* dwp = need_dw ? dw.mutable_data() : nullptr;
+  T* dbp = need_db ? db.mutable_data() : nullptr;
+  const T* xp = cptr<T>(x);
+  const T* gp = cptr<T>(dy);
+  {
+    py::gil_scoped_release nogil;
+    batch_norm_backward<T>(xp, gp, w, m, r, a, dxp, dwp, dbp);
+  }
+  return py::make_tuple(none_or(need_dx, dx), none_or(need_dw, dw), none_or(need_db, db));
+}
+
+py::tuple py_batch_norm_backward(const py::array& x, const py::array& dy, const py::object& weight,
+                                 const py::array& mean, const py::array& rstd, bool training,
+                                 bool need_dx, bool need_dw, bool need_db) {
+  check_floating(x, "input");
+  if (is_dtype<float>(x)) {
+    return batch_norm_backward_impl<float>(x, dy, weight, mean, rstd, training, need_dx, need_dw,
+                                           need_db);
+  }
+  return batch_norm_backward_impl<double>(x, dy, weight, mean, rstd, training, need_dx, need_dw,
+                                          need_db);
+}
+
+GroupNormArgs gn_args(const py::array& x, int64_t groups, double eps) {
+  GroupNormArgs a;
+  a.n = x.shape(0);
+  a.c = x.shape(1);
+  a.s = x.shape(2);
+  a.groups = groups;
+  a.eps = eps;
+  if (groups <= 0 || a.c % groups != 0) {
+    throw py::value_error("num_groups: expected a positive divisor of the " +
+                          std::to_string(a.c) + " channels, got " + std::to_string(groups));
+  }
+  return a;
+}
+
+template <typename T>
+py::tuple group_norm_forward_impl(const py::array& x, const py::object& weight,
+                                  const py::object& bias, int64_t groups, double eps) {
+  check_array<T>(x, "input", 3);
+  const GroupNormArgs a = gn_args(x, groups, eps);
+  if (a.s == 0) throw py::value_error("input: normalizes over 0 elements, shape " + shape_str(x));
+  const auto wa = optional_array(weight, "weight"), ba = optional_array(bias, "bias");
+  const T* w = norm_vec<T>(wa, "weight", a.c);
+  const T* b = norm_vec<T>(ba, "bias", a.c);
+  py::array_t<T> y({a.n, a.c, a.s}), mean(a.n * a.groups), rstd(a.n * a.groups);
+  T* yp = y.mutable_data();
+  T* mp = mean.mutable_data();
+  T* rp = rstd.mutable_data();
+  const T* xp = cptr<T>(x);
+  {
+    py::gil_scoped_release nogil;
+    group_norm_forward<T>(xp, w, b, a, yp, mp, rp);
+  }
+  return py::make_tuple(y, mean, rstd);
+}
+
+py::tuple py_group_norm_forward(const py::array& x, const py::object& weight,
+                                const py::object& bias, int64_t groups, double eps) {
+  check_floating(x, "input");
+  check_eps(eps);
+  if (is_dtype<float>(x)) return group_norm_forward_impl<float>(x, weight, bias, groups, eps);
+  return group_norm_forward_impl<double>(x, weight, bias, groups, eps);
+}
+
+template <typename T>
+py::tuple group_norm_backward_impl(const py::array& x, const py::array& dy,
+                                   const py::object& weight, const py::array& mean,
+                                   const py::array& rstd, int64_t groups, bool need_dx,
+                                   bool need_dw, bool need_db) {
+  check_array<T>(x, "input", 3);
+  check_same_shape<T>(dy, x, "grad_output");
+  const GroupNormArgs a = gn_args(x, groups, 0.0);
+  const auto wa = optional_array(weight, "weight");
+  const T* w = norm_vec<T>(wa, "weight", a.c);
+  const T* m = norm_vec<T>(std::optional<py::array>(mean), "mean", a.n * a.groups);
+  const T* r = norm_vec<T>(std::optional<py::array>(rstd), "rstd", a.n * a.groups);
+  py::array_t<T> dx(need_dx ? std::vector<py::ssize_t>{a.n, a.c, a.s}
+                            : std::vector<py::ssize_t>{0});
+  py::array_t<T> dw(need_dw ? a.c : 0), db(need_db ? a.c : 0);
+  T* dxp = need_dx ? dx.mutable_data() : nullptr;
+  T* dwp = need_dw ? dw.mutable_data() : nullptr;
+  T* dbp = need_db ? db.mutable_data() : nullptr;
+  const T* xp = cptr<T>(x);
+  const T* gp = cptr<T>(dy);
+  {
+    py::gil_scoped_release nogil;
+    group_norm_backward<T>(xp, gp, w, m, r, a, dxp, dwp, dbp);
+  }
+  return py::make_tuple(none_or(need_dx, dx), none_or(need_dw, dw), none_or(need_db, db));
+}
+
+py::tuple py_group_norm_backward(const py::array& x, const py::array& dy, const py::object& weight,
+                                 const py::array& mean, const py::array& rstd, int64_t groups,
+                                 bool need_dx, bool need_dw, bool need_db) {
+  check_floating(x, "input");
+  if (is_dtype<float>(x)) {
+    return group_norm_backward_impl<float>(x, dy, weight, mean, rstd, groups, need_dx, need_dw,
+                                           need_db);
+  }
+  return group_norm_backward_impl<double>(x, dy, weight, mean, rstd, groups, need_dx, need_dw,
+                                          need_db);
+}
+
 // ---------------------------------------------------------------- numpy allocator hook
 // numpy (NEP 49) lets a context route every array's data allocation through a handler.
 // Ours sends large requests to the pool, so the outputs of ordinary numpy operations inside a
@@ -745,6 +1056,30 @@ PYBIND11_MODULE(_C, m) {
   m.def("image_affine", &py_image_affine, py::arg("x"), py::arg("outer"), py::arg("channels"),
         py::arg("inner"), py::arg("shift"), py::arg("mul"), py::arg("add"),
         "-> float32 (x - shift[c]) * mul[c] + add[c], x's shape");
+
+  // normalization layers
+  m.def("row_norm_forward", &py_row_norm_forward, py::arg("input"), py::arg("weight"),
+        py::arg("bias"), py::arg("eps"), py::arg("rms"),
+        "(input (M, D), weight (D,)|None, bias (D,)|None, eps, rms) -> (y, mean (M,)|None, rstd)");
+  m.def("row_norm_backward", &py_row_norm_backward, py::arg("input"), py::arg("grad_output"),
+        py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("rms"), py::arg("need_dx"),
+        py::arg("need_dw"), py::arg("need_db"), "-> (dx|None, dweight|None, dbias|None)");
+  m.def("batch_norm_forward", &py_batch_norm_forward, py::arg("input"), py::arg("weight"),
+        py::arg("bias"), py::arg("running_mean"), py::arg("running_var"), py::arg("training"),
+        py::arg("factor"), py::arg("eps"),
+        "(input (N, C, L), ...) -> (y, save_mean (C,), save_rstd (C,)); updates running stats "
+        "in place when training");
+  m.def("batch_norm_backward", &py_batch_norm_backward, py::arg("input"), py::arg("grad_output"),
+        py::arg("weight"), py::arg("save_mean"), py::arg("save_rstd"), py::arg("training"),
+        py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"),
+        "-> (dx|None, dweight|None, dbias|None)");
+  m.def("group_norm_forward", &py_group_norm_forward, py::arg("input"), py::arg("weight"),
+        py::arg("bias"), py::arg("num_groups"), py::arg("eps"),
+        "(input (N, C, S), ...) -> (y, mean (N*G,), rstd (N*G,))");
+  m.def("group_norm_backward", &py_group_norm_backward, py::arg("input"), py::arg("grad_output"),
+        py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("num_groups"),
+        py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"),
+        "-> (dx|None, dweight|None, dbias|None)");
 
   m.def("install_numpy_allocator", &install_numpy_allocator);
   m.def("uninstall_numpy_allocator", &uninstall_numpy_allocator);

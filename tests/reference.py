@@ -41,3 +41,95 @@ def mse(a, b, reduction="mean"):
     if reduction == "none":
         return d * d
     return (d * d).sum() if reduction == "sum" else (d * d).mean()
+
+
+# --------------------------------------------------------------------------- normalization
+# float64, straight from the definitions; each returns the output and, given an upstream
+# gradient dy, the gradients of input, weight and bias.
+
+
+def _affine_grads(xhat, dy, w, axes_w):
+    dw = (dy * xhat).sum(axis=axes_w)
+    db = dy.sum(axis=axes_w)
+    return dw, db
+
+
+def layer_norm(x, ndim, w=None, b=None, eps=1e-5, dy=None, rms=False):
+    """Normalize over the last ``ndim`` axes; returns y, (dx, dw, db) when dy is given."""
+    x = np.asarray(x, np.float64)
+    axes = tuple(range(x.ndim - ndim, x.ndim))
+    mean = 0.0 if rms else x.mean(axis=axes, keepdims=True)
+    xc = x - mean
+    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + eps)
+    xhat = xc * rstd
+    wf = np.ones(x.shape[x.ndim - ndim:]) if w is None else np.asarray(w, np.float64)
+    bf = 0.0 if b is None else np.asarray(b, np.float64)
+    y = xhat * wf + bf
+    if dy is None:
+        return y
+    dy = np.asarray(dy, np.float64)
+    g = dy * wf
+    m = 1.0 if rms else 0.0
+    dx = rstd * (g - (1 - m) * g.mean(axis=axes, keepdims=True)
+                 - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    lead = tuple(range(x.ndim - ndim))
+    dw, db = _affine_grads(xhat, dy, w, lead)
+    return y, (dx, dw, db)
+
+
+def batch_norm(x, w=None, b=None, running_mean=None, running_var=None, training=True,
+               momentum=0.1, eps=1e-5, dy=None):
+    """(N, C, *) input; returns y, new running stats (or None), and grads when dy is given."""
+    x = np.asarray(x, np.float64)
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    m = x.size // x.shape[1]
+    new_rm = new_rv = None
+    if training:
+        mean = x.mean(axis=axes)
+        var = x.var(axis=axes)
+        if running_mean is not None:
+            new_rm = (1 - momentum) * np.asarray(running_mean, np.float64) + momentum * mean
+            new_rv = ((1 - momentum) * np.asarray(running_var, np.float64)
+                      + momentum * var * m / (m - 1))
+    else:
+        mean = np.asarray(running_mean, np.float64)
+        var = np.asarray(running_var, np.float64)
+    rstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean.reshape(shape)) * rstd.reshape(shape)
+    wf = np.ones(x.shape[1]) if w is None else np.asarray(w, np.float64)
+    bf = np.zeros(x.shape[1]) if b is None else np.asarray(b, np.float64)
+    y = xhat * wf.reshape(shape) + bf.reshape(shape)
+    if dy is None:
+        return y, new_rm, new_rv
+    dy = np.asarray(dy, np.float64)
+    dw, db = _affine_grads(xhat, dy, w, axes)
+    k = (wf * rstd).reshape(shape)
+    if training:
+        dx = k * (dy - (db / m).reshape(shape) - xhat * (dw / m).reshape(shape))
+    else:
+        dx = k * dy
+    return y, new_rm, new_rv, (dx, dw, db)
+
+
+def group_norm(x, groups, w=None, b=None, eps=1e-5, dy=None):
+    """(N, C, *) input, C/groups channels per group; grads when dy is given."""
+    x = np.asarray(x, np.float64)
+    n, c = x.shape[:2]
+    xg = x.reshape(n, groups, -1)
+    mean = xg.mean(axis=2, keepdims=True)
+    rstd = 1.0 / np.sqrt(xg.var(axis=2, keepdims=True) + eps)
+    xhat = ((xg - mean) * rstd).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    wf = np.ones(c) if w is None else np.asarray(w, np.float64)
+    bf = np.zeros(c) if b is None else np.asarray(b, np.float64)
+    y = xhat * wf.reshape(shape) + bf.reshape(shape)
+    if dy is None:
+        return y
+    dy = np.asarray(dy, np.float64)
+    axes = (0,) + tuple(range(2, x.ndim))
+    dw, db = _affine_grads(xhat, dy, w, axes)
+    g = (dy * wf.reshape(shape)).reshape(n, groups, -1)
+    xh = xhat.reshape(n, groups, -1)
+    dx = rstd * (g - g.mean(axis=2, keepdims=True) - xh * (g * xh).mean(axis=2, keepdims=True))
+    return y, (dx.reshape(x.shape), dw, db)

@@ -703,7 +703,7 @@ def test_readme_data_scalers_example_runs():
     import re
 
     text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"\*\*Data scalers\*\*.*?```python\n(.*?)```", text, re.S).group(1)
+    block = re.search(r"## Data scalers\n.*?```python\n(.*?)```", text, re.S).group(1)
     scope = {}
     exec(compile(block, "README data scalers", "exec"), scope)
     x, x_train = scope["x"], scope["x_train"]

@@ -71,6 +71,63 @@ def image_affine(
     mul: np.ndarray,
     add: np.ndarray,
 ) -> np.ndarray: ...
+def row_norm_forward(
+    input: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    rms: bool,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]: ...
+def row_norm_backward(
+    input: np.ndarray,
+    grad_output: np.ndarray,
+    weight: np.ndarray | None,
+    mean: np.ndarray | None,
+    rstd: np.ndarray,
+    rms: bool,
+    need_dx: bool,
+    need_dw: bool,
+    need_db: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]: ...
+def batch_norm_forward(
+    input: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    running_mean: np.ndarray | None,
+    running_var: np.ndarray | None,
+    training: bool,
+    factor: float,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def batch_norm_backward(
+    input: np.ndarray,
+    grad_output: np.ndarray,
+    weight: np.ndarray | None,
+    save_mean: np.ndarray,
+    save_rstd: np.ndarray,
+    training: bool,
+    need_dx: bool,
+    need_dw: bool,
+    need_db: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]: ...
+def group_norm_forward(
+    input: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    num_groups: int,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def group_norm_backward(
+    input: np.ndarray,
+    grad_output: np.ndarray,
+    weight: np.ndarray | None,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    num_groups: int,
+    need_dx: bool,
+    need_dw: bool,
+    need_db: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]: ...
 def install_numpy_allocator() -> bool: ...
 def uninstall_numpy_allocator() -> bool: ...
 def pool_stats() -> dict[str, int]: ...

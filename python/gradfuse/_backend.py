@@ -29,6 +29,13 @@ affine_columns = _C.affine_columns
 image_channel_stats = _C.image_channel_stats
 image_affine = _C.image_affine
 
+row_norm_forward = _C.row_norm_forward
+row_norm_backward = _C.row_norm_backward
+batch_norm_forward = _C.batch_norm_forward
+batch_norm_backward = _C.batch_norm_backward
+group_norm_forward = _C.group_norm_forward
+group_norm_backward = _C.group_norm_backward
+
 build_info = _C.build_info
 get_num_threads = _C.get_num_threads
 set_num_threads = _C.set_num_threads

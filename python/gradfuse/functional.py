@@ -11,6 +11,7 @@ each input's shape.
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -711,3 +712,119 @@ class CrossEntropy(Function):
             moved = (shape[0],) + shape[2:] + (shape[1],)
             dx = np.moveaxis(dx2.reshape(moved), -1, 1)
         return dx, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------- normalization
+# Fused compiled kernels (csrc/kernels/norms.cpp). Inputs are reshaped to the kernels' layouts,
+# (rows, D) for layer/RMS norm and (N, C, L) for batch/group norm: views, no copies, for
+# contiguous input. Each forward saves its statistics (mean, 1/std) for the backward, which
+# returns the gradients of input, weight and bias from one kernel call.
+
+
+def _contig(a, dtype):
+    if a.dtype == dtype and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _vec(a, dtype):
+    if a is None or (a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous):
+        return a
+    return np.ascontiguousarray(a.reshape(-1), dtype=dtype)
+
+
+class LayerNorm(Function):
+    """LayerNorm (``rms=False``) or RMSNorm (``rms=True``) over the last ``ndim`` dimensions."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ndim, eps, rms):
+        dt = x.dtype
+        d = math.prod(x.shape[x.ndim - ndim:])
+        x2 = _contig(x, dt)
+        if x2.ndim != 2 or ndim != 1:
+            x2 = x2.reshape(-1, d)
+        w, b = _vec(weight, dt), _vec(bias, dt)
+        y, mean, rstd = _backend.row_norm_forward(x2, w, b, eps, rms)
+        ctx.save_for_backward(x2, w, mean, rstd)
+        ctx.rms = rms
+        return _shaped(y, x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        x2, w, mean, rstd = ctx.saved
+        need = ctx.needs_input_grad
+        g2 = _contig(g, x2.dtype).reshape(x2.shape)
+        dx, dw, db = _backend.row_norm_backward(
+            x2, g2, w, mean, rstd, ctx.rms, need[0], bool(need[1]), bool(need[2])
+        )
+        x_shape, w_shape, b_shape = (
+            t.shape if t is not None else None for t in ctx.inputs[:3]
+        )
+        return (_shaped(dx, x_shape), _shaped(dw, w_shape), _shaped(db, b_shape), None, None, None)
+
+
+def _as_ncl(x):
+    """(N, C, *) -> contiguous (N, C) or (N, C, L) view."""
+    x = _contig(x, x.dtype)
+    return x if x.ndim <= 3 else x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _shaped(a, shape):
+    # reshape only when needed: a fresh base array can become a leaf's .grad without a copy
+    return a if a is None or a.shape == shape else a.reshape(shape)
+
+
+class BatchNorm(Function):
+    """Batch normalization over (N, C, *): statistics per channel over N and the rest.
+
+    ``running_mean``/``running_var`` (numpy arrays or None) are updated in place by the kernel
+    when ``training``, with ``factor`` (momentum, or 1/num_batches_tracked).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, factor, eps):
+        dt = x.dtype
+        x3 = _as_ncl(x)
+        w, b = _vec(weight, dt), _vec(bias, dt)
+        y, mean, rstd = _backend.batch_norm_forward(
+            x3, w, b, running_mean, running_var, training, factor, eps
+        )
+        ctx.save_for_backward(x3, w, mean, rstd)
+        ctx.training = training
+        return _shaped(y, x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        x3, w, mean, rstd = ctx.saved
+        need = ctx.needs_input_grad
+        g3 = _contig(g, x3.dtype).reshape(x3.shape)
+        dx, dw, db = _backend.batch_norm_backward(
+            x3, g3, w, mean, rstd, ctx.training, need[0], bool(need[1]), bool(need[2])
+        )
+        x_shape = ctx.inputs[0].shape
+        return (_shaped(dx, x_shape), dw, db, None, None, None, None, None)
+
+
+class GroupNorm(Function):
+    """Group normalization over (N, C, *) with ``groups`` groups of C/groups channels."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps):
+        dt = x.dtype
+        x3 = _contig(x, dt).reshape(x.shape[0], x.shape[1], -1)
+        w, b = _vec(weight, dt), _vec(bias, dt)
+        y, mean, rstd = _backend.group_norm_forward(x3, w, b, groups, eps)
+        ctx.save_for_backward(x3, w, mean, rstd)
+        ctx.groups = groups
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        x3, w, mean, rstd = ctx.saved
+        need = ctx.needs_input_grad
+        g3 = _contig(g, x3.dtype).reshape(x3.shape)
+        dx, dw, db = _backend.group_norm_backward(
+            x3, g3, w, mean, rstd, ctx.groups, need[0], bool(need[1]), bool(need[2])
+        )
+        x_shape = ctx.inputs[0].shape
+        return (_shaped(dx, x_shape), dw, db, None, None)

@@ -5,6 +5,7 @@ from .container import Sequential
 from .linear import Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module
+from .normalization import BatchNorm1d, GroupNorm, LayerNorm, RMSNorm
 from .parameter import Parameter
 
 __all__ = [
@@ -14,6 +15,10 @@ __all__ = [
     "Linear",
     "MSELoss",
     "CrossEntropyLoss",
+    "BatchNorm1d",
+    "LayerNorm",
+    "RMSNorm",
+    "GroupNorm",
     "functional",
     "utils",
 ]

@@ -10,7 +10,15 @@ import numpy as np
 from .. import functional as _ops
 from ..tensor import Tensor
 
-__all__ = ["linear", "mse_loss", "cross_entropy"]
+__all__ = [
+    "linear",
+    "mse_loss",
+    "cross_entropy",
+    "batch_norm",
+    "layer_norm",
+    "rms_norm",
+    "group_norm",
+]
 
 _check_reduction = _ops._check_reduction
 
@@ -112,3 +120,185 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100,
         raise ValueError("label_smoothing: nan")
     return _ops.CrossEntropy.apply(input, t, w, int(ignore_index), float(label_smoothing),
                                    reduction)
+
+
+# --------------------------------------------------------------------------- normalization
+# Every argument is checked here, before any kernel runs: a rejected call changes nothing
+# (running statistics included).
+
+
+def _norm_input(input, name="input"):
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(input).__name__}")
+    if input.data.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected float32 or float64, got {input.data.dtype}")
+    return input.data
+
+
+def _check_eps(eps):
+    if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
+            or not math.isfinite(eps) or eps < 0):
+        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _norm_param(t, name, shape, dtype):
+    """weight / bias / running stats: None, or a Tensor of ``shape`` and the input's dtype."""
+    if t is None:
+        return None
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a Tensor or None, got {type(t).__name__}")
+    if t.data.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {t.data.shape}")
+    if t.data.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the input's), got {t.data.dtype}")
+    return t
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalization over (N, C) or (N, C, *) input, statistics per channel C.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` where, when ``training``, mean and the
+    biased var are the batch's (over N and *), and ``running_mean``/``running_var`` (if given)
+    are updated in place: ``r = (1 - momentum) r + momentum * stat``, with the unbiased batch
+    variance for ``running_var``. Otherwise the running statistics are used.
+
+    Shapes: input (N, C, *); running_mean, running_var, weight, bias (C,). Output as input.
+
+    Example::
+
+        >>> x = gf.tensor(np.random.randn(8, 3), dtype=gf.float32)
+        >>> rm, rv = gf.zeros(3), gf.ones(3)
+        >>> F.batch_norm(x, rm, rv, training=True).shape
+        (8, 3)
+    """
+    x = _norm_input(input)
+    if x.ndim < 2:
+        raise ValueError(f"input: expected (N, C) or (N, C, *) input, got shape {x.shape}")
+    eps = _check_eps(eps)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    if (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)
+            or not 0.0 <= momentum <= 1.0):
+        raise ValueError(f"momentum: expected a float in [0, 1], got {momentum!r}")
+    c = x.shape[1]
+    rm = _norm_param(running_mean, "running_mean", (c,), x.dtype)
+    rv = _norm_param(running_var, "running_var", (c,), x.dtype)
+    w = _norm_param(weight, "weight", (c,), x.dtype)
+    b = _norm_param(bias, "bias", (c,), x.dtype)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean, running_var: give both or neither")
+    if not training and rm is None:
+        raise ValueError("running_mean: required when training=False")
+    if training and x.size // max(c, 1) <= 1:
+        raise ValueError(
+            "Expected more than 1 value per channel when training, "
+            f"got input size {x.shape}"
+        )
+    return _ops.BatchNorm.apply(
+        input, w, b,
+        None if rm is None else rm.data, None if rv is None else rv.data,
+        bool(training), float(momentum), eps,
+    )
+
+
+def _normalized_shape(normalized_shape):
+    if type(normalized_shape) is tuple and all(type(d) is int and d > 0 for d in normalized_shape):
+        if normalized_shape:
+            return normalized_shape  # the common case, without the checks below
+    if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
+        shape = (int(normalized_shape),)
+    else:
+        try:
+            shape = tuple(normalized_shape)
+        except TypeError:
+            shape = None
+        if shape is None or isinstance(normalized_shape, str) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape
+        ):
+            raise TypeError(
+                f"normalized_shape: expected an int or a sequence of ints, got {normalized_shape!r}"
+            )
+        shape = tuple(int(d) for d in shape)
+    if not shape or any(d <= 0 for d in shape):
+        raise ValueError(f"normalized_shape: expected positive sizes, got {shape}")
+    return shape
+
+
+def _check_trailing(x, shape):
+    if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
+        raise ValueError(
+            f"normalized_shape: expected input with shape (*, {', '.join(map(str, shape))}), "
+            f"got input of shape {x.shape}"
+        )
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Layer normalization over the trailing ``normalized_shape`` dimensions of each sample.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, mean and biased var over the last
+    ``len(normalized_shape)`` dimensions. Shapes: input (*, *normalized_shape); weight and bias
+    ``normalized_shape``. One fused kernel forward; one backward for input, weight and bias.
+
+    Example::
+
+        >>> F.layer_norm(gf.tensor(np.random.randn(4, 10), dtype=gf.float32), (10,)).shape
+        (4, 10)
+    """
+    x = _norm_input(input)
+    shape = _normalized_shape(normalized_shape)
+    _check_trailing(x, shape)
+    eps = _check_eps(eps)
+    w = _norm_param(weight, "weight", shape, x.dtype)
+    b = _norm_param(bias, "bias", shape, x.dtype)
+    return _ops.LayerNorm.apply(input, w, b, len(shape), eps, False)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None) -> Tensor:
+    """Root-mean-square normalization: ``y = x / sqrt(mean(x^2) + eps) * weight``.
+
+    The mean is over the trailing ``normalized_shape`` dimensions; ``eps=None`` means the
+    machine epsilon of the input's dtype, as PyTorch. Shapes: input (*, *normalized_shape),
+    weight ``normalized_shape``.
+
+    Example::
+
+        >>> F.rms_norm(gf.tensor(np.random.randn(4, 10), dtype=gf.float32), (10,)).shape
+        (4, 10)
+    """
+    x = _norm_input(input)
+    shape = _normalized_shape(normalized_shape)
+    _check_trailing(x, shape)
+    eps = float(np.finfo(x.dtype).eps) if eps is None else _check_eps(eps)
+    w = _norm_param(weight, "weight", shape, x.dtype)
+    return _ops.LayerNorm.apply(input, w, None, len(shape), eps, True)
+
+
+def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Group normalization: channels split into ``num_groups`` groups, each (sample, group)
+    normalized over its channels and the trailing dimensions, then a per-channel affine.
+
+    Shapes: input (N, C, *), C divisible by num_groups; weight, bias (C,).
+
+    Example::
+
+        >>> F.group_norm(gf.tensor(np.random.randn(2, 6, 5), dtype=gf.float32), 3).shape
+        (2, 6, 5)
+    """
+    x = _norm_input(input)
+    if x.ndim < 2:
+        raise ValueError(f"input: expected (N, C, *) input, got shape {x.shape}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)):
+        raise TypeError(f"num_groups: expected an int, got {type(num_groups).__name__}")
+    c = x.shape[1]
+    if num_groups <= 0 or c % num_groups:
+        raise ValueError(
+            f"num_groups: expected a positive divisor of the {c} input channels, got {num_groups}"
+        )
+    eps = _check_eps(eps)
+    w = _norm_param(weight, "weight", (c,), x.dtype)
+    b = _norm_param(bias, "bias", (c,), x.dtype)
+    if x.size == 0:
+        raise ValueError(f"input: empty input of shape {x.shape}")
+    return _ops.GroupNorm.apply(input, w, b, int(num_groups), eps)

@@ -1,0 +1,536 @@
+#include "kernels/norms.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+
+namespace gradfuse {
+namespace {
+
+// Elements per block whose sums are kept in T: 4096 / 16 lanes = 256 terms per SIMD lane, so a
+// float32 block sum is good to ~1e-6 relative; blocks are added in double.
+constexpr int64_t kBlock = 4096;
+// Rows per partial of a reduction over rows (LayerNorm dw/db, BatchNorm (N, C) statistics).
+// Fixed, never derived from the thread count: the partials are merged in chunk order.
+constexpr int64_t kRowChunk = 64;
+constexpr int64_t kColChunk = 256;
+// The two partial vectors of a chunk are kPad elements further apart than their length: at
+// exactly 4 KiB apart (1024 floats) every store to one falsely aliases the next load from the
+// other (4K aliasing); the BatchNorm backward at 8192x1024 ran about 2x slower that way.
+constexpr int64_t kPad = 16;
+
+// Helpers are force-inlined into the GF_TARGET_CLONES entry points: a helper left out of line
+// is compiled for baseline x86-64 only (SSE2), whatever clone calls it.
+#define GF_INLINE inline __attribute__((always_inline))
+
+// Accumulates one element into the pair of sums a statistic needs:
+//   statistics (kGrad false):  p += x - k,  q += (x - k)^2      (k = shift)
+//   gradient   (kGrad true):   p += dy,     q += dy (x - k)     (k = mean)
+template <bool kGrad, typename T>
+GF_INLINE void acc_pair(T xv, T yv, T k, T& p, T& q) {
+  if constexpr (kGrad) {
+    p += yv;
+    q += yv * (xv - k);
+  } else {
+    (void)yv;
+    const T d = xv - k;
+    p += d;
+    q += d * d;
+  }
+}
+
+// Pair sums over one contiguous run of n elements: T within a block, double across blocks.
+template <bool kGrad, typename T>
+GF_INLINE void run_sums(const T* x, const T* y, int64_t n, T k, double& s1, double& s2) {
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    const T* xb = x + b;
+    const T* yb = kGrad ? y + b : x + b;
+    T p = 0, q = 0;
+#pragma omp simd reduction(+ : p, q)
+    for (int64_t j = 0; j < len; ++j) acc_pair<kGrad>(xb[j], yb[j], k, p, q);
+    s1 += double(p);
+    s2 += double(q);
+  }
+}
+
+// Mean and biased variance (or mean square when !center) of a contiguous run, in one read.
+template <typename T>
+GF_INLINE void run_stats(const T* x, int64_t n, bool center, double& mean, double& var) {
+  const T k = center ? x[0] : T(0);
+  double s1 = 0, s2 = 0;
+  run_sums<false>(x, static_cast<const T*>(nullptr), n, k, s1, s2);
+  const double m1 = s1 / double(n);
+  mean = double(k) + m1;
+  var = center ? std::max(s2 / double(n) - m1 * m1, 0.0) : s2 / double(n);
+}
+
+// y = (x - m) * r * w + b over a run; W / B say whether w / b exist.
+template <bool W, bool B, typename T>
+GF_INLINE void affine_run(const T* x, const T* w, const T* b, int64_t n, T m, T r, T* y) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    T v = (x[j] - m) * r;
+    if constexpr (W) v = v * w[j];
+    if constexpr (B) v = v + b[j];
+    y[j] = v;
+  }
+}
+
+// ------------------------------------------------------------------ LayerNorm / RMSNorm rows
+
+template <typename T>
+GF_INLINE void row_forward(const T* x, const T* w, const T* b, int64_t n, double eps, bool rms,
+                           T* y, T* mean_out, T* rstd_out) {
+  double mean, var;
+  run_stats(x, n, !rms, mean, var);
+  const T m = rms ? T(0) : T(mean);
+  const T r = T(1.0 / std::sqrt(var + eps));
+  if (mean_out) *mean_out = m;
+  *rstd_out = r;
+  // The row was just read for the statistics and is still in L1/L2: this pass costs only the
+  // write of y.
+  if (w && b) {
+    affine_run<true, true>(x, w, b, n, m, r, y);
+  } else if (w) {
+    affine_run<true, false>(x, w, b, n, m, r, y);
+  } else if (b) {
+    affine_run<false, true>(x, w, b, n, m, r, y);
+  } else {
+    affine_run<false, false>(x, w, b, n, m, r, y);
+  }
+}
+
+// One row of the fused backward, two loops over the row. The first reads x and dy (from memory)
+// and forms the row sums sg = sum g, sgx = sum g (x - m) of g = w dy (T per block, double
+// across blocks), and, since mean and rstd are known from the forward, also adds the chunk's
+// partial dw += dy (x - m) r, db += dy (L1-resident): no store in it goes to memory. The
+// second, over the now cached row, writes dx. (One loop writing dx, dw and db together ran
+// about 1.6x slower at 8192x1024 on one thread, probably because the L1 stores then wait in
+// the store buffer behind dx's cache-missing ones.)
+template <bool W, bool P, typename T>
+GF_INLINE void row_backward(const T* x, const T* dy, const T* w, T m, T r, int64_t n, bool rms,
+                            T* dx, T* pw, T* pb) {
+  double sg = 0, sgx = 0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    T p = 0, q = 0;
+#pragma omp simd reduction(+ : p, q)
+    for (int64_t j = b; j < e; ++j) {
+      const T d = dy[j], xc = x[j] - m;
+      T g = d;
+      if constexpr (W) g = g * w[j];
+      p += g;
+      q += g * xc;
+      if constexpr (P) {
+        pw[j] += d * (xc * r);
+        pb[j] += d;
+      }
+    }
+    sg += double(p);
+    sgx += double(q);
+  }
+  if (!dx) return;
+  // dx = r (g - sg/n - (x - m) r^2 sgx/n)
+  const T c1 = rms ? T(0) : T(sg / double(n));
+  const T c2 = T(double(r) * double(r) * sgx / double(n));
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    T g = dy[j];
+    if constexpr (W) g = g * w[j];
+    dx[j] = r * (g - c1 - (x[j] - m) * c2);
+  }
+}
+
+// Rows [r0, r1): the unit compiled per instruction set, so a small row costs no dispatch.
+template <typename T>
+GF_TARGET_CLONES void rows_forward(const T* x, const T* w, const T* b, const RowNormArgs& a,
+                                   int64_t r0, int64_t r1, T* y, T* mean, T* rstd) {
+  const int64_t D = a.cols;
+  for (int64_t i = r0; i < r1; ++i) {
+    row_forward<T>(x + i * D, w, b, D, a.eps, a.rms, y + i * D, mean ? mean + i : nullptr,
+                   rstd + i);
+  }
+}
+
+template <bool W, bool P, typename T>
+GF_TARGET_CLONES void rows_backward(const T* x, const T* dy, const T* w, const T* mean,
+                                    const T* rstd, const RowNormArgs& a, int64_t r0, int64_t r1,
+                                    T* dx, T* pw, T* pb) {
+  const int64_t D = a.cols;
+  for (int64_t i = r0; i < r1; ++i) {
+    row_backward<W, P, T>(x + i * D, dy + i * D, w, mean ? mean[i] : T(0), rstd[i], D, a.rms,
+                          dx ? dx + i * D : nullptr, pw, pb);
+  }
+}
+
+// Sum of nchunks partial vectors of length n (stride `stride` apart) in chunk order, in double.
+template <typename T>
+void merge_partials(const T* part, int64_t nchunks, int64_t stride, int64_t n, T* out) {
+  parallel_for(n, nchunks, [&](int64_t b, int64_t e) {
+    std::vector<double> acc(size_t(e - b), 0.0);
+    for (int64_t ch = 0; ch < nchunks; ++ch) {
+      const T* p = part + ch * stride;
+      for (int64_t j = b; j < e; ++j) acc[size_t(j - b)] += double(p[j]);
+    }
+    for (int64_t j = b; j < e; ++j) out[j] = T(acc[size_t(j - b)]);
+  });
+}
+
+// ------------------------------------------------------------------ BatchNorm channel sums
+
+// Rows [r0, r1) of an (n, C) array added into the chunk's partials p, q (all C columns at once).
+template <bool kGrad, typename T>
+GF_TARGET_CLONES void col_chunk_sums(const T* x, const T* y, const T* k, int64_t r0, int64_t r1,
+                                     int64_t C, T* p, T* q) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+    const T* yr = kGrad ? y + r * C : xr;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) acc_pair<kGrad>(xr[c], yr[c], k[c], p[c], q[c]);
+  }
+}
+
+// Channel c of (n, C, l) data: its n runs of l summed in order.
+template <bool kGrad, typename T>
+GF_TARGET_CLONES void channel_run_sums(const T* x, const T* y, T k, const BatchNormArgs& a,
+                                       int64_t c, double* s1, double* s2) {
+  double u = 0, v = 0;
+  for (int64_t i = 0; i < a.n; ++i) {
+    const int64_t off = (i * a.c + c) * a.l;
+    run_sums<kGrad>(x + off, kGrad ? y + off : x + off, a.l, k, u, v);
+  }
+  *s1 = u;
+  *s2 = v;
+}
+
+// Per-channel pair sums over (n, c, l) data, merged in a fixed order:
+//   l == 1: rows in fixed chunks of kColChunk, each chunk accumulating all C columns at once
+//           (contiguous, vectorized across channels), chunk partials added in chunk order;
+//   l > 1:  one channel per work item, its n runs of l summed in order.
+template <bool kGrad, typename T>
+void channel_sums(const T* x, const T* y, const T* k, const BatchNormArgs& a, double* s1,
+                  double* s2) {
+  const int64_t C = a.c;
+  if (a.l == 1) {
+    const int64_t nchunks = (a.n + kColChunk - 1) / kColChunk;
+    const int64_t stride = 2 * (C + kPad);
+    std::vector<T> part(static_cast<size_t>(nchunks * stride), T(0));
+    parallel_for(nchunks, kColChunk * C, [&](int64_t cb, int64_t ce) {
+      for (int64_t ch = cb; ch < ce; ++ch) {
+        T* p = part.data() + ch * stride;
+        col_chunk_sums<kGrad, T>(x, y, k, ch * kColChunk, std::min(a.n, (ch + 1) * kColChunk),
+                                 C, p, p + C + kPad);
+      }
+    });
+    for (int64_t c = 0; c < C; ++c) s1[c] = s2[c] = 0.0;
+    for (int64_t ch = 0; ch < nchunks; ++ch) {
+      const T* p = part.data() + ch * stride;
+      for (int64_t c = 0; c < C; ++c) {
+        s1[c] += double(p[c]);
+        s2[c] += double(p[C + kPad + c]);
+      }
+    }
+    return;
+  }
+  parallel_for(C, a.n * a.l, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) channel_run_sums<kGrad, T>(x, y, k[c], a, c, s1 + c, s2 + c);
+  });
+}
+
+// out = (x - m[c]) * s[c] + t[c] over (n, c, l): the normalize pass of the forward and, with
+// x = dy and m = 0, the running-statistics backward. u[c] * (v - mv[c]) is added when v != null
+// (the training backward: dx = s dy + t + u (x - mean)).
+template <typename T>
+GF_TARGET_CLONES void bn_apply_rows(const T* x, const T* m, const T* s, const T* t, const T* v,
+                                    const T* u, int64_t r0, int64_t r1, int64_t C, T* out) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+    T* o = out + r * C;
+    if (v) {
+      const T* vr = v + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = xr[c] * s[c] + t[c] + u[c] * (vr[c] - m[c]);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = (xr[c] - m[c]) * s[c] + t[c];
+    }
+  }
+}
+
+template <typename T>
+GF_TARGET_CLONES void bn_apply_runs(const T* x, const T* m, const T* s, const T* t, const T* v,
+                                    const T* u, int64_t i0, int64_t i1, int64_t C, int64_t L,
+                                    T* out) {
+  for (int64_t i = i0; i < i1; ++i) {  // i = sample * C + channel
+    const int64_t c = i % C;
+    const T* xr = x + i * L;
+    T* o = out + i * L;
+    const T mc = m[c], sc = s[c], tc = t[c];
+    if (v) {
+      const T* vr = v + i * L;
+      const T uc = u[c];
+#pragma omp simd
+      for (int64_t j = 0; j < L; ++j) o[j] = xr[j] * sc + tc + uc * (vr[j] - mc);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < L; ++j) o[j] = (xr[j] - mc) * sc + tc;
+    }
+  }
+}
+
+template <typename T>
+void bn_apply(const T* x, const T* m, const T* s, const T* t, const T* v, const T* u,
+              const BatchNormArgs& a, T* out) {
+  if (a.l == 1) {
+    parallel_for(a.n, a.c, [&](int64_t b, int64_t e) {
+      bn_apply_rows(x, m, s, t, v, u, b, e, a.c, out);
+    });
+  } else {
+    parallel_for(a.n * a.c, a.l, [&](int64_t b, int64_t e) {
+      bn_apply_runs(x, m, s, t, v, u, b, e, a.c, a.l, out);
+    });
+  }
+}
+
+// (sample, group) blocks [r0, r1) of the GroupNorm forward.
+template <typename T>
+GF_TARGET_CLONES void gn_forward_rows(const T* x, const T* w, const T* b, const GroupNormArgs& a,
+                                      int64_t r0, int64_t r1, T* y, T* mean, T* rstd) {
+  const int64_t cg = a.c / a.groups;
+  const int64_t K = cg * a.s;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* xi = x + i * K;
+    T* yi = y + i * K;
+    double mu, var;
+    run_stats(xi, K, true, mu, var);
+    const T mt = T(mu);
+    const T r = T(1.0 / std::sqrt(var + a.eps));
+    mean[i] = mt;
+    rstd[i] = r;
+    const int64_t c0 = (i % a.groups) * cg;
+    for (int64_t j = 0; j < cg; ++j) {
+      const T sc = w ? r * w[c0 + j] : r;
+      const T tc = b ? b[c0 + j] : T(0);
+      const T* xs = xi + j * a.s;
+      T* ys = yi + j * a.s;
+#pragma omp simd
+      for (int64_t q = 0; q < a.s; ++q) ys[q] = (xs[q] - mt) * sc + tc;
+    }
+  }
+}
+
+// (sample, group) blocks [r0, r1) of the GroupNorm backward; per (sample, channel) sums of dy
+// and dy (x - mean) go to pdy, pdyx for the dw/db reduction.
+template <typename T>
+GF_TARGET_CLONES void gn_backward_rows(const T* x, const T* dy, const T* w, const T* mean,
+                                       const T* rstd, const GroupNormArgs& a, int64_t r0,
+                                       int64_t r1, T* dx, double* pdy, double* pdyx) {
+  const int64_t cg = a.c / a.groups;
+  const int64_t K = cg * a.s;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* xi = x + i * K;
+    const T* gi = dy + i * K;
+    const T mt = mean[i];
+    const double r = rstd[i];
+    const int64_t c0 = (i % a.groups) * cg;
+    const int64_t nc0 = (i / a.groups) * a.c + c0;  // index of (sample, c0)
+    double A = 0, B = 0;                              // sum w dy, sum w dy (x - mean)
+    for (int64_t j = 0; j < cg; ++j) {
+      double u = 0, v = 0;
+      run_sums<true>(xi + j * a.s, gi + j * a.s, a.s, mt, u, v);
+      pdy[nc0 + j] = u;
+      pdyx[nc0 + j] = v;
+      const double wc = w ? double(w[c0 + j]) : 1.0;
+      A += wc * u;
+      B += wc * v;
+    }
+    if (!dx) continue;
+    // dx = r w dy - r A/K - (x - mean) r^3 B/K
+    const T t = T(-r * A / double(K));
+    const T uu = T(-r * r * r * B / double(K));
+    for (int64_t j = 0; j < cg; ++j) {
+      const T sc = T(w ? r * double(w[c0 + j]) : r);
+      const T* xs = xi + j * a.s;
+      const T* gs = gi + j * a.s;
+      T* o = dx + i * K + j * a.s;
+#pragma omp simd
+      for (int64_t q = 0; q < a.s; ++q) o[q] = gs[q] * sc + t + uu * (xs[q] - mt);
+    }
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ LayerNorm / RMSNorm
+
+template <typename T>
+void row_norm_forward(const T* x, const T* w, const T* b, const RowNormArgs& a, T* y, T* mean,
+                      T* rstd) {
+  const int64_t D = a.cols;
+  parallel_for(a.rows, D, [&](int64_t r0, int64_t r1) {
+    rows_forward<T>(x, w, b, a, r0, r1, y, mean, rstd);
+  });
+}
+
+template <typename T>
+void row_norm_backward(const T* x, const T* dy, const T* w, const T* mean, const T* rstd,
+                       const RowNormArgs& a, T* dx, T* dw, T* db) {
+  const int64_t D = a.cols, M = a.rows;
+  const int64_t nchunks = (M + kRowChunk - 1) / kRowChunk;
+  // Per chunk of kRowChunk rows: partial dw then db (2 D values of T), written by exactly one
+  // thread, merged in chunk order below. 64 rows x 1024 floats keeps the partials in L1.
+  const int64_t stride = 2 * (D + kPad);
+  const bool want = dw || db;
+  std::vector<T> part(want ? size_t(nchunks * stride) : 0, T(0));
+  parallel_for(nchunks, kRowChunk * D, [&](int64_t cb, int64_t ce) {
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      // dw and db are both accumulated when either is wanted (the other is nearly free)
+      T* pw = want ? part.data() + ch * stride : nullptr;
+      T* pb = want ? part.data() + ch * stride + D + kPad : nullptr;
+      const int64_t r0 = ch * kRowChunk, r1 = std::min(M, (ch + 1) * kRowChunk);
+      if (w && want) {
+        rows_backward<true, true, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+      } else if (w) {
+        rows_backward<true, false, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+      } else if (want) {
+        rows_backward<false, true, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+      } else {
+        rows_backward<false, false, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+      }
+    }
+  });
+  if (!want) return;
+  // dw, the pad and db merged as one vector: one parallel region, not two (each region end is
+  // a barrier, and a barrier is what costs most when the cores are shared with other work)
+  std::vector<T> merged(static_cast<size_t>(D + kPad + D));
+  merge_partials(part.data(), nchunks, stride, D + kPad + D, merged.data());
+  if (dw) std::copy(merged.begin(), merged.begin() + D, dw);
+  if (db) std::copy(merged.begin() + D + kPad, merged.begin() + D + kPad + D, db);
+}
+
+// ------------------------------------------------------------------ BatchNorm
+
+template <typename T>
+void batch_norm_forward(const T* x, const T* w, const T* b, T* running_mean, T* running_var,
+                        const BatchNormArgs& a, T* y, T* save_mean, T* save_rstd) {
+  const int64_t C = a.c;
+  const int64_t m = a.n * a.l;
+  if (a.training) {
+    // shift per channel: its first value (x[0, c, 0])
+    std::vector<T> k(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) k[size_t(c)] = x[c * a.l];
+    std::vector<double> s1(static_cast<size_t>(C)), s2(static_cast<size_t>(C));
+    channel_sums<false>(x, static_cast<const T*>(nullptr), k.data(), a, s1.data(), s2.data());
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = s1[size_t(c)] / double(m);
+      const double mean = double(k[size_t(c)]) + d;
+      const double var = std::max(s2[size_t(c)] / double(m) - d * d, 0.0);
+      save_mean[c] = T(mean);
+      save_rstd[c] = T(1.0 / std::sqrt(var + a.eps));
+      if (a.update_running) {
+        const double f = a.factor;
+        const double unbiased = m > 1 ? var * double(m) / double(m - 1) : var;
+        running_mean[c] = T((1.0 - f) * double(running_mean[c]) + f * mean);
+        running_var[c] = T((1.0 - f) * double(running_var[c]) + f * unbiased);
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      save_mean[c] = running_mean[c];
+      save_rstd[c] = T(1.0 / std::sqrt(double(running_var[c]) + a.eps));
+    }
+  }
+  std::vector<T> s(static_cast<size_t>(C)), t(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    s[size_t(c)] = w ? save_rstd[c] * w[c] : save_rstd[c];
+    t[size_t(c)] = b ? b[c] : T(0);
+  }
+  bn_apply<T>(x, save_mean, s.data(), t.data(), nullptr, nullptr, a, y);
+}
+
+template <typename T>
+void batch_norm_backward(const T* x, const T* dy, const T* w, const T* save_mean,
+                         const T* save_rstd, const BatchNormArgs& a, T* dx, T* dw, T* db) {
+  const int64_t C = a.c;
+  const double m = double(a.n * a.l);
+  std::vector<double> sdy(static_cast<size_t>(C), 0.0), sdyx(static_cast<size_t>(C), 0.0);
+  if (a.training || dw || db) {
+    channel_sums<true>(x, dy, save_mean, a, sdy.data(), sdyx.data());
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    if (dw) dw[c] = T(double(save_rstd[c]) * sdyx[size_t(c)]);
+    if (db) db[c] = T(sdy[size_t(c)]);
+  }
+  if (!dx) return;
+  const size_t nc = static_cast<size_t>(C);
+  std::vector<T> s(nc), t(nc), u(nc), zero(nc, T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    const double r = save_rstd[c];
+    const double rw = w ? r * double(w[c]) : r;
+    s[size_t(c)] = T(rw);
+    t[size_t(c)] = a.training ? T(-rw * sdy[size_t(c)] / m) : T(0);
+    u[size_t(c)] = a.training ? T(-rw * r * r * sdyx[size_t(c)] / m) : T(0);
+  }
+  if (a.training) {
+    // dx = s dy + t + u (x - mean)
+    bn_apply<T>(dy, save_mean, s.data(), t.data(), x, u.data(), a, dx);
+  } else {
+    bn_apply<T>(dy, zero.data(), s.data(), t.data(), nullptr, nullptr, a, dx);
+  }
+}
+
+// ------------------------------------------------------------------ GroupNorm
+
+template <typename T>
+void group_norm_forward(const T* x, const T* w, const T* b, const GroupNormArgs& a, T* y, T* mean,
+                        T* rstd) {
+  const int64_t cg = a.c / a.groups;
+  const int64_t K = cg * a.s;  // a (sample, group) block is contiguous
+  parallel_for(a.n * a.groups, K, [&](int64_t r0, int64_t r1) {
+    gn_forward_rows<T>(x, w, b, a, r0, r1, y, mean, rstd);
+  });
+}
+
+template <typename T>
+void group_norm_backward(const T* x, const T* dy, const T* w, const T* mean, const T* rstd,
+                         const GroupNormArgs& a, T* dx, T* dw, T* db) {
+  const int64_t cg = a.c / a.groups;
+  const int64_t K = cg * a.s;
+  // Per (sample, channel) sums of dy and dy (x - mean), each written by one work item; dw/db
+  // are then summed over samples in order.
+  std::vector<double> pdy(static_cast<size_t>(a.n * a.c)), pdyx(static_cast<size_t>(a.n * a.c));
+  parallel_for(a.n * a.groups, K, [&](int64_t r0, int64_t r1) {
+    gn_backward_rows<T>(x, dy, w, mean, rstd, a, r0, r1, dx, pdy.data(), pdyx.data());
+  });
+  if (!dw && !db) return;
+  for (int64_t c = 0; c < a.c; ++c) {
+    double sw = 0, sb = 0;
+    for (int64_t n = 0; n < a.n; ++n) {
+      sw += double(rstd[n * a.groups + c / cg]) * pdyx[size_t(n * a.c + c)];
+      sb += pdy[size_t(n * a.c + c)];
+    }
+    if (dw) dw[c] = T(sw);
+    if (db) db[c] = T(sb);
+  }
+}
+
+#define GF_INSTANTIATE(T)                                                                         \
+  template void row_norm_forward<T>(const T*, const T*, const T*, const RowNormArgs&, T*, T*, T*); \
+  template void row_norm_backward<T>(const T*, const T*, const T*, const T*, const T*,             \
+                                     const RowNormArgs&, T*, T*, T*);                              \
+  template void batch_norm_forward<T>(const T*, const T*, const T*, T*, T*, const BatchNormArgs&,  \
+                                      T*, T*, T*);                                                 \
+  template void batch_norm_backward<T>(const T*, const T*, const T*, const T*, const T*,           \
+                                       const BatchNormArgs&, T*, T*, T*);                          \
+  template void group_norm_forward<T>(const T*, const T*, const T*, const GroupNormArgs&, T*, T*,  \
+                                      T*);                                                         \
+  template void group_norm_backward<T>(const T*, const T*, const T*, const T*, const T*,           \
+                                       const GroupNormArgs&, T*, T*, T*);
+GF_INSTANTIATE(float)
+GF_INSTANTIATE(double)
+#undef GF_INSTANTIATE
+
+}  // namespace gradfuse

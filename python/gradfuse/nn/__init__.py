@@ -1,7 +1,8 @@
 """Layers, losses and the Module system (``gf.nn``)."""
 
-from . import functional
+from . import functional, init
 from .container import Sequential
+from .dropout import Dropout
 from .linear import Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module
@@ -14,5 +15,7 @@ __all__ = [
     "Linear",
     "MSELoss",
     "CrossEntropyLoss",
+    "Dropout",
     "functional",
+    "init",
 ]

@@ -361,7 +361,10 @@ struct TruncNormalF64 {
         double p = s.pa + s.span * u;
         p = p < DBL_MIN ? DBL_MIN : p;
         double x = philox::inv_normal_cdf(p);
-        const double e = phi_cdf(x) - p;
+        // Phi(x) - p, from the upper tail above 1/2 (1 - p is exact there): near p = 1 the
+        // difference of two numbers close to 1 would lose the digits Halley's step needs
+        const double e = p > 0.5 ? (1.0 - p) - 0.5 * std::erfc(x * 0.70710678118654752440)
+                                 : phi_cdf(x) - p;
         const double h = e * 2.5066282746310002 * std::exp(0.5 * x * x);  // e / pdf(x)
         const double xr = x - h / (1.0 + 0.5 * x * h);
         x = std::isfinite(xr) ? xr : x;

@@ -326,6 +326,31 @@ py::tuple py_philox4x32_10(const std::array<uint32_t, 4>& counter,
   return py::make_tuple(out[0], out[1], out[2], out[3]);
 }
 
+py::object py_philox_tile_words(uint64_t seed, uint64_t offset, int64_t n_tiles,
+                                const std::string& isa) {
+  int code = -1;
+  if (isa == "auto") code = 0;
+  if (isa == "generic") code = 1;
+  if (isa == "avx2") code = 2;
+  if (isa == "avx512") code = 3;
+  if (code < 0) {
+    throw py::value_error("isa: expected 'auto', 'generic', 'avx2' or 'avx512', got '" + isa +
+                          "'");
+  }
+  if (n_tiles < 0) {
+    throw py::value_error("n_tiles: expected a count >= 0, got " + std::to_string(n_tiles));
+  }
+  py::array_t<uint32_t> out({static_cast<py::ssize_t>(n_tiles), py::ssize_t(64)});
+  uint32_t* o = out.mutable_data();
+  bool ok;
+  {
+    py::gil_scoped_release nogil;
+    ok = philox_tile_words(seed, offset, n_tiles, code, o);
+  }
+  if (!ok) return py::none();
+  return std::move(out);
+}
+
 py::array py_philox_words(uint64_t seed, uint64_t offset, int64_t n_blocks) {
   if (n_blocks < 0) {
     throw py::value_error("n_blocks: expected a count >= 0, got " + std::to_string(n_blocks));
@@ -527,6 +552,10 @@ PYBIND11_MODULE(_C, m) {
         "Philox4x32-10 of one counter (4 uint32) under one key (2 uint32) -> 4 uint32");
   m.def("philox_words", &py_philox_words, py::arg("seed"), py::arg("offset"), py::arg("n_blocks"),
         "-> uint32 (n_blocks, 4): the words of blocks offset .. offset + n_blocks - 1");
+  m.def("philox_tile_words", &py_philox_tile_words, py::arg("seed"), py::arg("offset"),
+        py::arg("n_tiles"), py::arg("isa"),
+        "-> uint32 (n_tiles, 64) in fill order from one Philox implementation, or None when "
+        "this CPU lacks it");
   m.def("uniform_fill", &py_uniform_fill, py::arg("out"), py::arg("seed"), py::arg("offset"),
         py::arg("a"), py::arg("b"), "fill out with U[a, b) in place -> Philox blocks consumed");
   m.def("normal_fill", &py_normal_fill, py::arg("out"), py::arg("seed"), py::arg("offset"),

@@ -94,6 +94,21 @@ def test_stream_counter_layout(seed, offset):
                                   ref.philox_blocks(seed, offset, 21))
 
 
+@pytest.mark.parametrize("isa", ["auto", "generic", "avx2", "avx512"])
+def test_every_philox_implementation_gives_the_same_words(isa):
+    # the AVX2/AVX-512 paths hand-code the 32x32->64 multiplies; all must equal the reference
+    got = B.philox_tile_words(2**63 + 12345, 2**32 - 40, 11, isa)
+    if got is None:
+        pytest.skip(f"this CPU has no {isa}")
+    want = ref.philox_tiles(2**63 + 12345, 2**32 - 40, 11).reshape(11, 64)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_tile_words_bad_isa():
+    with pytest.raises(ValueError, match="isa: expected"):
+        B.philox_tile_words(0, 0, 1, "neon")
+
+
 # ---------------------------------------------------------------- exact maps
 
 

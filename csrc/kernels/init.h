@@ -63,6 +63,11 @@ void dropout_backward(const T* grad, const uint8_t* mask, int64_t n, double scal
 // Philox4x32-10 of one counter under one key (the published known-answer vectors test this).
 void philox4x32_10_block(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
+// The words of tiles 0 .. n_tiles - 1 in fill order (out[64 t + 16 r + j]) from one Philox
+// implementation: isa 0 = the one fills use, 1 = portable, 2 = AVX2, 3 = AVX-512. Returns false
+// (writing nothing) when this CPU or build lacks it. Tests check that every path agrees.
+bool philox_tile_words(uint64_t seed, uint64_t offset, int64_t n_tiles, int isa, uint32_t* out);
+
 // The raw stream: out[4 j + r] = word r of block offset + j, for j < n_blocks (tests, tools).
 void philox_words(uint64_t seed, uint64_t offset, int64_t n_blocks, uint32_t* out);
 

@@ -17,6 +17,7 @@ cross_entropy_backward = _C.cross_entropy_backward
 # random fills and dropout (Philox4x32-10, csrc/kernels/init.cpp)
 philox4x32_10 = _C.philox4x32_10
 philox_words = _C.philox_words
+philox_tile_words = _C.philox_tile_words
 uniform_fill = _C.uniform_fill
 normal_fill = _C.normal_fill
 trunc_normal_fill = _C.trunc_normal_fill

@@ -352,3 +352,18 @@ def test_deep_tanh_demo_vanishes_saturates_and_stays_healthy():
     assert all(s > 0.95 for s, _ in large) and large[-1][1] > 0.8
     # healthy: order one throughout, decaying slowly, nothing saturated
     assert all(0.1 < s < 0.8 for s, _ in xavier) and xavier[-1][1] < 0.01
+
+
+def test_readme_random_section_runs():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Random numbers, initialization and dropout"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README random section", "exec"), scope)
+    model = scope["model"]
+    w = model[0].weight.data
+    np.testing.assert_allclose(w @ w.T, np.eye(64), atol=1e-5)  # orthogonal rows after apply
+    assert not model[2].bias.data.any()

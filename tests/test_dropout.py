@@ -164,3 +164,17 @@ def test_torch_message_and_statistics_parity():
     assert abs(kept_t - (1 - p)) < tol and abs(kept_g - (1 - p)) < tol
     assert float(F.dropout(gf.ones(n), p).data.max()) == float(
         torch.nn.functional.dropout(torch.ones(n), p).max())  # the same 1/(1-p) in float32
+
+
+def test_large_dropout_with_streaming_stores_equals_small_calls():
+    n = (4 << 20) // 4 + 77  # >= 4 MiB: output and mask written with non-temporal stores
+    x = gf.tensor(np.random.default_rng(3).standard_normal(n).astype(np.float32),
+                  requires_grad=True)
+    y = F.dropout(x, 0.3, generator=gf.Generator(4))
+    first = n // 2 // 64 * 64
+    g = gf.Generator(4)
+    a = F.dropout(gf.tensor(x.data[:first]), 0.3, generator=g)
+    b = F.dropout(gf.tensor(x.data[first:]), 0.3, generator=g)
+    np.testing.assert_array_equal(y.data, np.concatenate([a.data, b.data]))
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.data != 0, y.data != 0)

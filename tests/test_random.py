@@ -477,3 +477,19 @@ def test_bernoulli_public_fill():
     assert abs(m.mean() - 0.25) < 5 * math.sqrt(0.25 * 0.75 / m.size)
     with pytest.raises(ValueError, match="p: expected a probability"):
         gf.random.bernoulli_(gf.empty(3), -0.5)
+
+
+@pytest.mark.parametrize("name", sorted(FILLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_fill_with_streaming_stores_equals_small_fills(name, dtype):
+    # fills of >= 4 MiB write with non-temporal stores; halves below that size do not
+    v = _values_per_tile(name, dtype)
+    n = (4 << 20) // np.dtype(dtype).itemsize + 77
+    whole = np.empty(n, dtype)
+    FILLS[name](whole, 12, 3)
+    first = (n // 2) // v * v
+    a, b = np.empty(first, dtype), np.empty(n - first, dtype)
+    used = FILLS[name](a, 12, 3)
+    FILLS[name](b, 12, 3 + used)
+    np.testing.assert_array_equal(whole[:first], a)
+    np.testing.assert_array_equal(whole[first:], b)

@@ -427,24 +427,54 @@ struct Bernoulli {
 // One multiversioned function per map, so that Philox and the map are inlined into code built
 // for the machine's vector width.
 
+// Large fills bypass the cache with streaming stores: a plain store of an output that will not
+// be read soon first reads its cache line from memory (write-allocate), doubling the traffic.
+// SSE2's 16-byte movntdq is in every x86-64 CPU, so it needs no dispatch; the write-combining
+// buffers merge four of them into one full-line write.
+constexpr int64_t kStreamBytes = 4 << 20;
+
+inline void stream_tile(const void* src, void* dst, int64_t bytes) {
+#if GF_PHILOX_X86
+  const __m128i* s = static_cast<const __m128i*>(src);
+  __m128i* d = static_cast<__m128i*>(dst);
+  for (int64_t i = 0; i < bytes / 16; ++i) _mm_stream_si128(d + i, _mm_load_si128(s + i));
+#else
+  std::memcpy(dst, src, static_cast<size_t>(bytes));
+#endif
+}
+
+inline void stream_fence() {
+#if GF_PHILOX_X86
+  _mm_sfence();
+#endif
+}
+
 // Runs map(tile, dst) over the tiles [t0, t1) of an n-value fill; map writes Map::kVals values.
-#define GF_FILL_CHUNK_BODY                                                               \
-  constexpr int64_t kVals = Map::kVals;                                                  \
-  Tile tiles[kTilesPerBatch + 1]; /* + 1: the spare tile of an odd count */              \
-  alignas(64) T tmp[kVals];                                                              \
-  for (int64_t tb = t0; tb < t1; tb += kTilesPerBatch) {                                 \
-    const int nt = static_cast<int>(t1 - tb < kTilesPerBatch ? t1 - tb : kTilesPerBatch); \
-    philox_tiles(s.seed, s.offset + static_cast<uint64_t>(tb) * kTileBlocks, nt, tiles); \
-    for (int i = 0; i < nt; ++i) {                                                       \
-      const int64_t e0 = (tb + i) * kVals;                                               \
-      if (e0 + kVals <= n) {                                                             \
-        map(tiles[i], out + e0);                                                         \
-      } else {                                                                           \
-        map(tiles[i], tmp);                                                              \
-        for (int64_t k = 0; e0 + k < n; ++k) out[e0 + k] = tmp[k];                       \
-      }                                                                                  \
-    }                                                                                    \
-  }
+#define GF_FILL_CHUNK_BODY                                                                  \
+  constexpr int64_t kVals = Map::kVals;                                                     \
+  Tile tiles[kTilesPerBatch + 1]; /* + 1: the spare tile of an odd count */                 \
+  alignas(64) T tmp[kVals];                                                                 \
+  const bool stream = n * static_cast<int64_t>(sizeof(T)) >= kStreamBytes &&                \
+                      reinterpret_cast<uintptr_t>(out) % 64 == 0;                           \
+  for (int64_t tb = t0; tb < t1; tb += kTilesPerBatch) {                                    \
+    const int nt = static_cast<int>(t1 - tb < kTilesPerBatch ? t1 - tb : kTilesPerBatch);    \
+    philox_tiles(s.seed, s.offset + static_cast<uint64_t>(tb) * kTileBlocks, nt, tiles);    \
+    for (int i = 0; i < nt; ++i) {                                                          \
+      const int64_t e0 = (tb + i) * kVals;                                                  \
+      if (e0 + kVals <= n) {                                                                \
+        if (stream) {                                                                       \
+          map(tiles[i], tmp);                                                               \
+          stream_tile(tmp, out + e0, kVals * static_cast<int64_t>(sizeof(T)));              \
+        } else {                                                                            \
+          map(tiles[i], out + e0);                                                          \
+        }                                                                                   \
+      } else {                                                                              \
+        map(tiles[i], tmp);                                                                 \
+        for (int64_t k = 0; e0 + k < n; ++k) out[e0 + k] = tmp[k];                          \
+      }                                                                                     \
+    }                                                                                       \
+  }                                                                                         \
+  if (stream) stream_fence();
 
 template <typename Map, typename T>
 GF_TARGET_CLONES void fill_chunk(const Map& map, PhiloxStream s, T* out, int64_t n, int64_t t0,
@@ -482,6 +512,9 @@ GF_TARGET_CLONES void dropout_chunk(const T* x, int64_t n, PhiloxStream s, uint3
   Tile tiles[kTilesPerBatch + 1];  // + 1: the spare tile of an odd count
   alignas(64) T xt[kVals], ot[kVals];
   alignas(64) uint8_t mt[kVals];
+  const bool stream = n * static_cast<int64_t>(sizeof(T)) >= kStreamBytes &&
+                      reinterpret_cast<uintptr_t>(out) % 64 == 0 &&
+                      reinterpret_cast<uintptr_t>(mask) % 64 == 0;  // nullptr counts as aligned
   for (int64_t tb = t0; tb < t1; tb += kTilesPerBatch) {
     const int nt = static_cast<int>(t1 - tb < kTilesPerBatch ? t1 - tb : kTilesPerBatch);
     philox_tiles(s.seed, s.offset + static_cast<uint64_t>(tb) * kTileBlocks, nt, tiles);
@@ -490,8 +523,8 @@ GF_TARGET_CLONES void dropout_chunk(const T* x, int64_t n, PhiloxStream s, uint3
       const bool full = e0 + kVals <= n;
       const int64_t cnt = full ? kVals : n - e0;
       const T* xs = x + e0;
-      T* os = out + e0;
-      uint8_t* ms = mask ? mask + e0 : mt;
+      T* os = stream ? ot : out + e0;
+      uint8_t* ms = mask && !stream ? mask + e0 : mt;
       if (!full) {
         for (int64_t i = 0; i < kVals; ++i) xt[i] = i < cnt ? x[e0 + i] : T(0);
         xs = xt;
@@ -510,9 +543,13 @@ GF_TARGET_CLONES void dropout_chunk(const T* x, int64_t n, PhiloxStream s, uint3
         if (mask) {
           for (int64_t i = 0; i < cnt; ++i) mask[e0 + i] = mt[i];
         }
+      } else if (stream) {
+        stream_tile(ot, out + e0, kVals * static_cast<int64_t>(sizeof(T)));
+        if (mask) stream_tile(mt, mask + e0, kVals);
       }
     }
   }
+  if (stream) stream_fence();
 }
 
 template <typename T>

@@ -177,6 +177,15 @@ class Generator:
 default_generator = Generator()
 
 
+def _new_locks_in_child() -> None:
+    # a thread of the parent may have held the lock at the fork; in the child it never returns
+    default_generator._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 def manual_seed(seed) -> Generator:
     """Seed the default generator (offset 0); returns it. Same seed, same initialization.
 

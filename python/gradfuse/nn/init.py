@@ -106,11 +106,11 @@ def calculate_gain(nonlinearity, param=None):
         elif not isinstance(param, bool) and isinstance(param, (int, float)):
             negative_slope = param
         else:
-            raise ValueError(f"negative_slope {param} not a valid number")
+            raise ValueError(f"param: negative_slope {param} not a valid number")
         return math.sqrt(2.0 / (1 + negative_slope**2))
     if nonlinearity == "selu":
         return 3.0 / 4
-    raise ValueError(f"Unsupported nonlinearity {nonlinearity}")
+    raise ValueError(f"nonlinearity: Unsupported nonlinearity {nonlinearity}")
 
 
 def _calculate_fan_in_and_fan_out(tensor):
@@ -118,7 +118,8 @@ def _calculate_fan_in_and_fan_out(tensor):
     shape = _array(tensor).shape
     if len(shape) < 2:
         raise ValueError(
-            "Fan in and fan out can not be computed for tensor with fewer than 2 dimensions"
+            "tensor: Fan in and fan out can not be computed for tensor with fewer than 2 "
+            "dimensions"
         )
     receptive_field_size = 1
     for s in shape[2:]:
@@ -132,7 +133,7 @@ def _calculate_correct_fan(tensor, mode):
     mode = mode.lower()
     valid_modes = ["fan_in", "fan_out"]
     if mode not in valid_modes:
-        raise ValueError(f"Mode {mode} not supported, please use one of {valid_modes}")
+        raise ValueError(f"mode: Mode {mode} not supported, please use one of {valid_modes}")
     fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
     return fan_in if mode == "fan_in" else fan_out
 
@@ -226,7 +227,7 @@ def eye_(tensor):
     """
     arr = _array(tensor)
     if arr.ndim != 2:
-        raise ValueError("Only tensors with 2 dimensions are supported")
+        raise ValueError("tensor: Only tensors with 2 dimensions are supported")
     arr[...] = np.eye(*arr.shape, dtype=arr.dtype)
     return tensor
 
@@ -339,7 +340,7 @@ def orthogonal_(tensor, gain: float = 1, generator=None):
     arr = _float_array(tensor)
     gain = _real(gain, "gain")
     if arr.ndim < 2:
-        raise ValueError("Only tensors with 2 or more dimensions are supported")
+        raise ValueError("tensor: Only tensors with 2 or more dimensions are supported")
     if arr.size == 0:
         return tensor
     rows = arr.shape[0]

@@ -11,6 +11,8 @@
 #include <malloc.h>
 
 #include <cmath>
+#include <array>
+#include <vector>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -21,6 +23,7 @@
 #include "kernels/optim.h"
 #include "kernels/scale.h"
 #include "kernels/norms.h"
+#include "kernels/init.h"
 #include "memory/pool.h"
 
 namespace py = pybind11;
@@ -846,6 +849,173 @@ py::tuple py_group_norm_backward(const py::array& x, const py::array& dy, const 
                                           need_db);
 }
 
+// ---------------------------------------------------------------- random fills (Philox)
+// Fills write into an existing array (the tensor being initialized) and return the number of
+// Philox blocks consumed, which the Python Generator adds to its offset (csrc/kernels/init.h).
+
+// A float32/float64 array of any shape that the kernel may write as one flat run of values.
+void check_fill_target(const py::array& a, const char* name) {
+  check_floating(a, name);
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  }
+  if (!a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
+}
+
+template <typename Fill>
+uint64_t dispatch_fill(py::array& out, Fill&& fill) {
+  check_fill_target(out, "out");
+  const int64_t n = out.size();
+  void* p = out.mutable_data();
+  py::gil_scoped_release nogil;
+  if (is_dtype<float>(out)) return fill(static_cast<float*>(p), n);
+  return fill(static_cast<double*>(p), n);
+}
+
+uint64_t py_uniform_fill(py::array out, uint64_t seed, uint64_t offset, double a, double b) {
+  return dispatch_fill(out, [&](auto* p, int64_t n) {
+    return uniform_fill(p, n, PhiloxStream{seed, offset}, a, b);
+  });
+}
+
+uint64_t py_normal_fill(py::array out, uint64_t seed, uint64_t offset, double mean, double std) {
+  return dispatch_fill(out, [&](auto* p, int64_t n) {
+    return normal_fill(p, n, PhiloxStream{seed, offset}, mean, std);
+  });
+}
+
+uint64_t py_trunc_normal_fill(py::array out, uint64_t seed, uint64_t offset, double mean,
+                              double std, double a, double b) {
+  TruncNormalArgs args;
+  args.mean = mean;
+  args.std = std;
+  args.a = a;
+  args.b = b;
+  return dispatch_fill(out, [&](auto* p, int64_t n) {
+    return trunc_normal_fill(p, n, PhiloxStream{seed, offset}, args);
+  });
+}
+
+uint64_t py_bernoulli_fill(py::array out, uint64_t seed, uint64_t offset, double p) {
+  return dispatch_fill(out, [&](auto* o, int64_t n) {
+    return bernoulli_fill(o, n, PhiloxStream{seed, offset}, p);
+  });
+}
+
+template <typename T>
+py::tuple dropout_forward_impl(const py::array& x, uint64_t seed, uint64_t offset, double p,
+                               bool with_mask) {
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  py::array_t<T> out(shape);
+  py::object mask_obj = py::none();
+  uint8_t* m = nullptr;
+  if (with_mask) {
+    py::array_t<uint8_t> mask(shape);
+    m = mask.mutable_data();
+    mask_obj = mask;
+  }
+  const T* xp = cptr<T>(x);
+  T* op = out.mutable_data();
+  const int64_t n = x.size();
+  uint64_t blocks;
+  {
+    py::gil_scoped_release nogil;
+    blocks = dropout_forward<T>(xp, n, PhiloxStream{seed, offset}, p, op, m);
+  }
+  return py::make_tuple(out, mask_obj, blocks);
+}
+
+py::tuple py_dropout_forward(const py::array& x, uint64_t seed, uint64_t offset, double p,
+                             bool with_mask) {
+  check_floating(x, "input");
+  if (!(x.flags() & py::array::c_style)) {
+    throw py::value_error("input: expected a C-contiguous array");
+  }
+  if (!(p >= 0.0 && p <= 1.0)) {
+    throw py::value_error("p: dropout probability has to be between 0 and 1, but got " +
+                          std::to_string(p));
+  }
+  if (is_dtype<float>(x)) return dropout_forward_impl<float>(x, seed, offset, p, with_mask);
+  return dropout_forward_impl<double>(x, seed, offset, p, with_mask);
+}
+
+template <typename T>
+py::array dropout_backward_impl(const py::array& grad, const py::array& mask, double scale) {
+  std::vector<py::ssize_t> shape(grad.shape(), grad.shape() + grad.ndim());
+  py::array_t<T> dx(shape);
+  const T* g = cptr<T>(grad);
+  const uint8_t* m = cptr<uint8_t>(mask);
+  T* d = dx.mutable_data();
+  const int64_t n = grad.size();
+  {
+    py::gil_scoped_release nogil;
+    dropout_backward<T>(g, m, n, scale, d);
+  }
+  return std::move(dx);
+}
+
+py::array py_dropout_backward(const py::array& grad, const py::array& mask, double scale) {
+  check_floating(grad, "grad_output");
+  if (!(grad.flags() & py::array::c_style)) {
+    throw py::value_error("grad_output: expected a C-contiguous array");
+  }
+  if (!is_dtype<uint8_t>(mask)) {
+    throw py::type_error("mask: expected dtype uint8, got " + dtype_str(mask));
+  }
+  if (!(mask.flags() & py::array::c_style) || mask.size() != grad.size()) {
+    throw py::value_error("mask: expected a C-contiguous array of " +
+                          std::to_string(grad.size()) + " elements, got shape " +
+                          shape_str(mask));
+  }
+  if (is_dtype<float>(grad)) return dropout_backward_impl<float>(grad, mask, scale);
+  return dropout_backward_impl<double>(grad, mask, scale);
+}
+
+py::tuple py_philox4x32_10(const std::array<uint32_t, 4>& counter,
+                           const std::array<uint32_t, 2>& key) {
+  uint32_t out[4];
+  philox4x32_10_block(counter.data(), key.data(), out);
+  return py::make_tuple(out[0], out[1], out[2], out[3]);
+}
+
+py::object py_philox_tile_words(uint64_t seed, uint64_t offset, int64_t n_tiles,
+                                const std::string& isa) {
+  int code = -1;
+  if (isa == "auto") code = 0;
+  if (isa == "generic") code = 1;
+  if (isa == "avx2") code = 2;
+  if (isa == "avx512") code = 3;
+  if (code < 0) {
+    throw py::value_error("isa: expected 'auto', 'generic', 'avx2' or 'avx512', got '" + isa +
+                          "'");
+  }
+  if (n_tiles < 0) {
+    throw py::value_error("n_tiles: expected a count >= 0, got " + std::to_string(n_tiles));
+  }
+  py::array_t<uint32_t> out({static_cast<py::ssize_t>(n_tiles), py::ssize_t(64)});
+  uint32_t* o = out.mutable_data();
+  bool ok;
+  {
+    py::gil_scoped_release nogil;
+    ok = philox_tile_words(seed, offset, n_tiles, code, o);
+  }
+  if (!ok) return py::none();
+  return std::move(out);
+}
+
+py::array py_philox_words(uint64_t seed, uint64_t offset, int64_t n_blocks) {
+  if (n_blocks < 0) {
+    throw py::value_error("n_blocks: expected a count >= 0, got " + std::to_string(n_blocks));
+  }
+  py::array_t<uint32_t> out({static_cast<py::ssize_t>(n_blocks), py::ssize_t(4)});
+  uint32_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    philox_words(seed, offset, n_blocks, o);
+  }
+  return std::move(out);
+}
+
 // ---------------------------------------------------------------- numpy allocator hook
 // numpy (NEP 49) lets a context route every array's data allocation through a handler.
 // Ours sends large requests to the pool, so the outputs of ordinary numpy operations inside a
@@ -1080,6 +1250,29 @@ PYBIND11_MODULE(_C, m) {
         py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("num_groups"),
         py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"),
         "-> (dx|None, dweight|None, dbias|None)");
+
+  m.def("philox4x32_10", &py_philox4x32_10, py::arg("counter"), py::arg("key"),
+        "Philox4x32-10 of one counter (4 uint32) under one key (2 uint32) -> 4 uint32");
+  m.def("philox_words", &py_philox_words, py::arg("seed"), py::arg("offset"), py::arg("n_blocks"),
+        "-> uint32 (n_blocks, 4): the words of blocks offset .. offset + n_blocks - 1");
+  m.def("philox_tile_words", &py_philox_tile_words, py::arg("seed"), py::arg("offset"),
+        py::arg("n_tiles"), py::arg("isa"),
+        "-> uint32 (n_tiles, 64) in fill order from one Philox implementation, or None when "
+        "this CPU lacks it");
+  m.def("uniform_fill", &py_uniform_fill, py::arg("out"), py::arg("seed"), py::arg("offset"),
+        py::arg("a"), py::arg("b"), "fill out with U[a, b) in place -> Philox blocks consumed");
+  m.def("normal_fill", &py_normal_fill, py::arg("out"), py::arg("seed"), py::arg("offset"),
+        py::arg("mean"), py::arg("std"), "fill out with N(mean, std^2) -> blocks consumed");
+  m.def("trunc_normal_fill", &py_trunc_normal_fill, py::arg("out"), py::arg("seed"),
+        py::arg("offset"), py::arg("mean"), py::arg("std"), py::arg("a"), py::arg("b"),
+        "fill out with N(mean, std^2) truncated to [a, b] -> blocks consumed");
+  m.def("bernoulli_fill", &py_bernoulli_fill, py::arg("out"), py::arg("seed"), py::arg("offset"),
+        py::arg("p"), "fill out with 1 (probability p) or 0 -> blocks consumed");
+  m.def("dropout_forward", &py_dropout_forward, py::arg("input"), py::arg("seed"),
+        py::arg("offset"), py::arg("p"), py::arg("with_mask"),
+        "-> (output, uint8 mask | None, blocks consumed)");
+  m.def("dropout_backward", &py_dropout_backward, py::arg("grad_output"), py::arg("mask"),
+        py::arg("scale"), "-> grad_output * mask * scale");
 
   m.def("install_numpy_allocator", &install_numpy_allocator);
   m.def("uninstall_numpy_allocator", &uninstall_numpy_allocator);

@@ -16,11 +16,22 @@ from . import (
     memory,
     nn,
     optim,
+    random,
 )
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
 from .functional import amax, cat, exp, log, matmul, max, stack
-from .random import manual_seed
+from .random import (
+    Generator,
+    default_generator,
+    get_rng_state,
+    initial_seed,
+    manual_seed,
+    rand,
+    randn,
+    seed,
+    set_rng_state,
+)
 from .tensor import (
     Tensor,
     arange,
@@ -92,6 +103,15 @@ __all__ = [
     "transpose",
     "permute",
     "manual_seed",
+    "Generator",
+    "default_generator",
+    "seed",
+    "initial_seed",
+    "get_rng_state",
+    "set_rng_state",
+    "rand",
+    "randn",
+    "random",
     "show_config",
     "get_num_threads",
     "set_num_threads",

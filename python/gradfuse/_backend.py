@@ -36,6 +36,17 @@ batch_norm_backward = _C.batch_norm_backward
 group_norm_forward = _C.group_norm_forward
 group_norm_backward = _C.group_norm_backward
 
+# random fills and dropout (Philox4x32-10, csrc/kernels/init.cpp)
+philox4x32_10 = _C.philox4x32_10
+philox_words = _C.philox_words
+philox_tile_words = _C.philox_tile_words
+uniform_fill = _C.uniform_fill
+normal_fill = _C.normal_fill
+trunc_normal_fill = _C.trunc_normal_fill
+bernoulli_fill = _C.bernoulli_fill
+dropout_forward = _C.dropout_forward
+dropout_backward = _C.dropout_backward
+
 build_info = _C.build_info
 get_num_threads = _C.get_num_threads
 set_num_threads = _C.set_num_threads

@@ -828,3 +828,35 @@ class GroupNorm(Function):
         )
         x_shape = ctx.inputs[0].shape
         return (_shaped(dx, x_shape), dw, db, None, None)
+
+
+# --------------------------------------------------------------------------- dropout
+
+
+class Dropout(Function):
+    """Inverted dropout in one compiled pass (csrc/kernels/init.cpp): the Philox mask and the
+    scaling by 1/(1-p) are made together; the mask is kept as uint8 (1 byte per element) for
+    backward only when a gradient is needed. ``generator`` is a gf.Generator."""
+
+    @staticmethod
+    def forward(ctx, x, p, generator, with_mask):
+        xc = np.ascontiguousarray(x)
+        out, mask = generator._draw(
+            lambda seed, offset: _split_blocks(_backend.dropout_forward(xc, seed, offset, p,
+                                                                        with_mask))
+        )
+        ctx.save_for_backward(mask)
+        ctx.scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)  # rounded to x's dtype as in forward
+        ctx.dtype = out.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (mask,) = ctx.saved
+        gc = np.ascontiguousarray(g, dtype=ctx.dtype)
+        return _backend.dropout_backward(gc, mask, ctx.scale), None, None, None
+
+
+def _split_blocks(result):
+    out, mask, blocks = result
+    return (out, mask), blocks

@@ -1,7 +1,8 @@
 """Layers, losses and the Module system (``gf.nn``)."""
 
-from . import functional, utils
+from . import functional, init, utils
 from .container import Sequential
+from .dropout import Dropout
 from .linear import Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module
@@ -19,6 +20,8 @@ __all__ = [
     "LayerNorm",
     "RMSNorm",
     "GroupNorm",
+    "Dropout",
     "functional",
+    "init",
     "utils",
 ]

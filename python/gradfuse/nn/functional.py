@@ -8,7 +8,8 @@ import numbers
 import numpy as np
 
 from .. import functional as _ops
-from ..tensor import Tensor
+from .. import random as _random
+from ..tensor import Tensor, is_grad_enabled
 
 __all__ = [
     "linear",
@@ -18,6 +19,7 @@ __all__ = [
     "layer_norm",
     "rms_norm",
     "group_norm",
+    "dropout",
 ]
 
 _check_reduction = _ops._check_reduction
@@ -302,3 +304,53 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
     if x.size == 0:
         raise ValueError(f"input: empty input of shape {x.shape}")
     return _ops.GroupNorm.apply(input, w, b, int(num_groups), eps)
+
+
+# --------------------------------------------------------------------------- dropout
+
+
+def _check_dropout_p(p):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p: dropout probability has to be between 0 and 1, but got {p!r}")
+
+
+def dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False,
+            generator=None) -> Tensor:
+    """Inverted dropout: in training, each element is kept with probability 1 - p and scaled by
+    1/(1-p), else set to 0; in evaluation (``training=False``) or with p = 0 the input is
+    returned as it is (no random numbers drawn). p = 1 gives zeros, as in PyTorch.
+
+    The keep mask is drawn from Philox (``generator``, default the global one) in the same
+    compiled pass as the scaling: element i is kept when word i of the fill is below
+    ``round((1 - p) 2^32)``, so a seed fixes the mask on any thread count. Backward multiplies
+    the gradient by the same mask and scale (kept as 1 byte per element).
+
+    ``inplace=True`` writes into ``input`` and returns it when no gradient is recorded through
+    it; gradfuse's tape has no version counters to make an in-place op on a recorded tensor
+    safe, so in that case the result is a new tensor (same values).
+
+    Shapes: input (*), float32 or float64 -> output (*).
+
+    Example::
+
+        >>> x = gf.ones(2, 3, requires_grad=True)
+        >>> y = F.dropout(x, 0.5, generator=gf.Generator(0))   # entries 0 or 2
+        >>> y.sum().backward(); bool(((x.grad.numpy() == 0) | (x.grad.numpy() == 2)).all())
+        True
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input: expected a Tensor, got {type(input).__name__}")
+    _check_dropout_p(p)
+    if not isinstance(training, bool):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    if input.data.dtype not in (np.float32, np.float64):
+        raise TypeError(f"input: dropout needs float32 or float64, got {input.data.dtype}")
+    gen = _random._generator(generator)
+    if not training or p == 0:
+        return input
+    record = input.requires_grad and is_grad_enabled()
+    out = _ops.Dropout.apply(input, float(p), gen, record)
+    if inplace and not record:
+        input.data[...] = out.data
+        return input
+    return out

@@ -493,3 +493,41 @@ def test_large_fill_with_streaming_stores_equals_small_fills(name, dtype):
     FILLS[name](b, 12, 3 + used)
     np.testing.assert_array_equal(whole[:first], a)
     np.testing.assert_array_equal(whole[first:], b)
+
+
+# ---------------------------------------------------------------- the header under nvcc
+
+_CUDA_PROBE = r"""
+#include <cstdint>
+#include "rng/philox.h"
+using namespace gradfuse::philox;
+__global__ void probe(float* out, double* out64, uint64_t seed) {
+  uint32_t w0, w1, w2, w3;
+  block_words(seed, threadIdx.x, w0, w1, w2, w3);
+  float z0, z1;
+  box_muller_f32(w0, w1, z0, z1);
+  double d0, d1;
+  box_muller_f64(w0, w1, w2, w3, d0, d1);
+  out[threadIdx.x] = u01_f32(w2) + z0 + z1;
+  out64[threadIdx.x] = d0 + d1 + inv_normal_cdf(u01_open_f64(w3, w0));
+}
+"""
+
+
+def test_philox_header_compiles_for_cuda_devices(tmp_path):
+    """philox.h is meant for CPU and GPU alike: nvcc must compile its device path (no GPU is
+    needed to compile; issue 7 checks the bits on a GPU)."""
+    import pathlib
+    import shutil
+    import subprocess
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    src = tmp_path / "probe.cu"
+    src.write_text(_CUDA_PROBE)
+    csrc = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+    r = subprocess.run([nvcc, "-std=c++17", "-arch=sm_80", "--fmad=false", "-I", str(csrc),
+                        "-c", str(src), "-o", str(tmp_path / "probe.o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

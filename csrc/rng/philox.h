@@ -30,11 +30,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>  // memcpy bit casts on the host (nvcc's host pass too)
 
 #ifdef __CUDACC__
 #define GF_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#include <cstring>
 // always_inline: these must be inlined into each multiversioned (target_clones) kernel, or the
 // loop calling them runs at the baseline ISA's vector width.
 #if defined(__GNUC__)

@@ -17,7 +17,20 @@ from . import (
 )
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
-from .functional import amax, cat, exp, log, matmul, max, stack
+from .functional import (
+    amax,
+    cat,
+    exp,
+    log,
+    log_softmax,
+    matmul,
+    max,
+    relu,
+    sigmoid,
+    softmax,
+    stack,
+    tanh,
+)
 from .random import manual_seed
 from .tensor import (
     Tensor,
@@ -88,6 +101,11 @@ __all__ = [
     "reshape",
     "transpose",
     "permute",
+    "relu",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
     "manual_seed",
     "show_config",
     "get_num_threads",

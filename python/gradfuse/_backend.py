@@ -14,6 +14,12 @@ from . import _C
 cross_entropy_forward = _C.cross_entropy_forward
 cross_entropy_backward = _C.cross_entropy_backward
 
+activation_forward = _C.activation_forward
+activation_backward = _C.activation_backward
+activation_backward_uses_output = _C.activation_backward_uses_output
+softmax_forward = _C.softmax_forward
+softmax_backward = _C.softmax_backward
+
 build_info = _C.build_info
 get_num_threads = _C.get_num_threads
 set_num_threads = _C.set_num_threads

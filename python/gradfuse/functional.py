@@ -16,7 +16,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _backend
-from .tensor import Function, Tensor, _unbroadcast
+from .tensor import Function, Tensor, _unbroadcast, is_grad_enabled
 
 # --------------------------------------------------------------------------- helpers
 
@@ -711,3 +711,291 @@ class CrossEntropy(Function):
             moved = (shape[0],) + shape[2:] + (shape[1],)
             dx = np.moveaxis(dx2.reshape(moved), -1, 1)
         return dx, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------- activations
+# Compiled element-wise kernels (csrc/kernels/activations.cpp): forward is one read and one
+# write; backward is one pass over (grad, saved) where `saved` is the forward's output when
+# the derivative can be written in it (sigmoid, tanh, relu, elu) and the input otherwise.
+
+# op codes of gradfuse::Activation (csrc/kernels/activations.h)
+_SIGMOID, _TANH, _RELU, _LEAKY_RELU, _ELU, _GELU, _GELU_TANH, _SILU, _SOFTPLUS = range(9)
+_ACT_NAMES = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "gelu", "silu", "softplus")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _float_array(x, op):
+    """``x`` (a Tensor) as a C-contiguous float32/float64 array, or a TypeError naming it."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: input: expected a Tensor, got {type(x).__name__}")
+    a = x.data
+    if a.dtype not in _FLOATS:
+        raise TypeError(
+            f"{op}: input: expected a float32 or float64 tensor, got {a.dtype} "
+            "(convert with .float() first)"
+        )
+    return a
+
+
+def _real(value, name, op):
+    """A finite Python float from a hyperparameter, or a ValueError/TypeError naming it."""
+    if isinstance(value, Tensor) and value.data.size == 1:
+        value = value.data.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                      np.floating)):
+        raise TypeError(f"{op}: {name}: expected a number, got {type(value).__name__}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"{op}: {name}: expected a finite number, got {v}")
+    return v
+
+
+class Activation(Function):
+    """``y = f(x)`` for one of the compiled element-wise activations (op code + a, b)."""
+
+    @staticmethod
+    def forward(ctx, x, op, a=0.0, b=0.0, inplace=False):
+        src = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        uses_out = _backend.activation_backward_uses_output(op, a, b)
+        if inplace and not uses_out:
+            # leaky_relu keeps the sign of x for slope >= 0, so y serves the backward as well;
+            # the other ops need x itself, which the in-place write is about to destroy
+            uses_out = op == _LEAKY_RELU and a >= 0.0
+            saved = None if uses_out else src.copy()
+        else:
+            saved = None if uses_out else src
+        out = src if inplace and src is x else None
+        y = _backend.activation_forward(op, src, a, b, out)
+        ctx.op, ctx.a, ctx.b = op, a, b
+        ctx.save_for_backward(y if uses_out else saved)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (s,) = ctx.saved
+        if type(g) is not np.ndarray or not g.flags.c_contiguous or g.dtype != s.dtype:
+            g = np.ascontiguousarray(g, dtype=s.dtype)  # e.g. the broadcast grad of a sum
+        return (_backend.activation_backward(ctx.op, g, s, ctx.a, ctx.b),)
+
+
+def _activation(x, op, a=0.0, b=0.0):
+    _float_array(x, _ACT_NAMES[op])
+    return Activation.apply(x, op=op, a=a, b=b)
+
+
+def _activation_(x, op, a=0.0, b=0.0):
+    """In place: ``x.data`` is overwritten and ``x`` is returned.
+
+    Without a version counter gradfuse cannot see every tensor that still needs the old
+    values, so this refuses what it can detect (a leaf that requires grad, a producer that
+    saved its output for its backward) and documents the rest (see the README).
+    """
+    name = _ACT_NAMES[op] + "_"
+    data = _float_array(x, name)
+    if not data.flags.writeable:
+        raise ValueError(f"{name}: input: the tensor's array is read-only")
+    if not (x.requires_grad and is_grad_enabled()):
+        if data.flags.c_contiguous:
+            _backend.activation_forward(op, data, a, b, data)
+        else:
+            data[...] = _backend.activation_forward(op, np.ascontiguousarray(data), a, b, None)
+        return x
+    node = x._ctx
+    if node is None:
+        raise RuntimeError(
+            f"{name}: a leaf Variable that requires grad is being used in an in-place operation"
+        )
+    if node.released or any(
+        isinstance(s, np.ndarray) and np.may_share_memory(s, data) for s in node.saved
+    ):
+        raise RuntimeError(
+            f"{name}: {type(node).__name__} saved this tensor's values for its backward; an "
+            "in-place update would corrupt its gradient (use the out-of-place form)"
+        )
+    # The graph is rebased as PyTorch does: the old node's output becomes an anonymous tensor
+    # sharing x's array, and x itself becomes the output of the new node.
+    old = Tensor.__new__(Tensor)
+    old.data, old.requires_grad, old._ctx = data, True, node
+    out = Activation.apply(old, op=op, a=a, b=b, inplace=True)
+    if out.data is not data:  # a non-contiguous x was computed in a copy
+        data[...] = out.data
+    x._ctx = out._ctx
+    return x
+
+
+def sigmoid(input) -> Tensor:
+    """``1 / (1 + exp(-x))``, overflow-free for any x (compiled kernel).
+
+    Shapes: any -> same. float32/float64.
+
+    Example::
+
+        >>> gf.sigmoid(gf.tensor([0.0, 1e30, -1e30])).tolist()
+        [0.5, 1.0, 0.0]
+    """
+    return _activation(input, _SIGMOID)
+
+
+def tanh(input) -> Tensor:
+    """Hyperbolic tangent (compiled kernel). Shapes: any -> same.
+
+    Example::
+
+        >>> gf.tanh(gf.tensor([0.0, 1e30])).tolist()
+        [0.0, 1.0]
+    """
+    return _activation(input, _TANH)
+
+
+def relu(input, inplace: bool = False) -> Tensor:
+    """``max(x, 0)`` (NaN stays NaN, as in PyTorch). Shapes: any -> same.
+
+    Example::
+
+        >>> gf.relu(gf.tensor([-1.0, 2.0])).tolist()
+        [0.0, 2.0]
+    """
+    return _activation_(input, _RELU) if inplace else _activation(input, _RELU)
+
+
+def relu_(input) -> Tensor:
+    """In-place :func:`relu`; returns ``input``."""
+    return _activation_(input, _RELU)
+
+
+def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """``x if x > 0 else negative_slope * x``. Shapes: any -> same.
+
+    Example::
+
+        >>> gf.nn.functional.leaky_relu(gf.tensor([-2.0, 3.0]), 0.5).tolist()
+        [-1.0, 3.0]
+    """
+    s = _real(negative_slope, "negative_slope", "leaky_relu")
+    return (_activation_ if inplace else _activation)(input, _LEAKY_RELU, s)
+
+
+def leaky_relu_(input, negative_slope: float = 0.01) -> Tensor:
+    """In-place :func:`leaky_relu`; returns ``input``."""
+    return _activation_(input, _LEAKY_RELU, _real(negative_slope, "negative_slope", "leaky_relu_"))
+
+
+def elu(input, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """``x if x > 0 else alpha * (exp(x) - 1)`` (expm1-accurate near 0). Shapes: any -> same.
+
+    Example::
+
+        >>> round(gf.nn.functional.elu(gf.tensor([-1.0]), alpha=2.0).item(), 4)
+        -1.2642
+    """
+    a = _real(alpha, "alpha", "elu")
+    return (_activation_ if inplace else _activation)(input, _ELU, a)
+
+
+def elu_(input, alpha: float = 1.0) -> Tensor:
+    """In-place :func:`elu`; returns ``input``."""
+    return _activation_(input, _ELU, _real(alpha, "alpha", "elu_"))
+
+
+def gelu(input, approximate: str = "none") -> Tensor:
+    """Gaussian error linear unit: ``x * Phi(x)`` (``approximate='none'``, exact erf) or
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (``approximate='tanh'``).
+
+    Example::
+
+        >>> round(gf.nn.functional.gelu(gf.tensor([1.0])).item(), 4)
+        0.8413
+    """
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate: expected 'none' or 'tanh', got {approximate!r}")
+    return _activation(input, _GELU if approximate == "none" else _GELU_TANH)
+
+
+def silu(input, inplace: bool = False) -> Tensor:
+    """``x * sigmoid(x)`` (swish). Shapes: any -> same.
+
+    In place with autograd recording keeps a copy of the input (the backward needs x).
+
+    Example::
+
+        >>> round(gf.nn.functional.silu(gf.tensor([1.0])).item(), 4)
+        0.7311
+    """
+    return _activation_(input, _SILU) if inplace else _activation(input, _SILU)
+
+
+def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """``log(1 + exp(beta x)) / beta``, and ``x`` where ``beta x > threshold``.
+
+    Computed as ``(max(z, 0) + log1p(exp(-|z|))) / beta`` with ``z = beta x``: no overflow
+    for any threshold. ``beta`` must be nonzero (PyTorch would divide by 0); negative beta and
+    threshold are accepted as in PyTorch.
+
+    Example::
+
+        >>> round(gf.nn.functional.softplus(gf.tensor([0.0])).item(), 4)
+        0.6931
+    """
+    b = _real(beta, "beta", "softplus")
+    if b == 0.0:
+        raise ValueError("softplus: beta: expected a nonzero number, got 0.0")
+    t = _real(threshold, "threshold", "softplus")
+    return _activation(input, _SOFTPLUS, b, t)
+
+
+class Softmax(Function):
+    """softmax (``log=False``) or log_softmax along ``dim`` (compiled, one row in cache)."""
+
+    @staticmethod
+    def forward(ctx, x, dim, log):
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        y = _backend.softmax_forward(x, dim, log)
+        ctx.save_for_backward(y)
+        ctx.dim, ctx.log = dim, log
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        if type(g) is not np.ndarray or not g.flags.c_contiguous or g.dtype != y.dtype:
+            g = np.ascontiguousarray(g, dtype=y.dtype)
+        return (_backend.softmax_backward(g, y, ctx.dim, ctx.log),)
+
+
+def _softmax(input, dim, dtype, log):
+    op = "log_softmax" if log else "softmax"
+    if dim is None:
+        raise TypeError(f"{op}: dim: expected an int (the implicit dim of old PyTorch is not "
+                        "supported)")
+    if dtype is not None:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{op}: input: expected a Tensor, got {type(input).__name__}")
+        input = input.to(dtype)
+    x = _float_array(input, op)
+    d = dim_index(dim, x.ndim)
+    return Softmax.apply(input, dim=d, log=log)
+
+
+def softmax(input, dim: int, dtype=None) -> Tensor:
+    """``exp(x - max) / sum(exp(x - max))`` along ``dim``. Shapes: any -> same.
+
+    ``dtype`` casts the input first (as PyTorch's argument).
+
+    Example::
+
+        >>> gf.softmax(gf.tensor([[0.0, 0.0]]), dim=1).tolist()
+        [[0.5, 0.5]]
+    """
+    return _softmax(input, dim, dtype, False)
+
+
+def log_softmax(input, dim: int, dtype=None) -> Tensor:
+    """``x - max - log(sum(exp(x - max)))`` along ``dim``. Shapes: any -> same.
+
+    Example::
+
+        >>> round(gf.log_softmax(gf.tensor([0.0, 0.0]), dim=0)[0].item(), 4)
+        -0.6931
+    """
+    return _softmax(input, dim, dtype, True)

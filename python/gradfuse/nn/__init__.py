@@ -1,6 +1,18 @@
 """Layers, losses and the Module system (``gf.nn``)."""
 
 from . import functional
+from .activation import (
+    ELU,
+    GELU,
+    LeakyReLU,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Softplus,
+    Tanh,
+)
 from .container import Sequential
 from .linear import Linear
 from .loss import CrossEntropyLoss, MSELoss
@@ -15,4 +27,14 @@ __all__ = [
     "MSELoss",
     "CrossEntropyLoss",
     "functional",
+    "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "ELU",
+    "GELU",
+    "SiLU",
+    "Softplus",
+    "Softmax",
+    "LogSoftmax",
 ]

@@ -8,9 +8,42 @@ import numbers
 import numpy as np
 
 from .. import functional as _ops
+from ..functional import (  # activations: compiled kernels, argument checks live there
+    elu,
+    elu_,
+    gelu,
+    leaky_relu,
+    leaky_relu_,
+    log_softmax,
+    relu,
+    relu_,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+    tanh,
+)
 from ..tensor import Tensor
 
-__all__ = ["linear", "mse_loss", "cross_entropy"]
+__all__ = [
+    "linear",
+    "mse_loss",
+    "cross_entropy",
+    # activations
+    "relu",
+    "relu_",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "gelu",
+    "silu",
+    "softplus",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
+]
 
 _check_reduction = _ops._check_reduction
 

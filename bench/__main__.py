@@ -11,10 +11,10 @@ from pathlib import Path
 import gradfuse as gf
 from gradfuse._config import config
 
-from . import bench_loss, bench_tensor
+from . import bench_activations, bench_loss, bench_tensor
 from .harness import copy_bandwidth, format_table, import_torch, run_case, write_json
 
-MODULES = [bench_loss, bench_tensor]
+MODULES = [bench_loss, bench_tensor, bench_activations]
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -144,16 +144,30 @@ GF_TARGET_CLONES void map2(const T* g, const T* s, int64_t n, T* dx, F f) {
   for (int64_t i = 0; i < n; ++i) dx[i] = f(g[i], s[i]);
 }
 
-// Elements are independent, so the chunking does not change any result; the grain keeps a
-// 128x128 activation (16K elements) on one thread, where waking a second costs more.
+// Threads split the array at multiples of kBlock elements. The vectorized loop and its
+// epilogue may round differently (GCC contracts a*b+c into FMAs separately in each), so an
+// element must land in the same part of the loop whatever the thread count: with every chunk
+// starting at a multiple of kBlock (a multiple of any vector width and unroll), only the
+// array's own last elements reach an epilogue. The grain keeps a 128x128 activation (16K
+// elements) on one thread, where waking a second costs more than it saves.
+constexpr int64_t kBlock = 1024;
+
+template <typename Fn>
+void par_blocks(int64_t n, Fn&& fn) {
+  parallel_for((n + kBlock - 1) / kBlock, kBlock, [&](int64_t b, int64_t e) {
+    const int64_t lo = b * kBlock, hi = e * kBlock < n ? e * kBlock : n;
+    fn(lo, hi);
+  });
+}
+
 template <typename T, typename F>
 void par_map1(const T* x, int64_t n, T* y, F f) {
-  parallel_for(n, 1, [&](int64_t b, int64_t e) { map1(x + b, e - b, y + b, f); });
+  par_blocks(n, [&](int64_t b, int64_t e) { map1(x + b, e - b, y + b, f); });
 }
 
 template <typename T, typename F>
 void par_map2(const T* g, const T* s, int64_t n, T* dx, F f) {
-  parallel_for(n, 1, [&](int64_t b, int64_t e) { map2(g + b, s + b, e - b, dx + b, f); });
+  par_blocks(n, [&](int64_t b, int64_t e) { map2(g + b, s + b, e - b, dx + b, f); });
 }
 
 }  // namespace
@@ -289,35 +303,103 @@ void activation_backward(const T* g, const T* saved, int64_t n, const Activation
 
 namespace {
 
-// Last-dim row: max pass, exp pass (writes y, sums), scale pass; the row stays in L1.
+// Last-dim rows; a row stays in L1 between its passes (memory sees one read, one write).
+// The reductions (max, sum, dot) use GCC vector types with one 64-byte accumulator, then
+// add its lanes in order: GCC's `omp simd reduction` kept the accumulator on the stack (a
+// store-to-load round trip per vector) and common.h's lane_* helpers were not inlined into
+// these clones (out-of-line baseline-ISA calls, 3.5x slower). The transcendental work is in
+// plain map loops, which vectorize without any reduction. The order is fixed, so any
+// thread count gives the same bits.
 template <typename T>
-GF_TARGET_CLONES void softmax_row(const T* x, int64_t d, bool log, T* y) {
-  const T m = lane_max(x, d);
-  if (log) {
-    const T ls = std::log(lane_sum(x, d, [m](T v) { return exp_t(v - m); }));
-    lane_map(x, d, y, [m, ls](T v) { return (v - m) - ls; });
-    return;
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+// Unaligned load through memcpy (compiles to one vmovups); by reference, not by value, so the
+// baseline clone has no 64-byte vector in its calling convention.
+template <typename T>
+inline void vload(Vec<T>& v, const T* p) {
+  std::memcpy(&v, p, sizeof v);
+}
+
+template <typename T>
+inline T row_max(const T* x, int64_t d) {
+  // NaN elements are skipped here; exp(NaN - m) turns the row NaN downstream, as in PyTorch
+  constexpr int64_t L = 64 / sizeof(T);
+  T m = x[0];
+  int64_t j = 0;
+  if (d >= L) {
+    Vec<T> acc, v;
+    vload(acc, x);
+    for (j = L; j + L <= d; j += L) {
+      vload(v, x + j);
+      acc = v > acc ? v : acc;
+    }
+    for (int64_t k = 0; k < L; ++k) m = acc[k] > m ? acc[k] : m;
+  }
+  for (; j < d; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+// sum_j a[j] (b == nullptr) or sum_j a[j] b[j]
+template <typename T>
+inline T row_sum(const T* a, const T* b, int64_t d) {
+  constexpr int64_t L = 64 / sizeof(T);
+  Vec<T> acc = {}, va, vb;
+  int64_t j = 0;
+  if (b) {
+    for (; j + L <= d; j += L) {
+      vload(va, a + j);
+      vload(vb, b + j);
+      acc += va * vb;
+    }
+  } else {
+    for (; j + L <= d; j += L) {
+      vload(va, a + j);
+      acc += va;
+    }
   }
   T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < d; ++j) {
-    const T e = exp_t(x[j] - m);
-    y[j] = e;
-    s += e;
-  }
-  const T inv = T(1) / s;
+  for (int64_t k = 0; k < L; ++k) s += acc[k];
+  for (; j < d; ++j) s += b ? a[j] * b[j] : a[j];
+  return s;
+}
+
+template <typename T>
+GF_TARGET_CLONES void softmax_row(const T* x, int64_t d, bool log, T* y) {
+  const T m = row_max(x, d);
 #pragma omp simd
-  for (int64_t j = 0; j < d; ++j) y[j] *= inv;
+  for (int64_t j = 0; j < d; ++j) y[j] = exp_t(x[j] - m);
+  const T s = row_sum<T>(y, nullptr, d);
+  if (log) {
+    const T ls = std::log(s);
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) y[j] = (x[j] - m) - ls;
+  } else {
+    const T inv = T(1) / s;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) y[j] *= inv;
+  }
 }
 
 template <typename T>
 GF_TARGET_CLONES void softmax_backward_row(const T* g, const T* y, int64_t d, bool log, T* dx) {
   if (log) {
-    const T s = lane_sum(g, d, [](T v) { return v; });
-    lane_map(g, y, d, dx, [s](T gv, T yv) { return gv - exp_t(yv) * s; });
+    const T s = row_sum<T>(g, nullptr, d);
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) dx[j] = g[j] - exp_t(y[j]) * s;
   } else {
-    const T dot = lane_sum(g, y, d, [](T gv, T yv) { return gv * yv; });
-    lane_map(g, y, d, dx, [dot](T gv, T yv) { return yv * (gv - dot); });
+    const T s = row_sum<T>(g, y, d);
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) dx[j] = y[j] * (g[j] - s);
   }
 }
 

@@ -536,3 +536,11 @@ def test_readme_activations_example_runs():
     assert all(p.grad is not None for p in scope["model"].parameters())
     sp = gf.nn.functional.softplus(gf.tensor([-1e30, 0.0, 1e30])).tolist()
     assert sp == [0.0, pytest.approx(math.log(2)), float(np.float32(1e30))]
+
+
+def test_python_saved_array_rule_matches_kernel():
+    from gradfuse import functional as core
+
+    for op in range(9):
+        for a in (-1.0, 0.0, 0.5):
+            assert core._uses_output(op, a) == _backend.activation_backward_uses_output(op, a, 0.0)

@@ -16,7 +16,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _backend
-from .tensor import Function, Tensor, _unbroadcast, is_grad_enabled
+from .tensor import Function, Tensor, _new, _unbroadcast, is_grad_enabled
 
 # --------------------------------------------------------------------------- helpers
 
@@ -750,24 +750,52 @@ def _real(value, name, op):
     return v
 
 
+def _uses_output(op, a):
+    """Whether the backward reads y (else x): activation_backward_uses_output in
+    activations.cpp, repeated here to save a call per op (a test checks they agree)."""
+    return op <= _RELU or (op == _ELU and a >= 0.0)
+
+
+def _apply_one(cls, x, *options):
+    """``Function.apply`` for an op with exactly one Tensor input and only option arguments.
+
+    The generic walk over arguments costs about a microsecond, as much as the kernel of a
+    128x128 relu. ``forward`` gets ``record`` so it saves nothing when no graph is recorded.
+    """
+    record = x.requires_grad and is_grad_enabled()
+    ctx = _new(cls)
+    t = _new(Tensor)
+    t.data = cls.forward(ctx, x.data, *options, record=record)
+    if record:
+        ctx.inputs = (x,)
+        ctx.needs_input_grad = (True,)
+        t.requires_grad = True
+        t._ctx = ctx
+    return t
+
+
 class Activation(Function):
     """``y = f(x)`` for one of the compiled element-wise activations (op code + a, b)."""
 
+    apply = classmethod(_apply_one)
+
     @staticmethod
-    def forward(ctx, x, op, a=0.0, b=0.0, inplace=False):
+    def forward(ctx, x, op, a=0.0, b=0.0, inplace=False, record=True):
         src = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-        uses_out = _backend.activation_backward_uses_output(op, a, b)
-        if inplace and not uses_out:
-            # leaky_relu keeps the sign of x for slope >= 0, so y serves the backward as well;
-            # the other ops need x itself, which the in-place write is about to destroy
-            uses_out = op == _LEAKY_RELU and a >= 0.0
-            saved = None if uses_out else src.copy()
-        else:
-            saved = None if uses_out else src
-        out = src if inplace and src is x else None
-        y = _backend.activation_forward(op, src, a, b, out)
-        ctx.op, ctx.a, ctx.b = op, a, b
-        ctx.save_for_backward(y if uses_out else saved)
+        uses_out = _uses_output(op, a)
+        saved = None
+        if record and not uses_out:
+            if inplace:
+                # leaky_relu keeps the sign of x for slope >= 0, so y serves its backward too;
+                # the other ops need x itself, which the in-place write is about to destroy
+                uses_out = op == _LEAKY_RELU and a >= 0.0
+                saved = None if uses_out else src.copy()
+            else:
+                saved = src
+        y = _backend.activation_forward(op, src, a, b, src if inplace and src is x else None)
+        if record:
+            ctx.op, ctx.a, ctx.b = op, a, b
+            ctx.saved = (y if uses_out else saved,)
         return y
 
     @staticmethod
@@ -780,7 +808,7 @@ class Activation(Function):
 
 def _activation(x, op, a=0.0, b=0.0):
     _float_array(x, _ACT_NAMES[op])
-    return Activation.apply(x, op=op, a=a, b=b)
+    return Activation.apply(x, op, a, b)
 
 
 def _activation_(x, op, a=0.0, b=0.0):
@@ -816,7 +844,7 @@ def _activation_(x, op, a=0.0, b=0.0):
     # sharing x's array, and x itself becomes the output of the new node.
     old = Tensor.__new__(Tensor)
     old.data, old.requires_grad, old._ctx = data, True, node
-    out = Activation.apply(old, op=op, a=a, b=b, inplace=True)
+    out = Activation.apply(old, op, a, b, True)
     if out.data is not data:  # a non-contiguous x was computed in a copy
         data[...] = out.data
     x._ctx = out._ctx
@@ -946,13 +974,16 @@ def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
 class Softmax(Function):
     """softmax (``log=False``) or log_softmax along ``dim`` (compiled, one row in cache)."""
 
+    apply = classmethod(_apply_one)
+
     @staticmethod
-    def forward(ctx, x, dim, log):
+    def forward(ctx, x, dim, log, record=True):
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         y = _backend.softmax_forward(x, dim, log)
-        ctx.save_for_backward(y)
-        ctx.dim, ctx.log = dim, log
+        if record:
+            ctx.saved = (y,)
+            ctx.dim, ctx.log = dim, log
         return y
 
     @staticmethod
@@ -974,7 +1005,7 @@ def _softmax(input, dim, dtype, log):
         input = input.to(dtype)
     x = _float_array(input, op)
     d = dim_index(dim, x.ndim)
-    return Softmax.apply(input, dim=d, log=log)
+    return Softmax.apply(input, d, log)
 
 
 def softmax(input, dim: int, dtype=None) -> Tensor:

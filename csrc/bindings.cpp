@@ -197,9 +197,9 @@ py::array ce_backward(const py::array& logits, const py::array& target, const py
 
 // ---------------------------------------------------------------- activations
 // Element-wise ops take any shape (the kernel sees n elements); softmax takes the array and
-// a dim and views it as (outer, dim, inner). Inputs must already be C-contiguous float32 or
-// float64 (gradfuse.functional makes them so), outputs are allocated here (the pool serves
-// large ones) unless `out` names an array to write into (in place: out may be the input).
+// a dim and views it as (outer, dim, inner). Inputs are float32 or float64, strided ones are
+// copied to C order; outputs are allocated here (the pool serves large ones) unless `out`
+// names a C-contiguous array to write into (in place: out may be the input).
 
 ActivationArgs act_args(int op, double a, double b) {
   if (op < int(Activation::Sigmoid) || op > int(Activation::Softplus)) {
@@ -216,6 +216,15 @@ void check_contiguous(const py::array& x, const char* name) {
   if (!(x.flags() & py::array::c_style)) {
     throw py::value_error(std::string(name) + ": expected a C-contiguous array");
   }
+}
+
+// Inputs that are only read may be strided views (a transpose): they are copied here, in C,
+// so the common contiguous case costs Python no flags check.
+py::array c_contiguous(const py::array& x) {
+  if (x.flags() & py::array::c_style) return x;
+  PyObject* copy = PyArray_NewCopy(reinterpret_cast<PyArrayObject*>(x.ptr()), NPY_CORDER);
+  if (!copy) throw py::error_already_set();
+  return py::reinterpret_steal<py::array>(copy);
 }
 
 void check_same(const py::array& x, const py::array& ref, const char* name, const char* refname) {
@@ -239,10 +248,11 @@ py::array new_like(const py::array& x) {
   return py::array(x.dtype(), shape);
 }
 
-py::array act_forward(int op, const py::array& input, double a, double b, const py::object& out) {
+py::array act_forward(int op, const py::array& input_any, double a, double b,
+                      const py::object& out) {
   const ActivationArgs args = act_args(op, a, b);
-  check_floating(input, "input");
-  check_contiguous(input, "input");
+  check_floating(input_any, "input");
+  const py::array input = c_contiguous(input_any);
   const auto oarr = optional_array(out, "out");
   py::array y;
   if (oarr) {
@@ -268,11 +278,12 @@ py::array act_forward(int op, const py::array& input, double a, double b, const 
   return y;
 }
 
-py::array act_backward(int op, const py::array& grad, const py::array& saved, double a,
+py::array act_backward(int op, const py::array& grad_any, const py::array& saved_any, double a,
                        double b) {
   const ActivationArgs args = act_args(op, a, b);
-  check_floating(saved, "saved");
-  check_contiguous(saved, "saved");
+  check_floating(saved_any, "saved");
+  const py::array saved = c_contiguous(saved_any);
+  const py::array grad = c_contiguous(grad_any);
   check_same(grad, saved, "grad_output", "saved");
   py::array dx = new_like(saved);
   const int64_t n = saved.size();
@@ -319,9 +330,9 @@ SoftmaxShape softmax_shape(const py::array& x, int64_t dim) {
   return s;
 }
 
-py::array softmax_fwd(const py::array& input, int64_t dim, bool log) {
-  check_floating(input, "input");
-  check_contiguous(input, "input");
+py::array softmax_fwd(const py::array& input_any, int64_t dim, bool log) {
+  check_floating(input_any, "input");
+  const py::array input = c_contiguous(input_any);
   const SoftmaxShape s = softmax_shape(input, dim);
   py::array y = new_like(input);
   const void* xp = input.data();
@@ -340,9 +351,11 @@ py::array softmax_fwd(const py::array& input, int64_t dim, bool log) {
   return y;
 }
 
-py::array softmax_bwd(const py::array& grad, const py::array& output, int64_t dim, bool log) {
-  check_floating(output, "output");
-  check_contiguous(output, "output");
+py::array softmax_bwd(const py::array& grad_any, const py::array& output_any, int64_t dim,
+                      bool log) {
+  check_floating(output_any, "output");
+  const py::array output = c_contiguous(output_any);
+  const py::array grad = c_contiguous(grad_any);
   check_same(grad, output, "grad_output", "output");
   const SoftmaxShape s = softmax_shape(output, dim);
   py::array dx = new_like(output);

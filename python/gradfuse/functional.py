@@ -725,7 +725,7 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _float_array(x, op):
-    """``x`` (a Tensor) as a C-contiguous float32/float64 array, or a TypeError naming it."""
+    """The float32/float64 array of Tensor ``x``, or a TypeError naming the argument."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: input: expected a Tensor, got {type(x).__name__}")
     a = x.data
@@ -760,12 +760,13 @@ def _apply_one(cls, x, *options):
     """``Function.apply`` for an op with exactly one Tensor input and only option arguments.
 
     The generic walk over arguments costs about a microsecond, as much as the kernel of a
-    128x128 relu. ``forward`` gets ``record`` so it saves nothing when no graph is recorded.
+    128x128 relu. ``forward(ctx, record, x, *options)`` gets ``record`` first (positional: a
+    keyword costs as much as a check) and saves nothing when no graph is recorded.
     """
     record = x.requires_grad and is_grad_enabled()
     ctx = _new(cls)
     t = _new(Tensor)
-    t.data = cls.forward(ctx, x.data, *options, record=record)
+    t.data = cls.forward(ctx, record, x.data, *options)
     if record:
         ctx.inputs = (x,)
         ctx.needs_input_grad = (True,)
@@ -780,8 +781,9 @@ class Activation(Function):
     apply = classmethod(_apply_one)
 
     @staticmethod
-    def forward(ctx, x, op, a=0.0, b=0.0, inplace=False, record=True):
-        src = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    def forward(ctx, record, x, op, a=0.0, b=0.0, inplace=False):
+        # x may be strided: the kernel call copies it to C order (the in-place caller writes a
+        # strided x back itself), and a strided x saved for backward is copied again there
         uses_out = _uses_output(op, a)
         saved = None
         if record and not uses_out:
@@ -789,10 +791,11 @@ class Activation(Function):
                 # leaky_relu keeps the sign of x for slope >= 0, so y serves its backward too;
                 # the other ops need x itself, which the in-place write is about to destroy
                 uses_out = op == _LEAKY_RELU and a >= 0.0
-                saved = None if uses_out else src.copy()
+                saved = None if uses_out else x.copy()
             else:
-                saved = src
-        y = _backend.activation_forward(op, src, a, b, src if inplace and src is x else None)
+                saved = x
+        out = x if inplace and x.flags.c_contiguous else None
+        y = _backend.activation_forward(op, x, a, b, out)
         if record:
             ctx.op, ctx.a, ctx.b = op, a, b
             ctx.saved = (y if uses_out else saved,)
@@ -801,14 +804,22 @@ class Activation(Function):
     @staticmethod
     def backward(ctx, g):
         (s,) = ctx.saved
-        if type(g) is not np.ndarray or not g.flags.c_contiguous or g.dtype != s.dtype:
-            g = np.ascontiguousarray(g, dtype=s.dtype)  # e.g. the broadcast grad of a sum
+        if g.dtype != s.dtype:
+            g = g.astype(s.dtype)
+        # a strided g (the broadcast gradient of a sum) is copied to C order by the binding
         return (_backend.activation_backward(ctx.op, g, s, ctx.a, ctx.b),)
 
 
 def _activation(x, op, a=0.0, b=0.0):
-    _float_array(x, _ACT_NAMES[op])
-    return Activation.apply(x, op, a, b)
+    if type(x) is not Tensor:
+        _float_array(x, _ACT_NAMES[op])  # raises, or accepts a Tensor subclass
+    if x.requires_grad and is_grad_enabled():
+        return _apply_one(Activation, x, op, a, b)
+    # nothing to record (inference, or an input that needs no gradient): just the kernel,
+    # which also checks the dtype
+    t = _new(Tensor)
+    t.data = _backend.activation_forward(op, x.data, a, b, None)
+    return t
 
 
 def _activation_(x, op, a=0.0, b=0.0):
@@ -833,9 +844,7 @@ def _activation_(x, op, a=0.0, b=0.0):
         raise RuntimeError(
             f"{name}: a leaf Variable that requires grad is being used in an in-place operation"
         )
-    if node.released or any(
-        isinstance(s, np.ndarray) and np.may_share_memory(s, data) for s in node.saved
-    ):
+    if any(isinstance(s, np.ndarray) and np.may_share_memory(s, data) for s in node.saved):
         raise RuntimeError(
             f"{name}: {type(node).__name__} saved this tensor's values for its backward; an "
             "in-place update would corrupt its gradient (use the out-of-place form)"
@@ -911,6 +920,10 @@ def leaky_relu_(input, negative_slope: float = 0.01) -> Tensor:
 def elu(input, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """``x if x > 0 else alpha * (exp(x) - 1)`` (expm1-accurate near 0). Shapes: any -> same.
 
+    For ``alpha >= 0`` the backward reads the output, ``dy/dx = y + alpha`` for ``x <= 0`` (as
+    PyTorch's in-place ELU): exact to ``ulp(alpha)`` in absolute terms, so a gradient below
+    about ``1e-7 * alpha`` (float32, x < -16) rounds to 0.
+
     Example::
 
         >>> round(gf.nn.functional.elu(gf.tensor([-1.0]), alpha=2.0).item(), 4)
@@ -977,10 +990,8 @@ class Softmax(Function):
     apply = classmethod(_apply_one)
 
     @staticmethod
-    def forward(ctx, x, dim, log, record=True):
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
-        y = _backend.softmax_forward(x, dim, log)
+    def forward(ctx, record, x, dim, log):
+        y = _backend.softmax_forward(x, dim, log)  # copies a strided x to C order itself
         if record:
             ctx.saved = (y,)
             ctx.dim, ctx.log = dim, log
@@ -989,8 +1000,8 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved
-        if type(g) is not np.ndarray or not g.flags.c_contiguous or g.dtype != y.dtype:
-            g = np.ascontiguousarray(g, dtype=y.dtype)
+        if g.dtype != y.dtype:
+            g = g.astype(y.dtype)
         return (_backend.softmax_backward(g, y, ctx.dim, ctx.log),)
 
 

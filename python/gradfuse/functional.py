@@ -1006,6 +1006,13 @@ class Softmax(Function):
 
 
 def _softmax(input, dim, dtype, log):
+    if type(input) is Tensor and type(dim) is int and dtype is None:
+        # the common call: the binding checks dtype and dim (IndexError naming dim) itself
+        if input.requires_grad and is_grad_enabled():
+            return _apply_one(Softmax, input, dim, log)
+        t = _new(Tensor)
+        t.data = _backend.softmax_forward(input.data, dim, log)
+        return t
     op = "log_softmax" if log else "softmax"
     if dim is None:
         raise TypeError(f"{op}: dim: expected an int (the implicit dim of old PyTorch is not "

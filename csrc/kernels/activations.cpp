@@ -134,31 +134,27 @@ GF_TARGET_CLONES void map2(const T* g, const T* s, int64_t n, T* dx, F f) {
 // epilogue may round differently (GCC contracts a*b+c into FMAs separately in each), so an
 // element must land in the same part of the loop whatever the thread count: with every chunk
 // starting at a multiple of kBlock (a multiple of any vector width and unroll), only the
-// array's own last elements reach an epilogue. `cost` is the work of one element relative to
-// relu (about 4 for the ops with an exp, a division or a polynomial): parallel_for's grain
-// then keeps a 128x128 relu on one thread (waking a second costs more than its 2 us) while a
-// 128x128 tanh (10 us on one core) is split.
+// array's own last elements reach an epilogue. The grain keeps a 128x128 activation (16K
+// elements) on one thread, where waking a second costs more than it saves.
 constexpr int64_t kBlock = 1024;
 
 template <typename Fn>
-void par_blocks(int64_t n, int64_t cost, Fn&& fn) {
-  parallel_for((n + kBlock - 1) / kBlock, kBlock * cost, [&](int64_t b, int64_t e) {
+void par_blocks(int64_t n, Fn&& fn) {
+  parallel_for((n + kBlock - 1) / kBlock, kBlock, [&](int64_t b, int64_t e) {
     const int64_t lo = b * kBlock, hi = e * kBlock < n ? e * kBlock : n;
     fn(lo, hi);
   });
 }
 
 template <typename T, typename F>
-void par_map1(const T* x, int64_t n, T* y, int64_t cost, F f) {
-  par_blocks(n, cost, [&](int64_t b, int64_t e) { map1(x + b, e - b, y + b, f); });
+void par_map1(const T* x, int64_t n, T* y, F f) {
+  par_blocks(n, [&](int64_t b, int64_t e) { map1(x + b, e - b, y + b, f); });
 }
 
 template <typename T, typename F>
-void par_map2(const T* g, const T* s, int64_t n, T* dx, int64_t cost, F f) {
-  par_blocks(n, cost, [&](int64_t b, int64_t e) { map2(g + b, s + b, e - b, dx + b, f); });
+void par_map2(const T* g, const T* s, int64_t n, T* dx, F f) {
+  par_blocks(n, [&](int64_t b, int64_t e) { map2(g + b, s + b, e - b, dx + b, f); });
 }
-
-constexpr int64_t kCheap = 1, kTranscendental = 4;
 
 }  // namespace
 
@@ -179,46 +175,44 @@ bool activation_backward_uses_output(const ActivationArgs& a) {
 
 template <typename T>
 void activation_forward(const T* x, int64_t n, const ActivationArgs& a, T* y) {
-  const bool cheap = a.op == Activation::Relu || a.op == Activation::LeakyRelu;
-  const int64_t cost = cheap ? kCheap : kTranscendental;
   switch (a.op) {
     case Activation::Sigmoid:
-      par_map1(x, n, y, cost, [](T v) { return sigmoid_t(v); });
+      par_map1(x, n, y, [](T v) { return sigmoid_t(v); });
       break;
     case Activation::Tanh:
-      par_map1(x, n, y, cost, [](T v) { return tanh_t(v); });
+      par_map1(x, n, y, [](T v) { return tanh_t(v); });
       break;
     case Activation::Relu:
       // NaN > 0 is false but NaN <= 0 is false too: NaN stays NaN, as in PyTorch
-      par_map1(x, n, y, cost, [](T v) { return v <= T(0) ? T(0) : v; });
+      par_map1(x, n, y, [](T v) { return v <= T(0) ? T(0) : v; });
       break;
     case Activation::LeakyRelu: {
       const T slope = T(a.a);
-      par_map1(x, n, y, cost, [slope](T v) { return v > T(0) ? v : v * slope; });
+      par_map1(x, n, y, [slope](T v) { return v > T(0) ? v : v * slope; });
       break;
     }
     case Activation::Elu: {
       const T alpha = T(a.a);
-      par_map1(x, n, y, cost, [alpha](T v) { return v > T(0) ? v : alpha * expm1_t(v); });
+      par_map1(x, n, y, [alpha](T v) { return v > T(0) ? v : alpha * expm1_t(v); });
       break;
     }
     case Activation::GeluErf:
-      par_map1(x, n, y, cost, [](T v) { return T(0.5) * v * (T(1) + erf_t(v * T(kSqrt1_2))); });
+      par_map1(x, n, y, [](T v) { return T(0.5) * v * (T(1) + erf_t(v * T(kSqrt1_2))); });
       break;
     case Activation::GeluTanh:
-      par_map1(x, n, y, cost, [](T v) {
+      par_map1(x, n, y, [](T v) {
         const T inner = T(kGeluBeta) * (v + T(kGeluKappa) * v * v * v);
         return T(0.5) * v * (T(1) + tanh_t(inner));
       });
       break;
     case Activation::Silu:
-      par_map1(x, n, y, cost, [](T v) { return v * sigmoid_t(v); });
+      par_map1(x, n, y, [](T v) { return v * sigmoid_t(v); });
       break;
     case Activation::Softplus: {
       // log(1 + e^z) = max(z, 0) + log1p(e^-|z|): no overflow for large z, no lost digits
       // for very negative z (where PyTorch's log1p(exp(z)) is exact too)
       const T beta = T(a.a), inv_beta = T(1.0 / a.a), threshold = T(a.b);
-      par_map1(x, n, y, cost, [=](T v) {
+      par_map1(x, n, y, [=](T v) {
         const T z = v * beta;
         const T sp = (z > T(0) ? z : T(0)) + log1p_unit_t(exp_t(-std::fabs(z)));
         return z > threshold ? v : sp * inv_beta;
@@ -230,45 +224,40 @@ void activation_forward(const T* x, int64_t n, const ActivationArgs& a, T* y) {
 
 template <typename T>
 void activation_backward(const T* g, const T* saved, int64_t n, const ActivationArgs& a, T* dx) {
-  // from the output, sigmoid/tanh/relu/leaky_relu/elu need only arithmetic
-  const bool cheap = a.op == Activation::Sigmoid || a.op == Activation::Tanh ||
-                     a.op == Activation::Relu || a.op == Activation::LeakyRelu ||
-                     (a.op == Activation::Elu && activation_backward_uses_output(a));
-  const int64_t cost = cheap ? kCheap : kTranscendental;
   switch (a.op) {
     case Activation::Sigmoid:  // saved = y: dy/dx = y (1 - y)
-      par_map2(g, saved, n, dx, cost, [](T gv, T y) { return gv * (T(1) - y) * y; });
+      par_map2(g, saved, n, dx, [](T gv, T y) { return gv * (T(1) - y) * y; });
       break;
     case Activation::Tanh:  // saved = y: dy/dx = 1 - y^2
-      par_map2(g, saved, n, dx, cost, [](T gv, T y) { return gv * (T(1) - y * y); });
+      par_map2(g, saved, n, dx, [](T gv, T y) { return gv * (T(1) - y * y); });
       break;
     case Activation::Relu:  // saved = y (y > 0 <=> x > 0), PyTorch's threshold_backward
-      par_map2(g, saved, n, dx, cost, [](T gv, T y) { return y <= T(0) ? T(0) : gv; });
+      par_map2(g, saved, n, dx, [](T gv, T y) { return y <= T(0) ? T(0) : gv; });
       break;
     case Activation::LeakyRelu: {  // saved = x, or y when slope >= 0 (same sign)
       const T slope = T(a.a);
-      par_map2(g, saved, n, dx, cost, [slope](T gv, T s) { return s > T(0) ? gv : gv * slope; });
+      par_map2(g, saved, n, dx, [slope](T gv, T s) { return s > T(0) ? gv : gv * slope; });
       break;
     }
     case Activation::Elu: {
       const T alpha = T(a.a);
       if (activation_backward_uses_output(a)) {
-        par_map2(g, saved, n, dx, cost, [alpha](T gv, T y) { return y <= T(0) ? gv * (y + alpha) : gv; });
+        par_map2(g, saved, n, dx, [alpha](T gv, T y) { return y <= T(0) ? gv * (y + alpha) : gv; });
       } else {
-        par_map2(g, saved, n, dx, cost,
+        par_map2(g, saved, n, dx,
                  [alpha](T gv, T x) { return x <= T(0) ? gv * alpha * exp_t(x) : gv; });
       }
       break;
     }
     case Activation::GeluErf:  // d/dx x Phi(x) = Phi(x) + x phi(x)
-      par_map2(g, saved, n, dx, cost, [](T gv, T x) {
+      par_map2(g, saved, n, dx, [](T gv, T x) {
         const T cdf = T(0.5) * (T(1) + erf_t(x * T(kSqrt1_2)));
         const T pdf = exp_t(T(-0.5) * x * x) * T(kInvSqrt2Pi);
         return gv * (cdf + x * pdf);
       });
       break;
     case Activation::GeluTanh:
-      par_map2(g, saved, n, dx, cost, [](T gv, T x) {
+      par_map2(g, saved, n, dx, [](T gv, T x) {
         // Past |x| = 20 tanh(inner) is +-1 to the last bit and the sech^2 term is 0; clamping
         // there keeps x^2 and x^3 finite, so 0 * inf cannot make a NaN for huge |x|.
         const T xc = x > T(20) ? T(20) : (x < T(-20) ? T(-20) : x);
@@ -280,14 +269,14 @@ void activation_backward(const T* g, const T* saved, int64_t n, const Activation
       });
       break;
     case Activation::Silu:  // d/dx x s(x) = s (1 + x (1 - s))
-      par_map2(g, saved, n, dx, cost, [](T gv, T x) {
+      par_map2(g, saved, n, dx, [](T gv, T x) {
         const T s = sigmoid_t(x);
         return gv * s * (T(1) + x * (T(1) - s));
       });
       break;
     case Activation::Softplus: {  // d/dx = sigmoid(beta x), computed without overflow
       const T beta = T(a.a), threshold = T(a.b);
-      par_map2(g, saved, n, dx, cost, [=](T gv, T x) {
+      par_map2(g, saved, n, dx, [=](T gv, T x) {
         const T z = x * beta;
         return z > threshold ? gv : gv * sigmoid_t(z);
       });
@@ -494,13 +483,13 @@ template <typename T>
 void softmax_forward(const T* x, int64_t outer, int64_t dim, int64_t inner, bool log, T* y) {
   if (outer == 0 || dim == 0 || inner == 0) return;
   if (inner == 1) {
-    parallel_for(outer, dim * kTranscendental, [&](int64_t b, int64_t e) {
+    parallel_for(outer, dim, [&](int64_t b, int64_t e) {
       softmax_rows<T>(x + b * dim, e - b, dim, log, y + b * dim);
     });
     return;
   }
   const int64_t tiles = (inner + kTile - 1) / kTile;
-  parallel_for(outer * tiles, dim * kTile * kTranscendental, [&](int64_t b, int64_t e) {
+  parallel_for(outer * tiles, dim * kTile, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
       const int64_t o = it / tiles, c0 = (it % tiles) * kTile;
       const int64_t w = inner - c0 < kTile ? inner - c0 : kTile;
@@ -514,15 +503,14 @@ template <typename T>
 void softmax_backward(const T* g, const T* y, int64_t outer, int64_t dim, int64_t inner, bool log,
                       T* dx) {
   if (outer == 0 || dim == 0 || inner == 0) return;
-  const int64_t cost = log ? kTranscendental : kCheap;  // exp(y) in the log_softmax form
   if (inner == 1) {
-    parallel_for(outer, dim * cost, [&](int64_t b, int64_t e) {
+    parallel_for(outer, dim, [&](int64_t b, int64_t e) {
       softmax_backward_rows<T>(g + b * dim, y + b * dim, e - b, dim, log, dx + b * dim);
     });
     return;
   }
   const int64_t tiles = (inner + kTile - 1) / kTile;
-  parallel_for(outer * tiles, dim * kTile * cost, [&](int64_t b, int64_t e) {
+  parallel_for(outer * tiles, dim * kTile, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
       const int64_t o = it / tiles, c0 = (it % tiles) * kTile;
       const int64_t w = inner - c0 < kTile ? inner - c0 : kTile;

@@ -11,10 +11,26 @@ from pathlib import Path
 import gradfuse as gf
 from gradfuse._config import config
 
-from . import bench_init, bench_loss, bench_norms, bench_optim, bench_scale, bench_tensor
+from . import (
+    bench_activations,
+    bench_init,
+    bench_loss,
+    bench_norms,
+    bench_optim,
+    bench_scale,
+    bench_tensor,
+)
 from .harness import copy_bandwidth, format_table, import_torch, run_case, write_json
 
-MODULES = [bench_loss, bench_tensor, bench_norms, bench_init, bench_optim, bench_scale]
+MODULES = [
+    bench_loss,
+    bench_tensor,
+    bench_activations,
+    bench_norms,
+    bench_init,
+    bench_optim,
+    bench_scale,
+]
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

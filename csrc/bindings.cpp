@@ -24,6 +24,7 @@
 #include "kernels/scale.h"
 #include "kernels/norms.h"
 #include "kernels/init.h"
+#include "kernels/activations.h"
 #include "memory/pool.h"
 
 namespace py = pybind11;
@@ -1016,6 +1017,187 @@ py::array py_philox_words(uint64_t seed, uint64_t offset, int64_t n_blocks) {
   return std::move(out);
 }
 
+// ---------------------------------------------------------------- activations
+// Element-wise ops take any shape (the kernel sees n elements); softmax takes the array and
+// a dim and views it as (outer, dim, inner). Inputs are float32 or float64, strided ones are
+// copied to C order; outputs are allocated here (the pool serves large ones) unless `out`
+// names a C-contiguous array to write into (in place: out may be the input).
+
+ActivationArgs act_args(int op, double a, double b) {
+  if (op < int(Activation::Sigmoid) || op > int(Activation::Softplus)) {
+    throw py::value_error("op: unknown activation code " + std::to_string(op));
+  }
+  ActivationArgs args;
+  args.op = static_cast<Activation>(op);
+  args.a = a;
+  args.b = b;
+  return args;
+}
+
+void check_contiguous(const py::array& x, const char* name) {
+  if (!(x.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  }
+}
+
+// Inputs that are only read may be strided views (a transpose): they are copied here, in C,
+// so the common contiguous case costs Python no flags check.
+py::array c_contiguous(const py::array& x) {
+  if (x.flags() & py::array::c_style) return x;
+  PyObject* copy = PyArray_NewCopy(reinterpret_cast<PyArrayObject*>(x.ptr()), NPY_CORDER);
+  if (!copy) throw py::error_already_set();
+  return py::reinterpret_steal<py::array>(copy);
+}
+
+void check_same(const py::array& x, const py::array& ref, const char* name, const char* refname) {
+  if (!x.dtype().is(ref.dtype()) && !PyArray_EquivTypes(
+          reinterpret_cast<PyArray_Descr*>(x.dtype().ptr()),
+          reinterpret_cast<PyArray_Descr*>(ref.dtype().ptr()))) {
+    throw py::type_error(std::string(name) + ": expected dtype " + dtype_str(ref) + " like " +
+                         refname + ", got " + dtype_str(x));
+  }
+  bool same = x.ndim() == ref.ndim();
+  for (py::ssize_t i = 0; same && i < x.ndim(); ++i) same = x.shape(i) == ref.shape(i);
+  if (!same) {
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str(ref) + " like " +
+                          refname + ", got " + shape_str(x));
+  }
+  check_contiguous(x, name);
+}
+
+py::array new_like(const py::array& x) {
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  return py::array(x.dtype(), shape);
+}
+
+py::array act_forward(int op, const py::array& input_any, double a, double b,
+                      const py::object& out) {
+  const ActivationArgs args = act_args(op, a, b);
+  check_floating(input_any, "input");
+  const py::array input = c_contiguous(input_any);
+  const auto oarr = optional_array(out, "out");
+  py::array y;
+  if (oarr) {
+    check_same(*oarr, input, "out", "input");
+    if (!oarr->writeable()) throw py::value_error("out: array is read-only");
+    y = *oarr;
+  } else {
+    y = new_like(input);
+  }
+  const int64_t n = input.size();
+  const void* xp = input.data();
+  void* yp = y.mutable_data();
+  const bool f32 = is_dtype<float>(input);
+  {
+    py::gil_scoped_release nogil;
+    if (f32) {
+      activation_forward<float>(static_cast<const float*>(xp), n, args, static_cast<float*>(yp));
+    } else {
+      activation_forward<double>(static_cast<const double*>(xp), n, args,
+                                 static_cast<double*>(yp));
+    }
+  }
+  return y;
+}
+
+py::array act_backward(int op, const py::array& grad_any, const py::array& saved_any, double a,
+                       double b) {
+  const ActivationArgs args = act_args(op, a, b);
+  check_floating(saved_any, "saved");
+  const py::array saved = c_contiguous(saved_any);
+  const py::array grad = c_contiguous(grad_any);
+  check_same(grad, saved, "grad_output", "saved");
+  py::array dx = new_like(saved);
+  const int64_t n = saved.size();
+  const void* gp = grad.data();
+  const void* sp = saved.data();
+  void* dp = dx.mutable_data();
+  const bool f32 = is_dtype<float>(saved);
+  {
+    py::gil_scoped_release nogil;
+    if (f32) {
+      activation_backward<float>(static_cast<const float*>(gp), static_cast<const float*>(sp), n,
+                                 args, static_cast<float*>(dp));
+    } else {
+      activation_backward<double>(static_cast<const double*>(gp), static_cast<const double*>(sp),
+                                  n, args, static_cast<double*>(dp));
+    }
+  }
+  return dx;
+}
+
+bool act_backward_uses_output(int op, double a, double b) {
+  return activation_backward_uses_output(act_args(op, a, b));
+}
+
+struct SoftmaxShape {
+  int64_t outer = 1, dim = 1, inner = 1;
+};
+
+// A 0-d array is one element with dim 0 (or -1), as PyTorch treats it.
+SoftmaxShape softmax_shape(const py::array& x, int64_t dim) {
+  const int64_t nd = x.ndim();
+  const int64_t span = nd > 0 ? nd : 1;
+  if (dim < -span || dim >= span) {
+    throw py::index_error("dim: " + std::to_string(dim) + " is out of range for a tensor with " +
+                          std::to_string(nd) + " dimensions (expected an int in [" +
+                          std::to_string(-span) + ", " + std::to_string(span - 1) + "])");
+  }
+  SoftmaxShape s;
+  if (nd == 0) return s;
+  const int64_t d = dim < 0 ? dim + nd : dim;
+  for (int64_t i = 0; i < d; ++i) s.outer *= x.shape(i);
+  s.dim = x.shape(d);
+  for (int64_t i = d + 1; i < nd; ++i) s.inner *= x.shape(i);
+  return s;
+}
+
+py::array softmax_fwd(const py::array& input_any, int64_t dim, bool log) {
+  check_floating(input_any, "input");
+  const py::array input = c_contiguous(input_any);
+  const SoftmaxShape s = softmax_shape(input, dim);
+  py::array y = new_like(input);
+  const void* xp = input.data();
+  void* yp = y.mutable_data();
+  const bool f32 = is_dtype<float>(input);
+  {
+    py::gil_scoped_release nogil;
+    if (f32) {
+      softmax_forward<float>(static_cast<const float*>(xp), s.outer, s.dim, s.inner, log,
+                             static_cast<float*>(yp));
+    } else {
+      softmax_forward<double>(static_cast<const double*>(xp), s.outer, s.dim, s.inner, log,
+                              static_cast<double*>(yp));
+    }
+  }
+  return y;
+}
+
+py::array softmax_bwd(const py::array& grad_any, const py::array& output_any, int64_t dim,
+                      bool log) {
+  check_floating(output_any, "output");
+  const py::array output = c_contiguous(output_any);
+  const py::array grad = c_contiguous(grad_any);
+  check_same(grad, output, "grad_output", "output");
+  const SoftmaxShape s = softmax_shape(output, dim);
+  py::array dx = new_like(output);
+  const void* gp = grad.data();
+  const void* yp = output.data();
+  void* dp = dx.mutable_data();
+  const bool f32 = is_dtype<float>(output);
+  {
+    py::gil_scoped_release nogil;
+    if (f32) {
+      softmax_backward<float>(static_cast<const float*>(gp), static_cast<const float*>(yp),
+                              s.outer, s.dim, s.inner, log, static_cast<float*>(dp));
+    } else {
+      softmax_backward<double>(static_cast<const double*>(gp), static_cast<const double*>(yp),
+                               s.outer, s.dim, s.inner, log, static_cast<double*>(dp));
+    }
+  }
+  return dx;
+}
+
 // ---------------------------------------------------------------- numpy allocator hook
 // numpy (NEP 49) lets a context route every array's data allocation through a handler.
 // Ours sends large requests to the pool, so the outputs of ordinary numpy operations inside a
@@ -1273,6 +1455,21 @@ PYBIND11_MODULE(_C, m) {
         "-> (output, uint8 mask | None, blocks consumed)");
   m.def("dropout_backward", &py_dropout_backward, py::arg("grad_output"), py::arg("mask"),
         py::arg("scale"), "-> grad_output * mask * scale");
+
+  m.def("activation_forward", &act_forward, py::arg("op"), py::arg("input"), py::arg("a"),
+        py::arg("b"), py::arg("out"),
+        "(op code, input float array C-contiguous, a, b, out array|None) -> output, same shape;"
+        " out may be input (in place)");
+  m.def("activation_backward", &act_backward, py::arg("op"), py::arg("grad_output"),
+        py::arg("saved"), py::arg("a"), py::arg("b"),
+        "(op, grad_output, saved (output or input, see activation_backward_uses_output), a, b)"
+        " -> grad_input");
+  m.def("activation_backward_uses_output", &act_backward_uses_output, py::arg("op"),
+        py::arg("a"), py::arg("b"), "True: backward wants the forward output, else the input");
+  m.def("softmax_forward", &softmax_fwd, py::arg("input"), py::arg("dim"), py::arg("log"),
+        "(input, dim, log) -> softmax (or log_softmax) along dim");
+  m.def("softmax_backward", &softmax_bwd, py::arg("grad_output"), py::arg("output"),
+        py::arg("dim"), py::arg("log"), "(grad_output, forward output, dim, log) -> grad_input");
 
   m.def("install_numpy_allocator", &install_numpy_allocator);
   m.def("uninstall_numpy_allocator", &uninstall_numpy_allocator);

@@ -20,7 +20,20 @@ from . import (
 )
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
-from .functional import amax, cat, exp, log, matmul, max, stack
+from .functional import (
+    amax,
+    cat,
+    exp,
+    log,
+    log_softmax,
+    matmul,
+    max,
+    relu,
+    sigmoid,
+    softmax,
+    stack,
+    tanh,
+)
 from .random import (
     Generator,
     default_generator,
@@ -102,6 +115,11 @@ __all__ = [
     "reshape",
     "transpose",
     "permute",
+    "relu",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
     "manual_seed",
     "Generator",
     "default_generator",

@@ -47,6 +47,12 @@ bernoulli_fill = _C.bernoulli_fill
 dropout_forward = _C.dropout_forward
 dropout_backward = _C.dropout_backward
 
+activation_forward = _C.activation_forward
+activation_backward = _C.activation_backward
+activation_backward_uses_output = _C.activation_backward_uses_output
+softmax_forward = _C.softmax_forward
+softmax_backward = _C.softmax_backward
+
 build_info = _C.build_info
 get_num_threads = _C.get_num_threads
 set_num_threads = _C.set_num_threads

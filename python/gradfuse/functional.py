@@ -17,7 +17,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _backend
-from .tensor import Function, Tensor, _unbroadcast
+from .tensor import Function, Tensor, _new, _unbroadcast, is_grad_enabled
 
 # --------------------------------------------------------------------------- helpers
 
@@ -860,3 +860,340 @@ class Dropout(Function):
 def _split_blocks(result):
     out, mask, blocks = result
     return (out, mask), blocks
+
+
+# --------------------------------------------------------------------------- activations
+# Compiled element-wise kernels (csrc/kernels/activations.cpp): forward is one read and one
+# write; backward is one pass over (grad, saved) where `saved` is the forward's output when
+# the derivative can be written in it (sigmoid, tanh, relu, elu) and the input otherwise.
+
+# op codes of gradfuse::Activation (csrc/kernels/activations.h)
+_SIGMOID, _TANH, _RELU, _LEAKY_RELU, _ELU, _GELU, _GELU_TANH, _SILU, _SOFTPLUS = range(9)
+_ACT_NAMES = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "gelu", "silu", "softplus")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _float_array(x, op):
+    """The float32/float64 array of Tensor ``x``, or a TypeError naming the argument."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: input: expected a Tensor, got {type(x).__name__}")
+    a = x.data
+    if a.dtype not in _FLOATS:
+        raise TypeError(
+            f"{op}: input: expected a float32 or float64 tensor, got {a.dtype} "
+            "(convert with .float() first)"
+        )
+    return a
+
+
+def _real(value, name, op):
+    """A finite Python float from a hyperparameter, or a ValueError/TypeError naming it."""
+    if isinstance(value, Tensor) and value.data.size == 1:
+        value = value.data.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                      np.floating)):
+        raise TypeError(f"{op}: {name}: expected a number, got {type(value).__name__}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"{op}: {name}: expected a finite number, got {v}")
+    return v
+
+
+def _uses_output(op, a):
+    """Whether the backward reads y (else x): activation_backward_uses_output in
+    activations.cpp, repeated here to save a call per op (a test checks they agree)."""
+    return op <= _RELU or (op == _ELU and a >= 0.0)
+
+
+def _apply_one(cls, x, *options):
+    """``Function.apply`` for an op with exactly one Tensor input and only option arguments.
+
+    The generic walk over arguments costs about a microsecond, as much as the kernel of a
+    128x128 relu. ``forward(ctx, record, x, *options)`` gets ``record`` first (positional: a
+    keyword costs as much as a check) and saves nothing when no graph is recorded.
+    """
+    record = x.requires_grad and is_grad_enabled()
+    ctx = _new(cls)
+    t = _new(Tensor)
+    t.data = cls.forward(ctx, record, x.data, *options)
+    if record:
+        ctx.inputs = (x,)
+        ctx.needs_input_grad = (True,)
+        t.requires_grad = True
+        t._ctx = ctx
+    return t
+
+
+class Activation(Function):
+    """``y = f(x)`` for one of the compiled element-wise activations (op code + a, b)."""
+
+    apply = classmethod(_apply_one)
+
+    @staticmethod
+    def forward(ctx, record, x, op, a=0.0, b=0.0, inplace=False):
+        # x may be strided: the kernel call copies it to C order (the in-place caller writes a
+        # strided x back itself), and a strided x saved for backward is copied again there
+        uses_out = _uses_output(op, a)
+        saved = None
+        if record and not uses_out:
+            if inplace:
+                # leaky_relu keeps the sign of x for slope >= 0, so y serves its backward too;
+                # the other ops need x itself, which the in-place write is about to destroy
+                uses_out = op == _LEAKY_RELU and a >= 0.0
+                saved = None if uses_out else x.copy()
+            else:
+                saved = x
+        out = x if inplace and x.flags.c_contiguous else None
+        y = _backend.activation_forward(op, x, a, b, out)
+        if record:
+            ctx.op, ctx.a, ctx.b = op, a, b
+            ctx.saved = (y if uses_out else saved,)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (s,) = ctx.saved
+        if g.dtype != s.dtype:
+            g = g.astype(s.dtype)
+        # a strided g (the broadcast gradient of a sum) is copied to C order by the binding
+        return (_backend.activation_backward(ctx.op, g, s, ctx.a, ctx.b),)
+
+
+def _activation(x, op, a=0.0, b=0.0):
+    if type(x) is not Tensor:
+        _float_array(x, _ACT_NAMES[op])  # raises, or accepts a Tensor subclass
+    if x.requires_grad and is_grad_enabled():
+        return _apply_one(Activation, x, op, a, b)
+    # nothing to record (inference, or an input that needs no gradient): just the kernel,
+    # which also checks the dtype
+    t = _new(Tensor)
+    t.data = _backend.activation_forward(op, x.data, a, b, None)
+    return t
+
+
+def _activation_(x, op, a=0.0, b=0.0):
+    """In place: ``x.data`` is overwritten and ``x`` is returned.
+
+    Without a version counter gradfuse cannot see every tensor that still needs the old
+    values, so this refuses what it can detect (a leaf that requires grad, a producer that
+    saved its output for its backward) and documents the rest (see the README).
+    """
+    name = _ACT_NAMES[op] + "_"
+    data = _float_array(x, name)
+    if not data.flags.writeable:
+        raise ValueError(f"{name}: input: the tensor's array is read-only")
+    if not (x.requires_grad and is_grad_enabled()):
+        if data.flags.c_contiguous:
+            _backend.activation_forward(op, data, a, b, data)
+        else:
+            data[...] = _backend.activation_forward(op, np.ascontiguousarray(data), a, b, None)
+        return x
+    node = x._ctx
+    if node is None:
+        raise RuntimeError(
+            f"{name}: a leaf Variable that requires grad is being used in an in-place operation"
+        )
+    if any(isinstance(s, np.ndarray) and np.may_share_memory(s, data) for s in node.saved):
+        raise RuntimeError(
+            f"{name}: {type(node).__name__} saved this tensor's values for its backward; an "
+            "in-place update would corrupt its gradient (use the out-of-place form)"
+        )
+    # The graph is rebased as PyTorch does: the old node's output becomes an anonymous tensor
+    # sharing x's array, and x itself becomes the output of the new node.
+    old = Tensor.__new__(Tensor)
+    old.data, old.requires_grad, old._ctx = data, True, node
+    out = Activation.apply(old, op, a, b, True)
+    if out.data is not data:  # a non-contiguous x was computed in a copy
+        data[...] = out.data
+    x._ctx = out._ctx
+    return x
+
+
+def sigmoid(input) -> Tensor:
+    """``1 / (1 + exp(-x))``, overflow-free for any x (compiled kernel).
+
+    Shapes: any -> same. float32/float64.
+
+    Example::
+
+        >>> gf.sigmoid(gf.tensor([0.0, 1e30, -1e30])).tolist()
+        [0.5, 1.0, 0.0]
+    """
+    return _activation(input, _SIGMOID)
+
+
+def tanh(input) -> Tensor:
+    """Hyperbolic tangent (compiled kernel). Shapes: any -> same.
+
+    Example::
+
+        >>> gf.tanh(gf.tensor([0.0, 1e30])).tolist()
+        [0.0, 1.0]
+    """
+    return _activation(input, _TANH)
+
+
+def relu(input, inplace: bool = False) -> Tensor:
+    """``max(x, 0)`` (NaN stays NaN, as in PyTorch). Shapes: any -> same.
+
+    Example::
+
+        >>> gf.relu(gf.tensor([-1.0, 2.0])).tolist()
+        [0.0, 2.0]
+    """
+    return _activation_(input, _RELU) if inplace else _activation(input, _RELU)
+
+
+def relu_(input) -> Tensor:
+    """In-place :func:`relu`; returns ``input``."""
+    return _activation_(input, _RELU)
+
+
+def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """``x if x > 0 else negative_slope * x``. Shapes: any -> same.
+
+    Example::
+
+        >>> gf.nn.functional.leaky_relu(gf.tensor([-2.0, 3.0]), 0.5).tolist()
+        [-1.0, 3.0]
+    """
+    s = _real(negative_slope, "negative_slope", "leaky_relu")
+    return (_activation_ if inplace else _activation)(input, _LEAKY_RELU, s)
+
+
+def leaky_relu_(input, negative_slope: float = 0.01) -> Tensor:
+    """In-place :func:`leaky_relu`; returns ``input``."""
+    return _activation_(input, _LEAKY_RELU, _real(negative_slope, "negative_slope", "leaky_relu_"))
+
+
+def elu(input, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """``x if x > 0 else alpha * (exp(x) - 1)`` (expm1-accurate near 0). Shapes: any -> same.
+
+    For ``alpha >= 0`` the backward reads the output, ``dy/dx = y + alpha`` for ``x <= 0`` (as
+    PyTorch's in-place ELU): exact to ``ulp(alpha)`` in absolute terms, so a gradient below
+    about ``1e-7 * alpha`` (float32, x < -16) rounds to 0.
+
+    Example::
+
+        >>> round(gf.nn.functional.elu(gf.tensor([-1.0]), alpha=2.0).item(), 4)
+        -1.2642
+    """
+    a = _real(alpha, "alpha", "elu")
+    return (_activation_ if inplace else _activation)(input, _ELU, a)
+
+
+def elu_(input, alpha: float = 1.0) -> Tensor:
+    """In-place :func:`elu`; returns ``input``."""
+    return _activation_(input, _ELU, _real(alpha, "alpha", "elu_"))
+
+
+def gelu(input, approximate: str = "none") -> Tensor:
+    """Gaussian error linear unit: ``x * Phi(x)`` (``approximate='none'``, exact erf) or
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (``approximate='tanh'``).
+
+    Example::
+
+        >>> round(gf.nn.functional.gelu(gf.tensor([1.0])).item(), 4)
+        0.8413
+    """
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate: expected 'none' or 'tanh', got {approximate!r}")
+    return _activation(input, _GELU if approximate == "none" else _GELU_TANH)
+
+
+def silu(input, inplace: bool = False) -> Tensor:
+    """``x * sigmoid(x)`` (swish). Shapes: any -> same.
+
+    In place with autograd recording keeps a copy of the input (the backward needs x).
+
+    Example::
+
+        >>> round(gf.nn.functional.silu(gf.tensor([1.0])).item(), 4)
+        0.7311
+    """
+    return _activation_(input, _SILU) if inplace else _activation(input, _SILU)
+
+
+def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """``log(1 + exp(beta x)) / beta``, and ``x`` where ``beta x > threshold``.
+
+    Computed as ``(max(z, 0) + log1p(exp(-|z|))) / beta`` with ``z = beta x``: no overflow
+    for any threshold. ``beta`` must be nonzero (PyTorch would divide by 0); negative beta and
+    threshold are accepted as in PyTorch.
+
+    Example::
+
+        >>> round(gf.nn.functional.softplus(gf.tensor([0.0])).item(), 4)
+        0.6931
+    """
+    b = _real(beta, "beta", "softplus")
+    if b == 0.0:
+        raise ValueError("softplus: beta: expected a nonzero number, got 0.0")
+    t = _real(threshold, "threshold", "softplus")
+    return _activation(input, _SOFTPLUS, b, t)
+
+
+class Softmax(Function):
+    """softmax (``log=False``) or log_softmax along ``dim`` (compiled, one row in cache)."""
+
+    apply = classmethod(_apply_one)
+
+    @staticmethod
+    def forward(ctx, record, x, dim, log):
+        y = _backend.softmax_forward(x, dim, log)  # copies a strided x to C order itself
+        if record:
+            ctx.saved = (y,)
+            ctx.dim, ctx.log = dim, log
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        if g.dtype != y.dtype:
+            g = g.astype(y.dtype)
+        return (_backend.softmax_backward(g, y, ctx.dim, ctx.log),)
+
+
+def _softmax(input, dim, dtype, log):
+    if type(input) is Tensor and type(dim) is int and dtype is None:
+        # the common call: the binding checks dtype and dim (IndexError naming dim) itself
+        if input.requires_grad and is_grad_enabled():
+            return _apply_one(Softmax, input, dim, log)
+        t = _new(Tensor)
+        t.data = _backend.softmax_forward(input.data, dim, log)
+        return t
+    op = "log_softmax" if log else "softmax"
+    if dim is None:
+        raise TypeError(f"{op}: dim: expected an int (the implicit dim of old PyTorch is not "
+                        "supported)")
+    if dtype is not None:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{op}: input: expected a Tensor, got {type(input).__name__}")
+        input = input.to(dtype)
+    x = _float_array(input, op)
+    d = dim_index(dim, x.ndim)
+    return Softmax.apply(input, d, log)
+
+
+def softmax(input, dim: int, dtype=None) -> Tensor:
+    """``exp(x - max) / sum(exp(x - max))`` along ``dim``. Shapes: any -> same.
+
+    ``dtype`` casts the input first (as PyTorch's argument).
+
+    Example::
+
+        >>> gf.softmax(gf.tensor([[0.0, 0.0]]), dim=1).tolist()
+        [[0.5, 0.5]]
+    """
+    return _softmax(input, dim, dtype, False)
+
+
+def log_softmax(input, dim: int, dtype=None) -> Tensor:
+    """``x - max - log(sum(exp(x - max)))`` along ``dim``. Shapes: any -> same.
+
+    Example::
+
+        >>> round(gf.log_softmax(gf.tensor([0.0, 0.0]), dim=0)[0].item(), 4)
+        -0.6931
+    """
+    return _softmax(input, dim, dtype, True)

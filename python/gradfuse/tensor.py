@@ -780,6 +780,25 @@ class Tensor:
     def abs(self):
         return _F.Abs.apply(self)
 
+    # activations (compiled kernels, gradfuse.functional)
+    def relu(self):
+        return _F.relu(self)
+
+    def relu_(self):
+        return _F.relu_(self)
+
+    def sigmoid(self):
+        return _F.sigmoid(self)
+
+    def tanh(self):
+        return _F.tanh(self)
+
+    def softmax(self, dim: int):
+        return _F.softmax(self, dim)
+
+    def log_softmax(self, dim: int):
+        return _F.log_softmax(self, dim)
+
     def sum(self, dim=None, keepdim: bool = False):
         return _F.Sum.apply(self, dim=dim, keepdim=keepdim)
 

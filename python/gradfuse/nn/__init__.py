@@ -1,6 +1,18 @@
 """Layers, losses and the Module system (``gf.nn``)."""
 
 from . import functional, init, utils
+from .activation import (
+    ELU,
+    GELU,
+    LeakyReLU,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Softplus,
+    Tanh,
+)
 from .container import Sequential
 from .dropout import Dropout
 from .linear import Linear
@@ -22,6 +34,16 @@ __all__ = [
     "GroupNorm",
     "Dropout",
     "functional",
+    "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "ELU",
+    "GELU",
+    "SiLU",
+    "Softplus",
+    "Softmax",
+    "LogSoftmax",
     "init",
     "utils",
 ]

@@ -9,6 +9,21 @@ import numpy as np
 
 from .. import functional as _ops
 from .. import random as _random
+from ..functional import (  # activations: compiled kernels, argument checks live there
+    elu,
+    elu_,
+    gelu,
+    leaky_relu,
+    leaky_relu_,
+    log_softmax,
+    relu,
+    relu_,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+    tanh,
+)
 from ..tensor import Tensor, is_grad_enabled
 
 __all__ = [
@@ -20,6 +35,20 @@ __all__ = [
     "rms_norm",
     "group_norm",
     "dropout",
+    # activations
+    "relu",
+    "relu_",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "gelu",
+    "silu",
+    "softplus",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
 ]
 
 _check_reduction = _ops._check_reduction

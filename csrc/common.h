@@ -56,7 +56,18 @@ inline void parallel_for(int64_t n, int64_t work_per_item, Fn&& fn) {
 #define GF_TARGET_CLONES
 #endif
 
-inline float bits_to_float(int32_t i) {
+// Helpers called from a GF_TARGET_CLONES function must be inlined into each clone: a helper
+// left out of line is compiled once, for the baseline ISA, and the AVX-512 clone then calls
+// SSE2 code (exp_f32 and lane_max were out of line in loss.cpp until this was forced).
+#ifndef GF_INLINE
+#if defined(__GNUC__)
+#define GF_INLINE inline __attribute__((always_inline))
+#else
+#define GF_INLINE inline
+#endif
+#endif
+
+GF_INLINE float bits_to_float(int32_t i) {
   float f;
   std::memcpy(&f, &i, sizeof f);
   return f;
@@ -71,7 +82,7 @@ inline float bits_to_float(int32_t i) {
 // ln(FLT_MAX) = 88.72 the product overflows to inf by itself. NaN passes through the clamps
 // (comparisons with NaN are false) and the arithmetic, so no select is needed for it either:
 // about 25 vector instructions per 16 floats with AVX-512.
-inline float exp_f32(float x) {
+GF_INLINE float exp_f32(float x) {
   float xc = x > 89.0f ? 89.0f : x;
   xc = xc < -104.0f ? -104.0f : xc;
   // round to nearest by the 1.5 * 2^23 trick: vectorizes without SSE4.1's roundps
@@ -109,7 +120,7 @@ struct PaddedTail {  // x[full .. n) copied into a full block, padded with x[0] 
 
 // sum over j < n of f(x[j]) (weighted form: f(x[j], w[j]))
 template <typename T, typename F>
-inline T lane_sum(const T* x, int64_t n, F f) {
+GF_INLINE T lane_sum(const T* x, int64_t n, F f) {
   const PaddedTail<T> t(x, n);
   T s = 0, st = 0;
 #pragma omp simd reduction(+ : s)
@@ -120,7 +131,7 @@ inline T lane_sum(const T* x, int64_t n, F f) {
 }
 
 template <typename T, typename F>
-inline T lane_sum(const T* x, const T* w, int64_t n, F f) {
+GF_INLINE T lane_sum(const T* x, const T* w, int64_t n, F f) {
   const PaddedTail<T> t(x, n), tw(w, n);
   T s = 0, st = 0;
 #pragma omp simd reduction(+ : s)
@@ -132,7 +143,7 @@ inline T lane_sum(const T* x, const T* w, int64_t n, F f) {
 
 // max over j < n of x[j] (n >= 1); NaN elements are skipped here and caught downstream.
 template <typename T>
-inline T lane_max(const T* x, int64_t n) {
+GF_INLINE T lane_max(const T* x, int64_t n) {
   const PaddedTail<T> t(x, n);  // padding with x[0] cannot raise the max
   T m = x[0];
 #pragma omp simd reduction(max : m)
@@ -144,7 +155,7 @@ inline T lane_max(const T* x, int64_t n) {
 
 // out[j] = f(x[j]) for j < n (weighted form: f(x[j], w[j]))
 template <typename T, typename F>
-inline void lane_map(const T* x, int64_t n, T* out, F f) {
+GF_INLINE void lane_map(const T* x, int64_t n, T* out, F f) {
   const PaddedTail<T> t(x, n);
 #pragma omp simd
   for (int64_t j = 0; j < t.full; ++j) out[j] = f(x[j]);
@@ -155,7 +166,7 @@ inline void lane_map(const T* x, int64_t n, T* out, F f) {
 }
 
 template <typename T, typename F>
-inline void lane_map(const T* x, const T* w, int64_t n, T* out, F f) {
+GF_INLINE void lane_map(const T* x, const T* w, int64_t n, T* out, F f) {
   const PaddedTail<T> t(x, n), tw(w, n);
 #pragma omp simd
   for (int64_t j = 0; j < t.full; ++j) out[j] = f(x[j], w[j]);

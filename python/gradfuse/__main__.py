@@ -11,10 +11,21 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print the build configuration (= gf.show_config())")
     demo = sub.add_parser(
-        "demo", help="softmax regression on the 8x8 digits with a hand-written SGD loop"
+        "demo", help="train an MLP (or softmax regression) on scikit-learn's bundled 8x8 digits"
     )
-    demo.add_argument("--epochs", type=int, default=30)
-    demo.add_argument("--lr", type=float, default=0.1)
+    from .examples import digits_mlp as mlp
+
+    demo.add_argument("--model", choices=["mlp", "softmax"], default="mlp",
+                      help="mlp: scaler, norm, activation, dropout, fused optimizer and lr "
+                           "schedule; softmax: one Linear layer and a hand-written SGD loop")
+    demo.add_argument("--epochs", type=int, default=20)
+    demo.add_argument("--optimizer", choices=sorted(mlp.OPTIMIZERS), default="adam")
+    demo.add_argument("--lr", type=float, default=None,
+                      help="default: 1e-3 (adam-like), 0.05 (sgd, adagrad); 0.1 for softmax")
+    demo.add_argument("--activation", choices=sorted(mlp.ACTIVATIONS), default="relu")
+    demo.add_argument("--norm", choices=sorted(mlp.NORMS), default="batch")
+    demo.add_argument("--init", default=None,
+                      help="an init scheme by name (gf.nn.init.names()); default: PyTorch's")
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -23,10 +34,14 @@ def main(argv=None) -> int:
 
         show_config()
         return 0
-    from .examples import digits_softmax
+    if args.model == "softmax":
+        from .examples import digits_softmax
 
-    return digits_softmax.run(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                              seed=args.seed)
+        return digits_softmax.run(epochs=args.epochs, lr=0.1 if args.lr is None else args.lr,
+                                  batch_size=args.batch_size, seed=args.seed)
+    return mlp.run(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
+                   activation=args.activation, norm=args.norm, init=args.init,
+                   batch_size=args.batch_size, seed=args.seed)
 
 
 if __name__ == "__main__":

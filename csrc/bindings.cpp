@@ -962,10 +962,13 @@ py::array py_dropout_backward(const py::array& grad, const py::array& mask, doub
   if (!is_dtype<uint8_t>(mask)) {
     throw py::type_error("mask: expected dtype uint8, got " + dtype_str(mask));
   }
-  if (!(mask.flags() & py::array::c_style) || mask.size() != grad.size()) {
-    throw py::value_error("mask: expected a C-contiguous array of " +
-                          std::to_string(grad.size()) + " elements, got shape " +
-                          shape_str(mask));
+  bool same_shape = mask.ndim() == grad.ndim();
+  for (py::ssize_t i = 0; same_shape && i < grad.ndim(); ++i) {
+    same_shape = mask.shape(i) == grad.shape(i);
+  }
+  if (!(mask.flags() & py::array::c_style) || !same_shape) {
+    throw py::value_error("mask: expected a C-contiguous array of grad_output's shape " +
+                          shape_str(grad) + ", got shape " + shape_str(mask));
   }
   if (is_dtype<float>(grad)) return dropout_backward_impl<float>(grad, mask, scale);
   return dropout_backward_impl<double>(grad, mask, scale);

@@ -512,9 +512,12 @@ uint64_t fill(const Map& map, PhiloxStream s, T* out, int64_t n, int64_t cost) {
   return blocks_for(n, Map::kVals);
 }
 
+// keep_any = 0 (p rounds to 1) keeps nothing: the threshold test alone would keep the words
+// equal to 0, and a mask of 1 there would let backward pass a gradient for a zeroed output.
 template <typename T>
 GF_TARGET_CLONES void dropout_chunk(const T* x, int64_t n, PhiloxStream s, uint32_t tm1,
-                                    T keep_scale, T* out, uint8_t* mask, int64_t t0, int64_t t1) {
+                                    uint32_t keep_any, T keep_scale, T* out, uint8_t* mask,
+                                    int64_t t0, int64_t t1) {
   constexpr int64_t kVals = kTileWords;
   Tile tiles[kTilesPerBatch + 1];  // + 1: the spare tile of an odd count
   alignas(64) T xt[kVals], ot[kVals];
@@ -541,7 +544,7 @@ GF_TARGET_CLONES void dropout_chunk(const T* x, int64_t n, PhiloxStream s, uint3
       const uint32_t* w = tiles[b].w[0];
 #pragma omp simd
       for (int64_t i = 0; i < kVals; ++i) {
-        const bool keep = w[i] <= tm1;
+        const bool keep = (w[i] <= tm1) & (keep_any != 0);
         os[i] = xs[i] * (keep ? keep_scale : T(0));
         ms[i] = keep ? 1 : 0;
       }
@@ -656,7 +659,7 @@ uint64_t dropout_forward(const T* x, int64_t n, PhiloxStream s, double p, T* out
   const T scale = none ? T(0) : static_cast<T>(1.0 / keep);
   const int64_t tiles = (n + kTileWords - 1) / kTileWords;
   parallel_for(tiles, kTileWords * 4, [&](int64_t t0, int64_t t1) {
-    dropout_chunk<T>(x, n, s, tm1, scale, out, mask, t0, t1);
+    dropout_chunk<T>(x, n, s, tm1, none ? 0u : 1u, scale, out, mask, t0, t1);
   });
   return blocks_for(n, kTileWords);
 }

@@ -364,7 +364,32 @@ GF_HOST_DEVICE double trunc_std(const TruncSetup& s, double u) {
   return x > s.beta ? s.beta : x;
 }
 
+// float32, fast path: Phi^-1 in float32 (philox.h: inv_normal_cdf_f32), 16 lanes per vector.
+// Used when every tail mass the interval can produce is a normal float32 (trunc_f32_ok).
 struct TruncNormalF32 {
+  TruncSetup s;
+  float lo, hi;
+  static constexpr int64_t kVals = kTileWords;
+  GF_HOST_DEVICE void operator()(const Tile& t, float* dst) const {
+    const TruncSetup s = this->s;
+    const float lo = this->lo, hi = this->hi;
+    const uint32_t* w = t.w[0];
+#pragma omp simd
+    for (int i = 0; i < kVals; ++i) {
+      const double u = (static_cast<double>(w[i]) + 0.5) * 2.3283064365386963e-10;  // 2^-32
+      double x = static_cast<double>(philox::inv_normal_cdf_f32(s.pa + s.span * u));
+      x = x < s.alpha ? s.alpha : x;
+      x = x > s.beta ? s.beta : x;
+      float v = static_cast<float>(s.mean + s.std * (s.sign * x));
+      v = v < lo ? lo : v;
+      dst[i] = v > hi ? hi : v;
+    }
+  }
+};
+
+// float32 beyond ~13 std: tail masses below float32's normal range, so Phi^-1 in double
+// (Acklam, 1.2e-9 relative, then rounded to float32).
+struct TruncNormalF32Deep {
   TruncSetup s;
   float lo, hi;
   static constexpr int64_t kVals = kTileWords;
@@ -382,6 +407,16 @@ struct TruncNormalF32 {
     }
   }
 };
+
+// Whether inv_normal_cdf_f32 may serve this interval: the smallest and largest p a word can give
+// (u = 2^-33 and 1 - 2^-33, computed as the map computes them; p is monotone in u) leave tail
+// masses t = min(p, 1 - p) of at least 2^-125, a normal float32.
+bool trunc_f32_ok(const TruncSetup& s) {
+  const double p_lo = s.pa + s.span * (0.5 * 2.3283064365386963e-10);
+  const double p_hi = s.pa + s.span * (4294967295.5 * 2.3283064365386963e-10);
+  const double tiny = 2.350988701644575e-38;  // 2^-125
+  return p_lo >= tiny && 1.0 - p_hi >= tiny;
+}
 
 // float64: Acklam's 1.2e-9 is not enough, so one Halley step on Phi(x) = p (third-order
 // convergence: to full double precision), with libm's erfc and exp, which keep this loop scalar.
@@ -631,7 +666,8 @@ uint64_t trunc_normal_fill(T* out, int64_t n, PhiloxStream s, const TruncNormalA
   }
   const TruncSetup ts = trunc_setup(g);
   if constexpr (sizeof(T) == 4) {
-    return fill(TruncNormalF32{ts, lo, hi}, s, out, n, 40);
+    if (trunc_f32_ok(ts)) return fill(TruncNormalF32{ts, lo, hi}, s, out, n, 20);
+    return fill(TruncNormalF32Deep{ts, lo, hi}, s, out, n, 40);
   } else {
     return fill<true>(TruncNormalF64{ts, lo, hi}, s, out, n, 200);
   }

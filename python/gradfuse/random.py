@@ -21,8 +21,10 @@ Word-to-value maps (exact; all arithmetic is IEEE with no fused multiply-adds):
 * normal: Box-Muller, ``r = sqrt(-2 ln u1)`` with ``u1 = ((w0 >> 8) + 1) * 2**-24`` in (0, 1],
   ``theta = 2 pi u2``, values ``r cos(theta)`` and ``r sin(theta)`` (ln, sin and cos are
   gradfuse's own polynomials, within a few ulp, so the stream is the same on every platform).
-* truncated normal: inverse CDF (Acklam's approximation in double, one Halley step for float64)
-  of a uniform between the CDF values of the bounds; results are clamped so bounds hold exactly.
+* truncated normal: inverse CDF of a uniform between the CDF values of the bounds (float64:
+  Acklam's approximation refined by one Halley step; float32: Giles's erfinv and Acklam's tail in
+  float32, within 6 ulp, or Acklam's in double beyond ~13 std); results are clamped so bounds
+  hold exactly.
 * Bernoulli(p): 1 when the word is below ``round(p * 2**32)``.
 
 Example::

@@ -2,7 +2,9 @@
 statistics with tolerances from the sample size, thread independence, splitting, state."""
 
 import math
+import os
 import pickle
+import time
 from statistics import NormalDist
 
 import numpy as np
@@ -552,3 +554,37 @@ def test_philox_header_compiles_for_cuda_devices(tmp_path):
                         "-c", str(src), "-o", str(tmp_path / "probe.o")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_generator_locks_are_renewed_in_a_forked_child():
+    # a lock held by another thread of the parent at the fork would never be released in the
+    # child; every live generator (not only the default one) gets a fresh lock there
+    g = gf.Generator(3)
+    want = gf.rand(5, generator=gf.Generator(3)).numpy()
+    with g._lock, gf.random.default_generator._lock:
+        pid = os.fork()
+        if pid == 0:  # child: both draws would block forever on the inherited locks
+            ok = np.array_equal(gf.rand(5, generator=g).numpy(), want)
+            gf.rand(5)
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child blocked on an inherited generator lock")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_unpickling_validates_the_state():
+    g = gf.Generator(0)
+    state = g.__getstate__()
+    with pytest.raises(ValueError, match="offset"):
+        gf.Generator.__new__(gf.Generator).__setstate__({**state, "offset": -1})
+    with pytest.raises(ValueError, match="seed"):
+        gf.Generator.__new__(gf.Generator).__setstate__({**state, "seed": 2**64})

@@ -44,6 +44,7 @@ import math
 import numbers
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -95,6 +96,7 @@ class Generator:
         self._seed = _DEFAULT_SEED if seed is None else _check_seed(seed)
         self._offset = 0
         self._lock = threading.Lock()
+        _ALL_GENERATORS.add(self)
 
     # ------------------------------------------------------------ seeding
     def manual_seed(self, seed) -> Generator:
@@ -172,16 +174,26 @@ class Generator:
         return {"seed": self._seed, "offset": self._offset}
 
     def __setstate__(self, state):
-        self._seed, self._offset = state["seed"], state["offset"]
+        offset = state["offset"]
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or \
+                not 0 <= offset <= _U64:
+            raise ValueError(f"offset: expected a non-negative int below 2**64, got {offset!r}")
+        self._seed, self._offset = _check_seed(state["seed"]), int(offset)
         self._lock = threading.Lock()
+        _ALL_GENERATORS.add(self)
 
+
+# every live Generator, so that a forked child can renew their locks
+_ALL_GENERATORS: weakref.WeakSet = weakref.WeakSet()
 
 default_generator = Generator()
 
 
 def _new_locks_in_child() -> None:
-    # a thread of the parent may have held the lock at the fork; in the child it never returns
-    default_generator._lock = threading.Lock()
+    # a thread of the parent may have held a lock at the fork; in the child it would never be
+    # released, and the next draw from that generator would hang
+    for gen in list(_ALL_GENERATORS):
+        gen._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -193,6 +193,7 @@ def trunc_normal_(tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, 
     if a > b:
         raise ValueError(f"a, b: trunc_normal_ expects a <= b, but found a={a} > b={b}")
     if std == 0:
+        _random._generator(generator)  # validated as on every other path; nothing is drawn
         arr[...] = min(max(mean, a), b)
         return tensor
     _random._fill_trunc_normal(arr, mean, std, a, b, generator)
@@ -244,7 +245,10 @@ def xavier_uniform_(tensor, gain: float = 1.0, generator=None):
         >>> w = gf.nn.init.xavier_uniform_(gf.empty(256, 128), gain=gain)
     """
     fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
-    std = _real(gain, "gain") * math.sqrt(2.0 / float(fan_in + fan_out))
+    gain = _real(gain, "gain")
+    if fan_in + fan_out == 0:  # nothing to fill (PyTorch divides by zero here)
+        return tensor
+    std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
     a = math.sqrt(3.0) * std
     return uniform_(tensor, -a, a, generator)
 
@@ -257,7 +261,10 @@ def xavier_normal_(tensor, gain: float = 1.0, generator=None):
         >>> w = gf.nn.init.xavier_normal_(gf.empty(256, 128))
     """
     fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
-    std = _real(gain, "gain") * math.sqrt(2.0 / float(fan_in + fan_out))
+    gain = _real(gain, "gain")
+    if fan_in + fan_out == 0:  # nothing to fill (PyTorch divides by zero here)
+        return tensor
+    std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
     return normal_(tensor, 0.0, std, generator)
 
 

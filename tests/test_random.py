@@ -492,6 +492,37 @@ def test_backend_rejects_bad_arrays():
         B.bernoulli_fill(np.empty(3), 0, 0, 1.5)
     with pytest.raises(ValueError, match="n_blocks"):
         B.philox_words(0, 0, -1)
+    with pytest.raises(TypeError):  # a list would become a temporary, filled and lost
+        B.uniform_fill([0.0, 0.0], 0, 0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="out: expected an aligned array"):
+        B.uniform_fill(_unaligned_f32(9), 0, 0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="input: expected an aligned array"):
+        B.dropout_forward(_unaligned_f32(9), 0, 0, 0.5, True)
+    with pytest.raises(ValueError, match="grad_output: expected an aligned array"):
+        B.dropout_backward(_unaligned_f32(9), np.ones(9, np.uint8), 2.0)
+
+
+def _unaligned_f32(n):
+    # a float32 view one byte into a buffer: writable, C-contiguous, not aligned
+    return np.frombuffer(bytearray(4 * n + 1), dtype=np.uint8)[1:].view(np.float32)
+
+
+def test_public_fills_and_dropout_accept_unaligned_arrays():
+    a = _unaligned_f32(100)
+    assert not a.flags.aligned
+    gf.nn.init.normal_(a, generator=gf.Generator(4))
+    np.testing.assert_array_equal(a, gf.randn(100, generator=gf.Generator(4)).numpy())
+    u = _unaligned_f32(100)
+    u[...] = 1.0
+    x = gf.Tensor(u, requires_grad=True)
+    assert not x.data.flags.aligned
+    y = gf.nn.functional.dropout(x, 0.5, generator=gf.Generator(2))
+    want = gf.nn.functional.dropout(gf.ones(100), 0.5, generator=gf.Generator(2))
+    np.testing.assert_array_equal(y.data, want.data)
+    g = _unaligned_f32(100)
+    g[...] = 1.0
+    y.backward(gf.Tensor(g))  # backward's grad_output path too
+    np.testing.assert_array_equal(x.grad.data, want.data)  # x = 1: grad = mask * scale
 
 
 def test_bernoulli_public_fill():

@@ -271,7 +271,8 @@ def _float_array(tensor, name: str = "tensor") -> np.ndarray:
 def _fill(kernel, arr: np.ndarray, generator, *params) -> None:
     """``kernel(out, seed, offset, *params)`` into ``arr`` in C order, whatever its layout."""
     gen = _generator(generator)
-    target = arr if arr.flags.c_contiguous else np.empty(arr.shape, arr.dtype)
+    direct = arr.flags.c_contiguous and arr.flags.aligned
+    target = arr if direct else np.empty(arr.shape, arr.dtype)
     gen._draw(lambda s, o: (None, kernel(target, s, o, *params)))
     if target is not arr:
         arr[...] = target

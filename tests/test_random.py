@@ -562,7 +562,7 @@ __global__ void probe(float* out, double* out64, uint64_t seed) {
   box_muller_f32(w0, w1, z0, z1);
   double d0, d1;
   box_muller_f64(w0, w1, w2, w3, d0, d1);
-  out[threadIdx.x] = u01_f32(w2) + z0 + z1;
+  out[threadIdx.x] = u01_f32(w2) + z0 + z1 + inv_normal_cdf_f32(u01_open_f64(w1, w2) * 0.5);
   out64[threadIdx.x] = d0 + d1 + inv_normal_cdf(u01_open_f64(w3, w0));
 }
 """

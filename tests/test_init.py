@@ -241,6 +241,8 @@ def test_bad_input_errors_and_state_unchanged():
         (lambda: init.xavier_normal_(w, gain="1", generator=g), TypeError, "gain"),
         (lambda: init.orthogonal_(w, gain=float("nan"), generator=g), ValueError, "gain"),
         (lambda: init.calculate_gain("leaky_relu", "0.1"), ValueError, "param"),
+        (lambda: init.kaiming_uniform_(w, a="0.1", generator=g), ValueError,
+         "a: negative_slope 0.1 not a valid number"),
     ]
     for call, exc, msg in cases:
         with pytest.raises(exc, match=msg):

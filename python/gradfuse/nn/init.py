@@ -270,7 +270,13 @@ def xavier_normal_(tensor, gain: float = 1.0, generator=None):
 
 def _kaiming_std(tensor, a, mode, nonlinearity):
     fan = _calculate_correct_fan(tensor, mode)
-    gain = calculate_gain(nonlinearity, a)
+    try:
+        gain = calculate_gain(nonlinearity, a)
+    except ValueError as e:  # the slope is kaiming's `a`: name it so
+        msg = str(e)
+        if msg.startswith("param: "):
+            raise ValueError("a: " + msg[len("param: "):]) from None
+        raise
     return gain / math.sqrt(fan)
 
 

@@ -148,6 +148,10 @@ def test_uniform_normal_trunc_normal_defaults_and_values():
     assert abs(tn.std() - 0.02) < 5 * 0.02 / math.sqrt(2 * tn.size) and np.abs(tn).max() <= 2
     c = init.trunc_normal_(gf.empty(4), mean=5.0, std=0.0, a=-1.0, b=1.0, generator=g)
     assert c.data.tolist() == [1.0] * 4  # std 0: the mean, clamped
+    d = init.trunc_normal_(gf.empty(3, dtype=gf.float64), std=1.0, a=0.5, b=0.5, generator=g)
+    assert d.data.tolist() == [0.5] * 3  # a == b: a, as PyTorch (no mass to sample)
+    t = pytest.importorskip("torch")
+    assert t.nn.init.trunc_normal_(t.empty(3, dtype=t.float64), a=0.5, b=0.5).tolist() == [0.5] * 3
     assert init.uniform_(gf.empty(3), 2.0, 2.0).data.tolist() == [2.0] * 3
 
 

@@ -179,7 +179,8 @@ def trunc_normal_(tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, 
 
     ``a`` and ``b`` are absolute bounds, as in PyTorch (``trunc_normal_(w, std=0.02)`` cuts at
     +-2, i.e. +-100 std). Sampled by inverse CDF, so bounds far in a tail cost no rejections and
-    every value lies in [a, b] exactly. ``std == 0`` gives ``mean`` clamped to [a, b].
+    every value lies in [a, b] exactly. ``std == 0`` gives ``mean`` clamped to [a, b], and
+    ``a == b`` gives ``a`` (as PyTorch); neither draws from the generator.
 
     Example::
 
@@ -192,7 +193,7 @@ def trunc_normal_(tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, 
         raise ValueError(f"std: trunc_normal_ expects std >= 0.0, but found std {std}")
     if a > b:
         raise ValueError(f"a, b: trunc_normal_ expects a <= b, but found a={a} > b={b}")
-    if std == 0:
+    if std == 0 or a == b:  # a point mass: the mean clamped to [a, b] (a itself when a == b)
         _random._generator(generator)  # validated as on every other path; nothing is drawn
         arr[...] = min(max(mean, a), b)
         return tensor

@@ -237,6 +237,17 @@ def _truncnorm_moments(mean, std, a, b):
     return m, v, z
 
 
+def test_trunc_normal_float32_std_beyond_float32_range():
+    # std 1e39 does not fit float32: the affine step must stay in double (in float32, inf * x
+    # would put every value on a bound, or give nan for x = 0)
+    out = np.empty(10_000, np.float32)
+    B.trunc_normal_fill(out, 5, 0, 0.0, 1e39, -1e38, 1e38)
+    assert np.isfinite(out).all() and out.min() >= -1e38 and out.max() <= 1e38
+    # [-1e38, 1e38] is +-0.1 std: close to uniform on it (std 2e38 / sqrt(12))
+    assert abs(float(out.astype(np.float64).std()) / (2e38 / math.sqrt(12)) - 1) < 0.05
+    assert len(np.unique(out)) > 9000
+
+
 def test_trunc_normal_float32_far_tail_uses_the_double_quantile():
     # [-20, -14] std: tail masses below float32's normal range, so the float32 fill takes the
     # quantile in double (Acklam), rounded once: within an ulp of the exact quantile

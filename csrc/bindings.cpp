@@ -854,12 +854,22 @@ py::tuple py_group_norm_backward(const py::array& x, const py::array& dy, const 
 // Fills write into an existing array (the tensor being initialized) and return the number of
 // Philox blocks consumed, which the Python Generator adds to its offset (csrc/kernels/init.h).
 
+// A T* must point at a T boundary: numpy allows unaligned views (a float32 view of a byte
+// buffer at an odd offset), which the kernels' vector loads and stores may not assume.
+void check_aligned(const py::array& a, const char* name) {
+  if (!PyArray_ISALIGNED(reinterpret_cast<PyArrayObject*>(a.ptr()))) {
+    throw py::value_error(std::string(name) + ": expected an aligned array (this one is a view "
+                          "at an offset that is not a multiple of its item size)");
+  }
+}
+
 // A float32/float64 array of any shape that the kernel may write as one flat run of values.
 void check_fill_target(const py::array& a, const char* name) {
   check_floating(a, name);
   if (!(a.flags() & py::array::c_style)) {
     throw py::value_error(std::string(name) + ": expected a C-contiguous array");
   }
+  check_aligned(a, name);
   if (!a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
 }
 
@@ -932,6 +942,7 @@ py::tuple py_dropout_forward(const py::array& x, uint64_t seed, uint64_t offset,
   if (!(x.flags() & py::array::c_style)) {
     throw py::value_error("input: expected a C-contiguous array");
   }
+  check_aligned(x, "input");
   if (!(p >= 0.0 && p <= 1.0)) {
     throw py::value_error("p: dropout probability has to be between 0 and 1, but got " +
                           std::to_string(p));
@@ -960,13 +971,17 @@ py::array py_dropout_backward(const py::array& grad, const py::array& mask, doub
   if (!(grad.flags() & py::array::c_style)) {
     throw py::value_error("grad_output: expected a C-contiguous array");
   }
+  check_aligned(grad, "grad_output");
   if (!is_dtype<uint8_t>(mask)) {
     throw py::type_error("mask: expected dtype uint8, got " + dtype_str(mask));
   }
-  if (!(mask.flags() & py::array::c_style) || mask.size() != grad.size()) {
-    throw py::value_error("mask: expected a C-contiguous array of " +
-                          std::to_string(grad.size()) + " elements, got shape " +
-                          shape_str(mask));
+  bool same_shape = mask.ndim() == grad.ndim();
+  for (py::ssize_t i = 0; same_shape && i < grad.ndim(); ++i) {
+    same_shape = mask.shape(i) == grad.shape(i);
+  }
+  if (!(mask.flags() & py::array::c_style) || !same_shape) {
+    throw py::value_error("mask: expected a C-contiguous array of grad_output's shape " +
+                          shape_str(grad) + ", got shape " + shape_str(mask));
   }
   if (is_dtype<float>(grad)) return dropout_backward_impl<float>(grad, mask, scale);
   return dropout_backward_impl<double>(grad, mask, scale);
@@ -1441,14 +1456,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n_tiles"), py::arg("isa"),
         "-> uint32 (n_tiles, 64) in fill order from one Philox implementation, or None when "
         "this CPU lacks it");
-  m.def("uniform_fill", &py_uniform_fill, py::arg("out"), py::arg("seed"), py::arg("offset"),
+  m.def("uniform_fill", &py_uniform_fill, py::arg("out").noconvert(), py::arg("seed"), py::arg("offset"),
         py::arg("a"), py::arg("b"), "fill out with U[a, b) in place -> Philox blocks consumed");
-  m.def("normal_fill", &py_normal_fill, py::arg("out"), py::arg("seed"), py::arg("offset"),
+  m.def("normal_fill", &py_normal_fill, py::arg("out").noconvert(), py::arg("seed"), py::arg("offset"),
         py::arg("mean"), py::arg("std"), "fill out with N(mean, std^2) -> blocks consumed");
-  m.def("trunc_normal_fill", &py_trunc_normal_fill, py::arg("out"), py::arg("seed"),
+  m.def("trunc_normal_fill", &py_trunc_normal_fill, py::arg("out").noconvert(), py::arg("seed"),
         py::arg("offset"), py::arg("mean"), py::arg("std"), py::arg("a"), py::arg("b"),
         "fill out with N(mean, std^2) truncated to [a, b] -> blocks consumed");
-  m.def("bernoulli_fill", &py_bernoulli_fill, py::arg("out"), py::arg("seed"), py::arg("offset"),
+  m.def("bernoulli_fill", &py_bernoulli_fill, py::arg("out").noconvert(), py::arg("seed"), py::arg("offset"),
         py::arg("p"), "fill out with 1 (probability p) or 0 -> blocks consumed");
   m.def("dropout_forward", &py_dropout_forward, py::arg("input"), py::arg("seed"),
         py::arg("offset"), py::arg("p"), py::arg("with_mask"),

@@ -178,3 +178,31 @@ def test_large_dropout_with_streaming_stores_equals_small_calls():
     np.testing.assert_array_equal(y.data, np.concatenate([a.data, b.data]))
     y.sum().backward()
     np.testing.assert_array_equal(x.grad.data != 0, y.data != 0)
+
+
+def test_backend_backward_checks_the_mask():
+    B = gf._backend
+    g = np.ones((4, 6), np.float32)
+    with pytest.raises(ValueError, match="mask: expected a C-contiguous array of grad_output's"):
+        B.dropout_backward(g, np.ones((6, 4), np.uint8), 2.0)  # same size, other shape
+    with pytest.raises(ValueError, match="mask"):
+        B.dropout_backward(g, np.ones(23, np.uint8), 2.0)
+    with pytest.raises(ValueError, match="mask"):
+        B.dropout_backward(g, np.ones((6, 4), np.uint8).T, 2.0)  # right shape, not C order
+    with pytest.raises(TypeError, match="mask: expected dtype uint8"):
+        B.dropout_backward(g, np.ones((4, 6), np.float32), 2.0)
+    np.testing.assert_array_equal(B.dropout_backward(g, np.eye(4, 6, dtype=np.uint8), 2.0),
+                                  2 * np.eye(4, 6, dtype=np.float32))
+
+
+def test_p_rounding_to_one_keeps_nothing_and_passes_no_gradient():
+    # keep = 2^-34 rounds to a threshold of 0 words: nothing may be kept (mask 0), or backward
+    # would scale a gradient by 2^34 where forward wrote 0
+    p = 1.0 - 2.0**-34
+    x = gf.ones(5000, dtype=np.float64, requires_grad=True)
+    y = F.dropout(x, p, generator=gf.Generator(0))
+    assert not y.data.any()
+    y.sum().backward()
+    assert not x.grad.data.any()
+    out, mask, _ = gf._backend.dropout_forward(np.ones(5000), 0, 0, p, True)
+    assert not out.any() and not mask.any()

@@ -2,7 +2,9 @@
 statistics with tolerances from the sample size, thread independence, splitting, state."""
 
 import math
+import os
 import pickle
+import time
 from statistics import NormalDist
 
 import numpy as np
@@ -172,7 +174,9 @@ def test_trunc_normal_is_the_inverse_cdf_of_the_documented_uniform():
     B.trunc_normal_fill(out32, 8, 2, 0.0, 1.0, -np.inf, np.inf)  # mass 1: p = u
     u = (ref.philox_fill_words(8, 2, n).astype(np.float64) + 0.5) * 2.0**-32
     want = np.array([inv(v) for v in u])
-    np.testing.assert_allclose(out32, want, rtol=2.5e-7, atol=1e-7)  # Acklam (1.2e-9) + rounding
+    # float32 quantile (Giles's erfinv, Acklam's tail in float32): within 6 float32 ulp
+    ulps = np.abs(out32 - want) / np.spacing(np.abs(want).astype(np.float32))
+    assert ulps.max() <= 6.0, ulps.max()
     out64 = np.empty(n, np.float64)
     B.trunc_normal_fill(out64, 8, 2, 0.0, 1.0, -np.inf, np.inf)
     hi, lo = ref.philox_fill_pairs_f64(8, 2, n)
@@ -233,6 +237,30 @@ def _truncnorm_moments(mean, std, a, b):
     return m, v, z
 
 
+def test_trunc_normal_float32_std_beyond_float32_range():
+    # std 1e39 does not fit float32: the affine step must stay in double (in float32, inf * x
+    # would put every value on a bound, or give nan for x = 0)
+    out = np.empty(10_000, np.float32)
+    B.trunc_normal_fill(out, 5, 0, 0.0, 1e39, -1e38, 1e38)
+    assert np.isfinite(out).all() and out.min() >= -1e38 and out.max() <= 1e38
+    # [-1e38, 1e38] is +-0.1 std: close to uniform on it (std 2e38 / sqrt(12))
+    assert abs(float(out.astype(np.float64).std()) / (2e38 / math.sqrt(12)) - 1) < 0.05
+    assert len(np.unique(out)) > 9000
+
+
+def test_trunc_normal_float32_far_tail_uses_the_double_quantile():
+    # [-20, -14] std: tail masses below float32's normal range, so the float32 fill takes the
+    # quantile in double (Acklam), rounded once: within an ulp of the exact quantile
+    n = 2000
+    out = np.empty(n, np.float32)
+    B.trunc_normal_fill(out, 3, 0, 0.0, 1.0, -20.0, -14.0)
+    assert out.min() >= -20.0 and out.max() <= -14.0
+    pa, pb = (0.5 * math.erfc(v / math.sqrt(2)) for v in (20.0, 14.0))
+    u = (ref.philox_fill_words(3, 0, n).astype(np.float64) + 0.5) * 2.0**-32
+    want = np.array([NormalDist().inv_cdf(pa + (pb - pa) * v) for v in u])
+    np.testing.assert_allclose(out, want, rtol=2e-7)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mean,std,a,b", [(0.0, 1.0, -2.0, 2.0), (0.3, 0.5, -0.1, 0.45),
                                           (0.0, 1.0, 2.5, 3.5), (1.0, 2.0, -30.0, -5.0)])
@@ -244,7 +272,13 @@ def test_trunc_normal_statistics_and_exact_bounds(dtype, mean, std, a, b):
     m, v, z = _truncnorm_moments(mean, std, a, b)
     x = x.astype(np.float64)
     assert abs(x.mean() - m) < 5 * math.sqrt(v / n)
-    assert abs(x.var() - v) < 0.05 * v  # ~5 standard errors of the variance for these shapes
+    # 5 standard errors of the sample variance, sqrt((mu4 - v^2) / n), with the truncated
+    # normal's fourth central moment by quadrature
+    t = np.linspace(a, b, 200_001)
+    dens = np.exp(-0.5 * ((t - mean) / std) ** 2)
+    dens /= np.trapezoid(dens, t)
+    mu4 = np.trapezoid((t - m) ** 4 * dens, t)
+    assert abs(x.var() - v) < 5 * math.sqrt((mu4 - v * v) / n)
     al = (a - mean) / std
     cdf = lambda t: (_phi((t - mean) / std) - _phi(al)) / z  # noqa: E731
     assert _ks(x, cdf) < 1.63 / math.sqrt(n) + (4e-7 if dtype == np.float32 else 0)
@@ -273,6 +307,8 @@ FILLS = {
     "uniform": lambda out, s, o: B.uniform_fill(out, s, o, -1.0, 3.0),
     "normal": lambda out, s, o: B.normal_fill(out, s, o, 0.5, 2.0),
     "trunc_normal": lambda out, s, o: B.trunc_normal_fill(out, s, o, 0.0, 1.0, -1.0, 2.0),
+    # beyond ~13 std: float32 takes the double quantile (another code path)
+    "trunc_normal_far": lambda out, s, o: B.trunc_normal_fill(out, s, o, 0.0, 1.0, 14.0, 20.0),
     "bernoulli": lambda out, s, o: B.bernoulli_fill(out, s, o, 0.3),
 }
 
@@ -469,6 +505,37 @@ def test_backend_rejects_bad_arrays():
         B.bernoulli_fill(np.empty(3), 0, 0, 1.5)
     with pytest.raises(ValueError, match="n_blocks"):
         B.philox_words(0, 0, -1)
+    with pytest.raises(TypeError):  # a list would become a temporary, filled and lost
+        B.uniform_fill([0.0, 0.0], 0, 0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="out: expected an aligned array"):
+        B.uniform_fill(_unaligned_f32(9), 0, 0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="input: expected an aligned array"):
+        B.dropout_forward(_unaligned_f32(9), 0, 0, 0.5, True)
+    with pytest.raises(ValueError, match="grad_output: expected an aligned array"):
+        B.dropout_backward(_unaligned_f32(9), np.ones(9, np.uint8), 2.0)
+
+
+def _unaligned_f32(n):
+    # a float32 view one byte into a buffer: writable, C-contiguous, not aligned
+    return np.frombuffer(bytearray(4 * n + 1), dtype=np.uint8)[1:].view(np.float32)
+
+
+def test_public_fills_and_dropout_accept_unaligned_arrays():
+    a = _unaligned_f32(100)
+    assert not a.flags.aligned
+    gf.nn.init.normal_(a, generator=gf.Generator(4))
+    np.testing.assert_array_equal(a, gf.randn(100, generator=gf.Generator(4)).numpy())
+    u = _unaligned_f32(100)
+    u[...] = 1.0
+    x = gf.Tensor(u, requires_grad=True)
+    assert not x.data.flags.aligned
+    y = gf.nn.functional.dropout(x, 0.5, generator=gf.Generator(2))
+    want = gf.nn.functional.dropout(gf.ones(100), 0.5, generator=gf.Generator(2))
+    np.testing.assert_array_equal(y.data, want.data)
+    g = _unaligned_f32(100)
+    g[...] = 1.0
+    y.backward(gf.Tensor(g))  # backward's grad_output path too
+    np.testing.assert_array_equal(x.grad.data, want.data)  # x = 1: grad = mask * scale
 
 
 def test_bernoulli_public_fill():
@@ -508,7 +575,7 @@ __global__ void probe(float* out, double* out64, uint64_t seed) {
   box_muller_f32(w0, w1, z0, z1);
   double d0, d1;
   box_muller_f64(w0, w1, w2, w3, d0, d1);
-  out[threadIdx.x] = u01_f32(w2) + z0 + z1;
+  out[threadIdx.x] = u01_f32(w2) + z0 + z1 + inv_normal_cdf_f32(u01_open_f64(w1, w2) * 0.5);
   out64[threadIdx.x] = d0 + d1 + inv_normal_cdf(u01_open_f64(w3, w0));
 }
 """
@@ -531,3 +598,37 @@ def test_philox_header_compiles_for_cuda_devices(tmp_path):
                         "-c", str(src), "-o", str(tmp_path / "probe.o")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_generator_locks_are_renewed_in_a_forked_child():
+    # a lock held by another thread of the parent at the fork would never be released in the
+    # child; every live generator (not only the default one) gets a fresh lock there
+    g = gf.Generator(3)
+    want = gf.rand(5, generator=gf.Generator(3)).numpy()
+    with g._lock, gf.random.default_generator._lock:
+        pid = os.fork()
+        if pid == 0:  # child: both draws would block forever on the inherited locks
+            ok = np.array_equal(gf.rand(5, generator=g).numpy(), want)
+            gf.rand(5)
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child blocked on an inherited generator lock")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_unpickling_validates_the_state():
+    g = gf.Generator(0)
+    state = g.__getstate__()
+    with pytest.raises(ValueError, match="offset"):
+        gf.Generator.__new__(gf.Generator).__setstate__({**state, "offset": -1})
+    with pytest.raises(ValueError, match="seed"):
+        gf.Generator.__new__(gf.Generator).__setstate__({**state, "seed": 2**64})

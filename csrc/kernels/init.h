@@ -37,10 +37,12 @@ struct TruncNormalArgs {
 // units (reflected to the lower half, -x for x, when alpha + beta > 0, so the CDF values keep
 // their relative precision in an upper tail), p_i = Phi(alpha) + u_i (Phi(beta) - Phi(alpha))
 // with u_i uniform on (0, 1) (float32: (w + 1/2) 2^-32; float64: (bits53 + 1/2) 2^-53),
-// x_i = Phi^-1(p_i) by Acklam's approximation (relative error < 1.2e-9), refined for float64 by
-// one Halley step with the C library's erfc and exp; x_i is clamped to [alpha, beta] and the
-// result mean + std x_i (computed in double) to the dtype's values in [a, b]: bounds hold
-// exactly. Requires std > 0, a <= b, and mass Phi(beta) - Phi(alpha) representable in double
+// x_i = Phi^-1(p_i): float64 by Acklam's approximation (relative error < 1.2e-9) refined by one
+// Halley step with the C library's erfc and exp; float32 in float32 arithmetic from p_i in double
+// (philox.h: inv_normal_cdf_f32, within 6 float32 ulp) with mean + std x_i in float32, or, when
+// the interval reaches tail masses below float32's normal range (beyond ~13 std) or mean or std
+// do not fit float32, by Acklam's in double, x_i clamped to [alpha, beta] and mean + std x_i in
+// double. The result is clamped to the dtype's values in [a, b]: bounds hold exactly. Requires std > 0, a <= b, and mass Phi(beta) - Phi(alpha) representable in double
 // (the interval within ~37 std of the mean).
 template <typename T>
 uint64_t trunc_normal_fill(T* out, int64_t n, PhiloxStream s, const TruncNormalArgs& args);

@@ -840,7 +840,7 @@ class Dropout(Function):
 
     @staticmethod
     def forward(ctx, x, p, generator, with_mask):
-        xc = np.ascontiguousarray(x)
+        xc = np.require(x, requirements=["C", "A"])  # C order, aligned (a copy only if not)
         out, mask = generator._draw(
             lambda seed, offset: _split_blocks(_backend.dropout_forward(xc, seed, offset, p,
                                                                         with_mask))
@@ -853,7 +853,7 @@ class Dropout(Function):
     @staticmethod
     def backward(ctx, g):
         (mask,) = ctx.saved
-        gc = np.ascontiguousarray(g, dtype=ctx.dtype)
+        gc = np.require(g, dtype=ctx.dtype, requirements=["C", "A"])
         return _backend.dropout_backward(gc, mask, ctx.scale), None, None, None
 
 

@@ -21,8 +21,10 @@ Word-to-value maps (exact; all arithmetic is IEEE with no fused multiply-adds):
 * normal: Box-Muller, ``r = sqrt(-2 ln u1)`` with ``u1 = ((w0 >> 8) + 1) * 2**-24`` in (0, 1],
   ``theta = 2 pi u2``, values ``r cos(theta)`` and ``r sin(theta)`` (ln, sin and cos are
   gradfuse's own polynomials, within a few ulp, so the stream is the same on every platform).
-* truncated normal: inverse CDF (Acklam's approximation in double, one Halley step for float64)
-  of a uniform between the CDF values of the bounds; results are clamped so bounds hold exactly.
+* truncated normal: inverse CDF of a uniform between the CDF values of the bounds (float64:
+  Acklam's approximation refined by one Halley step; float32: Giles's erfinv and Acklam's tail in
+  float32, within 6 ulp, or Acklam's in double beyond ~13 std); results are clamped so bounds
+  hold exactly.
 * Bernoulli(p): 1 when the word is below ``round(p * 2**32)``.
 
 Example::
@@ -42,6 +44,7 @@ import math
 import numbers
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -93,6 +96,7 @@ class Generator:
         self._seed = _DEFAULT_SEED if seed is None else _check_seed(seed)
         self._offset = 0
         self._lock = threading.Lock()
+        _ALL_GENERATORS.add(self)
 
     # ------------------------------------------------------------ seeding
     def manual_seed(self, seed) -> Generator:
@@ -170,16 +174,26 @@ class Generator:
         return {"seed": self._seed, "offset": self._offset}
 
     def __setstate__(self, state):
-        self._seed, self._offset = state["seed"], state["offset"]
+        offset = state["offset"]
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or \
+                not 0 <= offset <= _U64:
+            raise ValueError(f"offset: expected a non-negative int below 2**64, got {offset!r}")
+        self._seed, self._offset = _check_seed(state["seed"]), int(offset)
         self._lock = threading.Lock()
+        _ALL_GENERATORS.add(self)
 
+
+# every live Generator, so that a forked child can renew their locks
+_ALL_GENERATORS: weakref.WeakSet = weakref.WeakSet()
 
 default_generator = Generator()
 
 
 def _new_locks_in_child() -> None:
-    # a thread of the parent may have held the lock at the fork; in the child it never returns
-    default_generator._lock = threading.Lock()
+    # a thread of the parent may have held a lock at the fork; in the child it would never be
+    # released, and the next draw from that generator would hang
+    for gen in list(_ALL_GENERATORS):
+        gen._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -257,7 +271,8 @@ def _float_array(tensor, name: str = "tensor") -> np.ndarray:
 def _fill(kernel, arr: np.ndarray, generator, *params) -> None:
     """``kernel(out, seed, offset, *params)`` into ``arr`` in C order, whatever its layout."""
     gen = _generator(generator)
-    target = arr if arr.flags.c_contiguous else np.empty(arr.shape, arr.dtype)
+    direct = arr.flags.c_contiguous and arr.flags.aligned
+    target = arr if direct else np.empty(arr.shape, arr.dtype)
     gen._draw(lambda s, o: (None, kernel(target, s, o, *params)))
     if target is not arr:
         arr[...] = target

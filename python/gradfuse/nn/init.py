@@ -179,7 +179,8 @@ def trunc_normal_(tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, 
 
     ``a`` and ``b`` are absolute bounds, as in PyTorch (``trunc_normal_(w, std=0.02)`` cuts at
     +-2, i.e. +-100 std). Sampled by inverse CDF, so bounds far in a tail cost no rejections and
-    every value lies in [a, b] exactly. ``std == 0`` gives ``mean`` clamped to [a, b].
+    every value lies in [a, b] exactly. ``std == 0`` gives ``mean`` clamped to [a, b], and
+    ``a == b`` gives ``a`` (as PyTorch); neither draws from the generator.
 
     Example::
 
@@ -192,7 +193,8 @@ def trunc_normal_(tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, 
         raise ValueError(f"std: trunc_normal_ expects std >= 0.0, but found std {std}")
     if a > b:
         raise ValueError(f"a, b: trunc_normal_ expects a <= b, but found a={a} > b={b}")
-    if std == 0:
+    if std == 0 or a == b:  # a point mass: the mean clamped to [a, b] (a itself when a == b)
+        _random._generator(generator)  # validated as on every other path; nothing is drawn
         arr[...] = min(max(mean, a), b)
         return tensor
     _random._fill_trunc_normal(arr, mean, std, a, b, generator)
@@ -244,7 +246,10 @@ def xavier_uniform_(tensor, gain: float = 1.0, generator=None):
         >>> w = gf.nn.init.xavier_uniform_(gf.empty(256, 128), gain=gain)
     """
     fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
-    std = _real(gain, "gain") * math.sqrt(2.0 / float(fan_in + fan_out))
+    gain = _real(gain, "gain")
+    if fan_in + fan_out == 0:  # nothing to fill (PyTorch divides by zero here)
+        return tensor
+    std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
     a = math.sqrt(3.0) * std
     return uniform_(tensor, -a, a, generator)
 
@@ -257,13 +262,22 @@ def xavier_normal_(tensor, gain: float = 1.0, generator=None):
         >>> w = gf.nn.init.xavier_normal_(gf.empty(256, 128))
     """
     fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
-    std = _real(gain, "gain") * math.sqrt(2.0 / float(fan_in + fan_out))
+    gain = _real(gain, "gain")
+    if fan_in + fan_out == 0:  # nothing to fill (PyTorch divides by zero here)
+        return tensor
+    std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
     return normal_(tensor, 0.0, std, generator)
 
 
 def _kaiming_std(tensor, a, mode, nonlinearity):
     fan = _calculate_correct_fan(tensor, mode)
-    gain = calculate_gain(nonlinearity, a)
+    try:
+        gain = calculate_gain(nonlinearity, a)
+    except ValueError as e:  # the slope is kaiming's `a`: name it so
+        msg = str(e)
+        if msg.startswith("param: "):
+            raise ValueError("a: " + msg[len("param: "):]) from None
+        raise
     return gain / math.sqrt(fan)
 
 

@@ -37,7 +37,7 @@ def activation_stats(scheme: str, depth: int = 20, width: int = 256, batch: int 
     stats = []
     with gf.no_grad():
         for layer in layers:
-            h = gf.Tensor(np.tanh(layer(h).numpy()))  # forward only: tanh on the numpy storage
+            h = gf.tanh(layer(h))
             a = h.numpy()
             stats.append((float(a.std()), float(np.mean(np.abs(a) > 0.99))))
     return stats

@@ -84,6 +84,58 @@ def _arena_empty(n: int, dtype: np.dtype) -> np.ndarray:
     return a
 
 
+_PLAIN = (float, int, bool)
+
+
+class _Group(dict):
+    """A param group: a plain dict that counts its changes (``version``), so the scalars a step
+    derives from the hyperparameters are recomputed only after a scheduler or the user changes
+    one (``group["lr"] = ...``). Reads cost what a dict's cost."""
+
+    __slots__ = ("version", "base")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.version = 0
+        self.base = None  # (version, base scalars) cached by Optimizer._base_scalars
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key, value)
+        self.version += 1
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, key)
+        self.version += 1
+
+    def update(self, *args, **kwargs):
+        dict.update(self, *args, **kwargs)
+        self.version += 1
+
+    def setdefault(self, key, default=None):
+        self.version += 1
+        return dict.setdefault(self, key, default)
+
+    def pop(self, *args):
+        self.version += 1
+        return dict.pop(self, *args)
+
+    def popitem(self):
+        self.version += 1
+        return dict.popitem(self)
+
+    def clear(self):
+        dict.clear(self)
+        self.version += 1
+
+    def __ior__(self, other):
+        dict.update(self, other)
+        self.version += 1
+        return self
+
+    def __reduce__(self):  # copies and pickles are plain dicts (no cache to carry)
+        return (dict, (dict(self),))
+
+
 class _Arena:
     """The parameters of one param group with one dtype, laid out contiguously.
 
@@ -125,7 +177,8 @@ class _Arena:
         # Python int `count` (the fast path touches no numpy scalar); `_steps` is then stale.
         self.count: int | None = 0
         self._steps = np.zeros(len(params), dtype=np.int64)
-        self.slot_cache = None  # (state keys, [state0, state1, state2]) of the last step
+        # (state keys, [state0, state1, state2], group version) of the last step
+        self.slot_cache = None
         self.seg_table = None  # (offsets, sizes) as int64 arrays, for kernels that need them
         self.extra: dict[str, np.ndarray] = {}  # per-segment scalars (NAdam's mu_product)
 
@@ -267,7 +320,7 @@ class Optimizer:
         move into a new arena. Everything is checked before any parameter is touched."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
-        group = dict(param_group)
+        group = _Group(param_group)
         params = group.get("params")
         if params is None:
             raise ValueError("param_group: missing 'params'")
@@ -390,6 +443,13 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        if self._clip_scale is None and not self.skip_nonfinite:
+            # the common case, with no list of plans built: one sync and one call per arena
+            for group, arenas in zip(self.param_groups, self._arenas):
+                for _, a in arenas:
+                    self._update(group, a, a.sync(), 1.0)
+            self.last_step_skipped = False
+            return loss if closure is not None else True
         plans = self._plans()
         scale, norm = self._clip_scale, self._clip_norm
         self._clip_scale = self._clip_norm = None
@@ -409,15 +469,19 @@ class Optimizer:
         return loss if closure is not None else True
 
     def _update(self, group, a: _Arena, active, grad_scale: float) -> None:
-        keys = self._state_keys(group)
         cache = a.slot_cache
-        if cache is not None and cache[0] == keys:
-            slots = cache[1]
+        version = getattr(group, "version", None)
+        if cache is not None and version is not None and cache[2] == version:
+            slots = cache[1]  # the group is unchanged since: so are its state keys
         else:
-            slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
-                     for k in keys]
-            slots += [None] * (3 - len(slots))
-            a.slot_cache = (keys, slots)
+            keys = self._state_keys(group)
+            if cache is not None and cache[0] == keys:
+                slots = cache[1]
+            else:
+                slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
+                         for k in keys]
+                slots += [None] * (3 - len(slots))
+            a.slot_cache = (keys, slots, version)
         kind = self._kind
         if active is None and a.count is not None:
             step = a.count + 1
@@ -453,11 +517,18 @@ class Optimizer:
     def _base_scalars(group) -> list[float]:
         # lr, weight_decay, eps, beta1, beta2, momentum, dampening, alpha, step_size,
         # bc2_sqrt, c1, c2, grad_scale, reserved (order of bindings.cpp, optim section)
+        base = getattr(group, "base", None)
+        if base is not None and base[0] == group.version:
+            return base[1][:]  # a copy: the caller fills in the per-step entries
         betas = group.get("betas", (0.0, 0.0))
-        return [float(group["lr"]), float(group.get("weight_decay", 0.0)),
-                float(group.get("eps", 0.0)), float(betas[0]), float(betas[1]),
-                float(group.get("momentum", 0.0)), float(group.get("dampening", 0.0)),
-                float(group.get("alpha", 0.0)), 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+        vals = (group["lr"], group.get("weight_decay", 0.0), group.get("eps", 0.0), betas[0],
+                betas[1], group.get("momentum", 0.0), group.get("dampening", 0.0),
+                group.get("alpha", 0.0))
+        sc = [float(v) for v in vals] + [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+        # cache only immutable values: an array-valued lr could change in place unseen
+        if isinstance(group, _Group) and all(type(v) in _PLAIN for v in vals):
+            group.base = (group.version, sc[:])
+        return sc
 
     # ------------------------------------------------------------ state
     def _param_index(self):

@@ -198,6 +198,65 @@ def test_parameters_without_grad_are_skipped_as_pytorch(name, kw):
     assert_same(tp, gp, topt, gopt, dtype)
 
 
+@pytest.mark.parametrize("name,kw", [GRID[1], GRID[5], GRID[9], GRID[12], GRID[16],
+                                     ("Lion", dict(lr=1e-3))])
+def test_bound_fast_path_follows_group_changes_and_rebinding(name, kw):
+    """Gradients written in place (as backward does) keep every view intact, so steps go
+    through the arena's bound ArenaStep: it must see a changed lr or momentum, a rebound
+    .data, a hand-set .grad and a None grad exactly as the general path does."""
+    dtype = np.float32
+    if name != "Lion":
+        tp, gp, topt, gopt = make(name, kw, dtype)
+    else:  # no PyTorch twin: the reference is a second Lion whose steps all take the general path
+        rng = np.random.default_rng(0)
+        init = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+        gp = [gf.nn.Parameter(a.copy()) for a in init]
+        gq = [gf.nn.Parameter(a.copy()) for a in init]
+        gopt, qopt = gf.optim.Lion(gp, **kw), gf.optim.Lion(gq, **kw)
+    rng = np.random.default_rng(12)
+    used_fast = False
+    for k in range(40):
+        grads = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+        if k == 10:
+            for opt in (topt, gopt) if name != "Lion" else (gopt, qopt):
+                opt.param_groups[0]["lr"] *= 0.5
+        if k == 15 and "momentum" in kw:
+            for opt in (topt, gopt):
+                opt.param_groups[0]["momentum"] = 0.3
+        if k == 20:
+            gp[1].data = gp[1].data.copy()  # rebound: copied back into the arena
+        if k == 25:
+            gp[2].grad = None  # skipped this step (and by the reference)
+            if name != "Lion":
+                tp[2].grad = None
+            else:
+                gq[2].grad = None
+        for i, g in enumerate(grads):
+            if k == 25 and i == 2:
+                continue
+            if name != "Lion":
+                tp[i].grad = torch.tensor(g)
+            if gp[i].grad is not None and k != 30:
+                gp[i].grad.data[...] = g  # in place: the fast path stays valid
+            else:
+                gp[i].grad = gf.Tensor(g.copy())  # by hand (k == 30 and after a None)
+            if name == "Lion":
+                gq[i].grad = gf.Tensor(g.copy())  # always the general path
+        if name != "Lion":
+            topt.step()
+        else:
+            qopt.step()
+        gopt.step()
+        a = gopt._arenas[0][0][1]
+        used_fast |= a.slot_cache is not None and a.slot_cache[3] is not None
+    assert used_fast
+    if name == "Lion":
+        for p, q in zip(gp, gq):
+            np.testing.assert_array_equal(p.data, q.data)
+    else:
+        assert_same(tp, gp, topt, gopt, dtype)
+
+
 def test_add_param_group_matches_pytorch():
     dtype = np.float64
     tp, gp, topt, gopt = make("Adam", dict(lr=1e-2), dtype)
@@ -420,6 +479,26 @@ def test_bad_hyperparameters_match_pytorch(name, kw, msg):
     with pytest.raises(ValueError, match=msg):
         getattr(gf.optim, name)([p], **kw)
     assert p._grad_slot is None  # rejected before the parameter was moved into an arena
+
+
+def test_arena_step_rejects_bad_buffers():
+    from gradfuse import _backend
+
+    p, g, m = (np.zeros(8, np.float32) for _ in range(3))
+    sc = [0.1] + [0.0] * 4 + [0.9] + [0.0] * 6 + [1.0, 0.0]  # lr 0.1, momentum 0.9
+    with pytest.raises(ValueError, match="grad"):
+        _backend.ArenaStep(0, p, np.zeros(7, np.float32), m, None, None, sc, 0, [], [], [])
+    with pytest.raises(ValueError, match="state"):  # momentum needs its buffer
+        _backend.ArenaStep(0, p, g, None, None, None, sc, 0, [], [], [])
+    with pytest.raises(ValueError, match="scalars"):
+        _backend.ArenaStep(0, p, g, m, None, None, sc[:5], 0, [], [], [])
+    step = _backend.ArenaStep(0, p, g, None, None, None, [0.1] + [0.0] * 11 + [1.0, 0.0], 0,
+                              [], [], [])
+    with pytest.raises(ValueError, match="state"):  # momentum switched on without a buffer
+        step(sc, 0)
+    g[:] = 1
+    assert step([0.1] + [0.0] * 11 + [1.0, 0.0], 0) is True
+    np.testing.assert_allclose(p, -0.1)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

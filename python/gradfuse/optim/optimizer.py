@@ -5,8 +5,12 @@ buffer per dtype (the *arena*, 2 MiB aligned with transparent huge pages when it
 from gradfuse's pool) and every parameter's ``.data`` becomes a view into it; gradients get a
 second arena of the same layout, and each state tensor (``exp_avg``, ``momentum_buffer``, ...)
 one more. A step is then one compiled call per group and dtype over whole buffers
-(DESIGN.md, decision 3): the Python work per step is a handful of operations per group, plus
-one identity check per parameter done by C-level ``map`` (about 20 ns each).
+(DESIGN.md, decision 3): the Python work per step is a handful of operations per group (the
+hyperparameter scalars; a group counts its changes, so those derived from it are cached). Each
+arena's buffers are bound once to a compiled ``ArenaStep``; one call of it checks that every
+parameter's ``.data`` and ``.grad`` are still the arena views (a pointer compare per parameter,
+~10 ns each, in C++) and runs the update. Anything else (a rebound ``.data``, a ``.grad`` set
+by hand or None, a clip scale, the non-finite guard) takes the general path below.
 
 Arena semantics (read this if you hold on to arrays):
 
@@ -177,7 +181,7 @@ class _Arena:
         # Python int `count` (the fast path touches no numpy scalar); `_steps` is then stale.
         self.count: int | None = 0
         self._steps = np.zeros(len(params), dtype=np.int64)
-        # (state keys, [state0, state1, state2], group version) of the last step
+        # (state keys, [state0, state1, state2], group version, bound ArenaStep or None)
         self.slot_cache = None
         self.seg_table = None  # (offsets, sizes) as int64 arrays, for kernels that need them
         self.extra: dict[str, np.ndarray] = {}  # per-segment scalars (NAdam's mu_product)
@@ -286,6 +290,9 @@ class Optimizer:
     _kind = -1
     _has_step = True  # whether PyTorch's state carries 'step'
     _eager_state = False  # PyTorch creates the state at construction (Adagrad), not at step 1
+    # Whether step() may use the bound ArenaStep: needs the base _update and a _scalars without
+    # side effects (it runs before the ArenaStep finds out whether the fast path applies).
+    _fast_step = True
 
     def __init__(self, params, defaults: dict, *, skip_nonfinite: bool = False):
         if isinstance(params, Tensor):
@@ -444,9 +451,20 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         if self._clip_scale is None and not self.skip_nonfinite:
-            # the common case, with no list of plans built: one sync and one call per arena
+            # The common case: per arena one call of its bound ArenaStep, which checks that
+            # every parameter still has its arena views and updates (see _update).
+            fast = self._fast_step
             for group, arenas in zip(self.param_groups, self._arenas):
+                version = getattr(group, "version", None)
                 for _, a in arenas:
+                    cache = a.slot_cache
+                    if fast and a.count is not None and cache is not None and \
+                            cache[3] is not None and cache[2] == version:
+                        step = a.count + 1
+                        sc, flags = self._scalars(group, step, a, 0, len(a.params))
+                        if cache[3](sc, flags):
+                            a.count = step
+                            continue
                     self._update(group, a, a.sync(), 1.0)
             self.last_step_skipped = False
             return loss if closure is not None else True
@@ -481,7 +499,7 @@ class Optimizer:
                 slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
                          for k in keys]
                 slots += [None] * (3 - len(slots))
-            a.slot_cache = (keys, slots, version)
+            a.slot_cache = (keys, slots, version, None)
         kind = self._kind
         if active is None and a.count is not None:
             step = a.count + 1
@@ -489,6 +507,12 @@ class Optimizer:
             sc[12] = grad_scale
             _backend.optim_step(kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags)
             a.count = step
+            if self._fast_step and version is not None and a.slot_cache[3] is None:
+                # bind this arena's buffers once; valid while the group and the state slots are
+                # (a new group version or load_state_dict drops it with the slot cache)
+                a.slot_cache = a.slot_cache[:3] + (_backend.ArenaStep(
+                    kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags, a.params,
+                    a.grad_tensors, a.views),)
             return
         for lo, hi, step0, i0, i1 in a.runs(active):
             step = step0 + 1

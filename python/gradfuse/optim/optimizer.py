@@ -181,7 +181,8 @@ class _Arena:
         # Python int `count` (the fast path touches no numpy scalar); `_steps` is then stale.
         self.count: int | None = 0
         self._steps = np.zeros(len(params), dtype=np.int64)
-        # (state keys, [state0, state1, state2], group version, bound ArenaStep or None)
+        # (state keys, [state0, state1, state2], group version, bound ArenaStep or None,
+        #  (scalars, flags) of every later step when they do not depend on it, or None)
         self.slot_cache = None
         self.seg_table = None  # (offsets, sizes) as int64 arrays, for kernels that need them
         self.extra: dict[str, np.ndarray] = {}  # per-segment scalars (NAdam's mu_product)
@@ -293,6 +294,9 @@ class Optimizer:
     # Whether step() may use the bound ArenaStep: needs the base _update and a _scalars without
     # side effects (it runs before the ArenaStep finds out whether the fast path applies).
     _fast_step = True
+    # Whether _scalars gives the same values for every step after the first (for one group
+    # version): the bound path then reuses them.
+    _fixed_scalars = False
 
     def __init__(self, params, defaults: dict, *, skip_nonfinite: bool = False):
         if isinstance(params, Tensor):
@@ -461,7 +465,9 @@ class Optimizer:
                     if fast and a.count is not None and cache is not None and \
                             cache[3] is not None and cache[2] == version:
                         step = a.count + 1
-                        sc, flags = self._scalars(group, step, a, 0, len(a.params))
+                        fixed = cache[4]
+                        sc, flags = fixed if fixed is not None else \
+                            self._scalars(group, step, a, 0, len(a.params))
                         if cache[3](sc, flags):
                             a.count = step
                             continue
@@ -499,7 +505,7 @@ class Optimizer:
                 slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
                          for k in keys]
                 slots += [None] * (3 - len(slots))
-            a.slot_cache = (keys, slots, version, None)
+            a.slot_cache = (keys, slots, version, None, None)
         kind = self._kind
         if active is None and a.count is not None:
             step = a.count + 1
@@ -510,9 +516,11 @@ class Optimizer:
             if self._fast_step and version is not None and a.slot_cache[3] is None:
                 # bind this arena's buffers once; valid while the group and the state slots are
                 # (a new group version or load_state_dict drops it with the slot cache)
+                fixed = self._scalars(group, step + 1, a, 0, len(a.params)) \
+                    if self._fixed_scalars else None
                 a.slot_cache = a.slot_cache[:3] + (_backend.ArenaStep(
                     kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags, a.params,
-                    a.grad_tensors, a.views),)
+                    a.grad_tensors, a.views), fixed)
             return
         for lo, hi, step0, i0, i1 in a.runs(active):
             step = step0 + 1

@@ -391,6 +391,14 @@ class ArenaStep {
     }
   }
 
+  // For the non-finite guard, before any arena is updated: -1 when a view was rebound (the
+  // caller takes the general path), else whether every gradient is finite (one read pass).
+  int grads_finite() {
+    if (!py_arena_intact(params_, grads_, views_)) return -1;
+    py::gil_scoped_release nogil;
+    return is_float_ ? int(arena_all_finite(f_.g, f_.n)) : int(arena_all_finite(d_.g, d_.n));
+  }
+
   // False (nothing written) when a parameter's .data or .grad is no longer its arena view.
   bool operator()(const std::vector<double>& sc, int64_t flags) {
     const OptimHyper h = make_hyper(kind_, sc, flags);
@@ -655,7 +663,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("kind"), py::arg("param"), py::arg("grad"), py::arg("state0"),
            py::arg("state1"), py::arg("state2"), py::arg("scalars"), py::arg("flags"),
            py::arg("params"), py::arg("grads"), py::arg("views"))
-      .def("__call__", &ArenaStep::operator(), py::arg("scalars"), py::arg("flags"));
+      .def("__call__", &ArenaStep::operator(), py::arg("scalars"), py::arg("flags"))
+      .def("grads_finite", &ArenaStep::grads_finite,
+           "-1 if a view was rebound, else 1 when every gradient is finite, 0 otherwise");
   m.def("arena_intact", &py_arena_intact, py::arg("params"), py::arg("grads"),
         py::arg("views"), "whether params[i].grad is grads[i] and params[i].data is views[i]");
   m.def("arena_norm_reduce", &py_arena_norm_reduce, py::arg("x"), py::arg("norm_type"),

@@ -454,26 +454,19 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        if self._clip_scale is None and self.skip_nonfinite and self._fast_step:
+            # the guard through the bound steps: all gradients are checked before any update
+            bound = self._bound_steps()
+            if bound is not None:
+                finite = [b.grads_finite() for b in bound]
+                if -1 not in finite:
+                    if 0 in finite:
+                        self.skipped_steps += 1
+                        self.last_step_skipped = True
+                        return loss if closure is not None else False
+                    return self._step_bound(loss, closure)
         if self._clip_scale is None and not self.skip_nonfinite:
-            # The common case: per arena one call of its bound ArenaStep, which checks that
-            # every parameter still has its arena views and updates (see _update).
-            fast = self._fast_step
-            for group, arenas in zip(self.param_groups, self._arenas):
-                version = getattr(group, "version", None)
-                for _, a in arenas:
-                    cache = a.slot_cache
-                    if fast and a.count is not None and cache is not None and \
-                            cache[3] is not None and cache[2] == version:
-                        step = a.count + 1
-                        fixed = cache[4]
-                        sc, flags = fixed if fixed is not None else \
-                            self._scalars(group, step, a, 0, len(a.params))
-                        if cache[3](sc, flags):
-                            a.count = step
-                            continue
-                    self._update(group, a, a.sync(), 1.0)
-            self.last_step_skipped = False
-            return loss if closure is not None else True
+            return self._step_bound(loss, closure)
         plans = self._plans()
         scale, norm = self._clip_scale, self._clip_norm
         self._clip_scale = self._clip_norm = None
@@ -490,6 +483,40 @@ class Optimizer:
         gs = 1.0 if scale is None else float(scale)
         for group, a, active in plans:
             self._update(group, a, active, gs)
+        return loss if closure is not None else True
+
+    def _bound_steps(self):
+        """The bound ArenaStep of every arena when all of them have one that is current, else
+        None (then the general path syncs and checks)."""
+        out = []
+        for group, arenas in zip(self.param_groups, self._arenas):
+            version = getattr(group, "version", None)
+            for _, a in arenas:
+                cache = a.slot_cache
+                if a.count is None or cache is None or cache[3] is None or cache[2] != version:
+                    return None
+                out.append(cache[3])
+        return out
+
+    def _step_bound(self, loss, closure):
+        """The common step: per arena one call of its bound ArenaStep, which checks that every
+        parameter still has its arena views and updates; any other arena takes _update."""
+        fast = self._fast_step
+        for group, arenas in zip(self.param_groups, self._arenas):
+            version = getattr(group, "version", None)
+            for _, a in arenas:
+                cache = a.slot_cache
+                if fast and a.count is not None and cache is not None and \
+                        cache[3] is not None and cache[2] == version:
+                    step = a.count + 1
+                    fixed = cache[4]
+                    sc, flags = fixed if fixed is not None else \
+                        self._scalars(group, step, a, 0, len(a.params))
+                    if cache[3](sc, flags):
+                        a.count = step
+                        continue
+                self._update(group, a, a.sync(), 1.0)
+        self.last_step_skipped = False
         return loss if closure is not None else True
 
     def _update(self, group, a: _Arena, active, grad_scale: float) -> None:

@@ -257,6 +257,29 @@ def test_bound_fast_path_follows_group_changes_and_rebinding(name, kw):
         assert_same(tp, gp, topt, gopt, dtype)
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_array_valued_lr_changed_in_place_is_seen(name):
+    """A 0-d array lr (as PyTorch allows a tensor lr) may change in place without a write to
+    the group: nothing derived from it may be cached."""
+    lr = np.array(0.1)
+    p = gf.nn.Parameter(np.zeros(4))
+    q = gf.nn.Parameter(np.zeros(4))
+    opt = getattr(gf.optim, name)([p], lr=lr)
+    ref = getattr(gf.optim, name)([q], lr=0.1)
+    for k in range(6):
+        if k == 3:
+            lr[()] = 0.01
+            ref.param_groups[0]["lr"] = 0.01
+        if p.grad is None:
+            p.grad = gf.Tensor(np.ones(4))
+        else:
+            p.grad.data[...] = 1.0  # in place: the bound path
+        q.grad = gf.Tensor(np.ones(4))
+        opt.step()
+        ref.step()
+    np.testing.assert_array_equal(p.data, q.data)
+
+
 def test_add_param_group_matches_pytorch():
     dtype = np.float64
     tp, gp, topt, gopt = make("Adam", dict(lr=1e-2), dtype)

@@ -9,8 +9,9 @@ one more. A step is then one compiled call per group and dtype over whole buffer
 hyperparameter scalars; a group counts its changes, so those derived from it are cached). Each
 arena's buffers are bound once to a compiled ``ArenaStep``; one call of it checks that every
 parameter's ``.data`` and ``.grad`` are still the arena views (a pointer compare per parameter,
-~10 ns each, in C++) and runs the update. Anything else (a rebound ``.data``, a ``.grad`` set
-by hand or None, a clip scale, the non-finite guard) takes the general path below.
+~10 ns each, in C++) and runs the update (the non-finite guard first asks every bound arena
+whether its gradients are finite). Anything else (a rebound ``.data``, a ``.grad`` set by hand
+or None, a folded clip scale) takes the general path below.
 
 Arena semantics (read this if you hold on to arrays):
 
@@ -94,7 +95,7 @@ _PLAIN = (float, int, bool)
 class _Group(dict):
     """A param group: a plain dict that counts its changes (``version``), so the scalars a step
     derives from the hyperparameters are recomputed only after a scheduler or the user changes
-    one (``group["lr"] = ...``). Reads cost what a dict's cost."""
+    one (``group["lr"] = ...``). Reads cost what a dict's do."""
 
     __slots__ = ("version", "base")
 
@@ -543,8 +544,11 @@ class Optimizer:
             if self._fast_step and version is not None and a.slot_cache[3] is None:
                 # bind this arena's buffers once; valid while the group and the state slots are
                 # (a new group version or load_state_dict drops it with the slot cache)
+                # reusable only if the group holds plain numbers (an array-valued lr could
+                # change in place unseen): exactly when _base_scalars could cache them
+                base = getattr(group, "base", None)
                 fixed = self._scalars(group, step + 1, a, 0, len(a.params)) \
-                    if self._fixed_scalars else None
+                    if self._fixed_scalars and base is not None and base[0] == version else None
                 a.slot_cache = a.slot_cache[:3] + (_backend.ArenaStep(
                     kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags, a.params,
                     a.grad_tensors, a.views), fixed)

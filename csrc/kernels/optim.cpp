@@ -12,6 +12,16 @@
 
 #include "common.h"
 
+// The helpers below must be inlined into each GF_TARGET_CLONES clone (out of line they would
+// be compiled once, for the baseline ISA, with libm fma calls). main's common.h defines this.
+#ifndef GF_INLINE
+#if defined(__GNUC__)
+#define GF_INLINE inline __attribute__((always_inline))
+#else
+#define GF_INLINE inline
+#endif
+#endif
+
 namespace gradfuse {
 namespace {
 
@@ -31,7 +41,7 @@ namespace {
 // torch.lerp(a, b, w) as at::vec's lerp: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w),
 // each with one rounding (wm1 = w - 1 rounded in T, as PyTorch computes it).
 template <typename T>
-inline T lerp_pt(T a, T b, T w, T wm1, bool small) {
+GF_INLINE T lerp_pt(T a, T b, T w, T wm1, bool small) {
   return small ? std::fma(w, b - a, a) : std::fma(wm1, b - a, b);
 }
 
@@ -44,7 +54,7 @@ inline T lerp_pt(T a, T b, T w, T wm1, bool small) {
 // a >= 0 that is a = 0 or a >= 2^-75 (float) / 2^-537 (double), which every a = sqrt(v) meets.
 // a = inf gives r = NaN: the select keeps q = inf, as the division would.
 template <typename T>
-inline T div_const(T a, T c, T y) {
+GF_INLINE T div_const(T a, T c, T y) {
   const T q = a * y;
   const T r = std::fma(-q, c, a);
   return r == r ? std::fma(r, y, q) : q;

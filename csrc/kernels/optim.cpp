@@ -34,8 +34,10 @@ namespace {
 // PyTorch's does. Checked bit for bit (one step, 4096 elements, and 110 steps in
 // tests/test_optim.py) against the vectorized body of PyTorch's fused loops and against its
 // per-op kernels on small tensors; PyTorch's fused scalar tail loops (a tensor's last
-// numel % 16 elements) and its per-op vectorized loops contract some `a * b + c * d`
-// differently from each other, which no single order can match: 1 ulp there.
+// numel % 16 elements) contract some `a * b + c * d` differently from their vector loops, and
+// the per-op torch.sqrt of a tensor of more than a few hundred elements is not correctly
+// rounded (1 ulp on ~0.7% of them) where the fused kernels' sqrt, and std::sqrt here, are:
+// PyTorch disagrees with itself there, and no single order can match both (1 ulp).
 // std::fma vectorizes to vfmadd in the AVX2 and AVX-512 clones.
 
 // torch.lerp(a, b, w) as at::vec's lerp: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w),

@@ -225,21 +225,7 @@ T* optional_state(const py::object& obj, const char* name, int64_t n) {
   return static_cast<T*>(const_cast<void*>(a->data()));
 }
 
-template <typename T>
-void optim_step_impl(const OptimHyper& h, py::array& param, const py::array& grad,
-                     const py::object& s0, const py::object& s1, const py::object& s2) {
-  check_array<T>(param, "param", 1);
-  check_array<T>(grad, "grad", 1);
-  const int64_t n = param.shape(0);
-  if (grad.shape(0) != n) {
-    throw py::value_error("grad: expected shape (" + std::to_string(n) + ",), got " +
-                          shape_str(grad));
-  }
-  if (!param.writeable()) throw py::value_error("param: array is read-only");
-  T* p = static_cast<T*>(param.mutable_data());
-  T* a = optional_state<T>(s0, "state0", n);
-  T* b = optional_state<T>(s1, "state1", n);
-  T* c = optional_state<T>(s2, "state2", n);
+void check_state_present(const OptimHyper& h, bool a, bool b, bool c) {
   const bool need0 = !(h.kind == OptimKind::SGD && h.momentum == 0);
   const bool need1 = h.kind == OptimKind::Adam || h.kind == OptimKind::NAdam ||
                      h.kind == OptimKind::RAdam || (h.kind == OptimKind::RMSprop && h.momentum > 0);
@@ -248,14 +234,9 @@ void optim_step_impl(const OptimHyper& h, py::array& param, const py::array& gra
   if ((need0 && !a) || (need1 && !b) || (need2 && !c)) {
     throw py::value_error("state: a state buffer this optimizer needs is None");
   }
-  const T* g = cptr<T>(grad);
-  py::gil_scoped_release nogil;
-  optim_step<T>(h, p, g, a, b, c, n);
 }
 
-void py_optim_step(int kind, py::array param, const py::array& grad, const py::object& s0,
-                   const py::object& s1, const py::object& s2, const std::vector<double>& sc,
-                   int64_t flags) {
+OptimHyper make_hyper(int kind, const std::vector<double>& sc, int64_t flags) {
   if (kind < 0 || kind > int(OptimKind::Lion)) {
     throw py::value_error("kind: unknown optimizer kind " + std::to_string(kind));
   }
@@ -272,6 +253,51 @@ void py_optim_step(int kind, py::array param, const py::array& grad, const py::o
   h.maximize = flags & kOptMaximize; h.nesterov = flags & kOptNesterov; h.first = flags & kOptFirst;
   h.amsgrad = flags & kOptAmsgrad; h.decoupled = flags & kOptDecoupled;
   h.centered = flags & kOptCentered; h.rectify = flags & kOptRectify;
+  return h;
+}
+
+template <typename T>
+struct OptimBuffers {
+  T* p;
+  const T* g;
+  T* a;
+  T* b;
+  T* c;
+  int64_t n;
+};
+
+// The buffers of one arena, checked: 1-D contiguous arrays of T of one length, the state
+// buffers `h` needs present (all before anything is written).
+template <typename T>
+OptimBuffers<T> optim_buffers(const OptimHyper& h, py::array& param, const py::array& grad,
+                              const py::object& s0, const py::object& s1, const py::object& s2) {
+  check_array<T>(param, "param", 1);
+  check_array<T>(grad, "grad", 1);
+  const int64_t n = param.shape(0);
+  if (grad.shape(0) != n) {
+    throw py::value_error("grad: expected shape (" + std::to_string(n) + ",), got " +
+                          shape_str(grad));
+  }
+  if (!param.writeable()) throw py::value_error("param: array is read-only");
+  OptimBuffers<T> B{static_cast<T*>(param.mutable_data()), cptr<T>(grad),
+                    optional_state<T>(s0, "state0", n), optional_state<T>(s1, "state1", n),
+                    optional_state<T>(s2, "state2", n), n};
+  check_state_present(h, B.a != nullptr, B.b != nullptr, B.c != nullptr);
+  return B;
+}
+
+template <typename T>
+void optim_step_impl(const OptimHyper& h, py::array& param, const py::array& grad,
+                     const py::object& s0, const py::object& s1, const py::object& s2) {
+  const OptimBuffers<T> B = optim_buffers<T>(h, param, grad, s0, s1, s2);
+  py::gil_scoped_release nogil;
+  optim_step<T>(h, B.p, B.g, B.a, B.b, B.c, B.n);
+}
+
+void py_optim_step(int kind, py::array param, const py::array& grad, const py::object& s0,
+                   const py::object& s1, const py::object& s2, const std::vector<double>& sc,
+                   int64_t flags) {
+  const OptimHyper h = make_hyper(kind, sc, flags);
   check_floating(param, "param");
   if (is_dtype<float>(param)) {
     optim_step_impl<float>(h, param, grad, s0, s1, s2);
@@ -349,6 +375,58 @@ bool py_arena_intact(const py::list& params, const py::list& grads, const py::li
   }
   return true;
 }
+
+// One arena's update bound once: the buffers are checked at construction (and kept alive by
+// the references held here), so a step is one call that checks the arena views (as
+// arena_intact) and runs the kernel, converting only the scalars. The optimizer rebuilds it
+// whenever its state buffers or the group's hyperparameters change.
+class ArenaStep {
+ public:
+  ArenaStep(int kind, py::array param, py::array grad, py::object s0, py::object s1,
+            py::object s2, const std::vector<double>& sc, int64_t flags, py::list params,
+            py::list grads, py::list views)
+      : param_(std::move(param)), grad_(std::move(grad)), s0_(std::move(s0)),
+        s1_(std::move(s1)), s2_(std::move(s2)), params_(std::move(params)),
+        grads_(std::move(grads)), views_(std::move(views)), kind_(kind) {
+    const OptimHyper h = make_hyper(kind, sc, flags);
+    check_floating(param_, "param");
+    is_float_ = is_dtype<float>(param_);
+    if (is_float_) {
+      f_ = optim_buffers<float>(h, param_, grad_, s0_, s1_, s2_);
+    } else {
+      d_ = optim_buffers<double>(h, param_, grad_, s0_, s1_, s2_);
+    }
+  }
+
+  // For the non-finite guard, before any arena is updated: -1 when a view was rebound (the
+  // caller takes the general path), else whether every gradient is finite (one read pass).
+  int grads_finite() {
+    if (!py_arena_intact(params_, grads_, views_)) return -1;
+    py::gil_scoped_release nogil;
+    return is_float_ ? int(arena_all_finite(f_.g, f_.n)) : int(arena_all_finite(d_.g, d_.n));
+  }
+
+  // False (nothing written) when a parameter's .data or .grad is no longer its arena view.
+  bool operator()(const std::vector<double>& sc, int64_t flags) {
+    const OptimHyper h = make_hyper(kind_, sc, flags);
+    if (is_float_) check_state_present(h, f_.a != nullptr, f_.b != nullptr, f_.c != nullptr);
+    else check_state_present(h, d_.a != nullptr, d_.b != nullptr, d_.c != nullptr);
+    if (!py_arena_intact(params_, grads_, views_)) return false;
+    py::gil_scoped_release nogil;
+    if (is_float_) optim_step<float>(h, f_.p, f_.g, f_.a, f_.b, f_.c, f_.n);
+    else optim_step<double>(h, d_.p, d_.g, d_.a, d_.b, d_.c, d_.n);
+    return true;
+  }
+
+ private:
+  py::array param_, grad_;
+  py::object s0_, s1_, s2_;
+  py::list params_, grads_, views_;
+  int kind_;
+  bool is_float_ = true;
+  OptimBuffers<float> f_{};
+  OptimBuffers<double> d_{};
+};
 
 // x must be a 1-D contiguous float32/float64 arena (or arena slice).
 template <typename F>
@@ -1404,6 +1482,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("lamb_step", &py_lamb_step, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
         py::arg("exp_avg_sq"), py::arg("offsets"), py::arg("sizes"), py::arg("scalars"),
         py::arg("flags"), "LAMB over an arena with a per-tensor trust ratio (segment table)");
+  py::class_<ArenaStep>(m, "ArenaStep",
+                        "ArenaStep(kind, param, grad, state0, state1, state2, scalars, flags, "
+                        "params, grads, views); call(scalars, flags) -> bool: optim_step "
+                        "bound to one arena, False (no update) if a view was rebound")
+      .def(py::init<int, py::array, py::array, py::object, py::object, py::object,
+                    const std::vector<double>&, int64_t, py::list, py::list, py::list>(),
+           py::arg("kind"), py::arg("param"), py::arg("grad"), py::arg("state0"),
+           py::arg("state1"), py::arg("state2"), py::arg("scalars"), py::arg("flags"),
+           py::arg("params"), py::arg("grads"), py::arg("views"))
+      .def("__call__", &ArenaStep::operator(), py::arg("scalars"), py::arg("flags"))
+      .def("grads_finite", &ArenaStep::grads_finite,
+           "-1 if a view was rebound, else 1 when every gradient is finite, 0 otherwise");
   m.def("arena_intact", &py_arena_intact, py::arg("params"), py::arg("grads"),
         py::arg("views"), "whether params[i].grad is grads[i] and params[i].data is views[i]");
   m.def("arena_norm_reduce", &py_arena_norm_reduce, py::arg("x"), py::arg("norm_type"),

@@ -29,6 +29,24 @@ def optim_step(
     scalars: list[float] | tuple[float, ...],
     flags: int,
 ) -> None: ...
+class ArenaStep:
+    def __init__(
+        self,
+        kind: int,
+        param: np.ndarray,
+        grad: np.ndarray,
+        state0: np.ndarray | None,
+        state1: np.ndarray | None,
+        state2: np.ndarray | None,
+        scalars: list[float] | tuple[float, ...],
+        flags: int,
+        params: list,
+        grads: list,
+        views: list,
+    ) -> None: ...
+    def __call__(self, scalars: list[float] | tuple[float, ...], flags: int) -> bool: ...
+    def grads_finite(self) -> int: ...
+
 def lamb_step(
     param: np.ndarray,
     grad: np.ndarray,

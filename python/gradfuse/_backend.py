@@ -16,6 +16,7 @@ cross_entropy_backward = _C.cross_entropy_backward
 
 # optimizers over a flat arena (gradfuse.optim)
 optim_step = _C.optim_step
+ArenaStep = _C.ArenaStep
 lamb_step = _C.lamb_step
 arena_intact = _C.arena_intact
 arena_norm_reduce = _C.arena_norm_reduce

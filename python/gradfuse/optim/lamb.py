@@ -30,6 +30,7 @@ class LAMB(Optimizer):
     """
 
     _kind = 7
+    _fast_step = False  # own _update (two passes, segment table)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *,
                  maximize=False, skip_nonfinite=False):

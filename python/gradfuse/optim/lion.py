@@ -25,6 +25,7 @@ class Lion(Optimizer):
     """
 
     _kind = 6
+    _fixed_scalars = True  # no step in the update
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
                  skip_nonfinite=False):

@@ -31,6 +31,7 @@ class NAdam(Optimizer):
     """
 
     _kind = 4
+    _fast_step = False  # _scalars advances mu_product
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, *, decoupled_weight_decay=False, maximize=False,

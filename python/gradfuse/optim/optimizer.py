@@ -5,8 +5,13 @@ buffer per dtype (the *arena*, 2 MiB aligned with transparent huge pages when it
 from gradfuse's pool) and every parameter's ``.data`` becomes a view into it; gradients get a
 second arena of the same layout, and each state tensor (``exp_avg``, ``momentum_buffer``, ...)
 one more. A step is then one compiled call per group and dtype over whole buffers
-(DESIGN.md, decision 3): the Python work per step is a handful of operations per group, plus
-one identity check per parameter done by C-level ``map`` (about 20 ns each).
+(DESIGN.md, decision 3): the Python work per step is a handful of operations per group (the
+hyperparameter scalars; a group counts its changes, so those derived from it are cached). Each
+arena's buffers are bound once to a compiled ``ArenaStep``; one call of it checks that every
+parameter's ``.data`` and ``.grad`` are still the arena views (a pointer compare per parameter,
+~10 ns each, in C++) and runs the update (the non-finite guard first asks every bound arena
+whether its gradients are finite). Anything else (a rebound ``.data``, a ``.grad`` set by hand
+or None, a folded clip scale) takes the general path below.
 
 Arena semantics (read this if you hold on to arrays):
 
@@ -84,6 +89,58 @@ def _arena_empty(n: int, dtype: np.dtype) -> np.ndarray:
     return a
 
 
+_PLAIN = (float, int, bool)
+
+
+class _Group(dict):
+    """A param group: a plain dict that counts its changes (``version``), so the scalars a step
+    derives from the hyperparameters are recomputed only after a scheduler or the user changes
+    one (``group["lr"] = ...``). Reads cost what a dict's do."""
+
+    __slots__ = ("version", "base")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.version = 0
+        self.base = None  # (version, base scalars) cached by Optimizer._base_scalars
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key, value)
+        self.version += 1
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, key)
+        self.version += 1
+
+    def update(self, *args, **kwargs):
+        dict.update(self, *args, **kwargs)
+        self.version += 1
+
+    def setdefault(self, key, default=None):
+        self.version += 1
+        return dict.setdefault(self, key, default)
+
+    def pop(self, *args):
+        self.version += 1
+        return dict.pop(self, *args)
+
+    def popitem(self):
+        self.version += 1
+        return dict.popitem(self)
+
+    def clear(self):
+        dict.clear(self)
+        self.version += 1
+
+    def __ior__(self, other):
+        dict.update(self, other)
+        self.version += 1
+        return self
+
+    def __reduce__(self):  # copies and pickles are plain dicts (no cache to carry)
+        return (dict, (dict(self),))
+
+
 class _Arena:
     """The parameters of one param group with one dtype, laid out contiguously.
 
@@ -125,7 +182,9 @@ class _Arena:
         # Python int `count` (the fast path touches no numpy scalar); `_steps` is then stale.
         self.count: int | None = 0
         self._steps = np.zeros(len(params), dtype=np.int64)
-        self.slot_cache = None  # (state keys, [state0, state1, state2]) of the last step
+        # (state keys, [state0, state1, state2], group version, bound ArenaStep or None,
+        #  (scalars, flags) of every later step when they do not depend on it, or None)
+        self.slot_cache = None
         self.seg_table = None  # (offsets, sizes) as int64 arrays, for kernels that need them
         self.extra: dict[str, np.ndarray] = {}  # per-segment scalars (NAdam's mu_product)
 
@@ -233,6 +292,12 @@ class Optimizer:
     _kind = -1
     _has_step = True  # whether PyTorch's state carries 'step'
     _eager_state = False  # PyTorch creates the state at construction (Adagrad), not at step 1
+    # Whether step() may use the bound ArenaStep: needs the base _update and a _scalars without
+    # side effects (it runs before the ArenaStep finds out whether the fast path applies).
+    _fast_step = True
+    # Whether _scalars gives the same values for every step after the first (for one group
+    # version): the bound path then reuses them.
+    _fixed_scalars = False
 
     def __init__(self, params, defaults: dict, *, skip_nonfinite: bool = False):
         if isinstance(params, Tensor):
@@ -267,7 +332,7 @@ class Optimizer:
         move into a new arena. Everything is checked before any parameter is touched."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
-        group = dict(param_group)
+        group = _Group(param_group)
         params = group.get("params")
         if params is None:
             raise ValueError("param_group: missing 'params'")
@@ -390,6 +455,19 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        if self._clip_scale is None and self.skip_nonfinite and self._fast_step:
+            # the guard through the bound steps: all gradients are checked before any update
+            bound = self._bound_steps()
+            if bound is not None:
+                finite = [b.grads_finite() for b in bound]
+                if -1 not in finite:
+                    if 0 in finite:
+                        self.skipped_steps += 1
+                        self.last_step_skipped = True
+                        return loss if closure is not None else False
+                    return self._step_bound(loss, closure)
+        if self._clip_scale is None and not self.skip_nonfinite:
+            return self._step_bound(loss, closure)
         plans = self._plans()
         scale, norm = self._clip_scale, self._clip_norm
         self._clip_scale = self._clip_norm = None
@@ -408,16 +486,54 @@ class Optimizer:
             self._update(group, a, active, gs)
         return loss if closure is not None else True
 
+    def _bound_steps(self):
+        """The bound ArenaStep of every arena when all of them have one that is current, else
+        None (then the general path syncs and checks)."""
+        out = []
+        for group, arenas in zip(self.param_groups, self._arenas):
+            version = getattr(group, "version", None)
+            for _, a in arenas:
+                cache = a.slot_cache
+                if a.count is None or cache is None or cache[3] is None or cache[2] != version:
+                    return None
+                out.append(cache[3])
+        return out
+
+    def _step_bound(self, loss, closure):
+        """The common step: per arena one call of its bound ArenaStep, which checks that every
+        parameter still has its arena views and updates; any other arena takes _update."""
+        fast = self._fast_step
+        for group, arenas in zip(self.param_groups, self._arenas):
+            version = getattr(group, "version", None)
+            for _, a in arenas:
+                cache = a.slot_cache
+                if fast and a.count is not None and cache is not None and \
+                        cache[3] is not None and cache[2] == version:
+                    step = a.count + 1
+                    fixed = cache[4]
+                    sc, flags = fixed if fixed is not None else \
+                        self._scalars(group, step, a, 0, len(a.params))
+                    if cache[3](sc, flags):
+                        a.count = step
+                        continue
+                self._update(group, a, a.sync(), 1.0)
+        self.last_step_skipped = False
+        return loss if closure is not None else True
+
     def _update(self, group, a: _Arena, active, grad_scale: float) -> None:
-        keys = self._state_keys(group)
         cache = a.slot_cache
-        if cache is not None and cache[0] == keys:
-            slots = cache[1]
+        version = getattr(group, "version", None)
+        if cache is not None and version is not None and cache[2] == version:
+            slots = cache[1]  # the group is unchanged since: so are its state keys
         else:
-            slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
-                     for k in keys]
-            slots += [None] * (3 - len(slots))
-            a.slot_cache = (keys, slots)
+            keys = self._state_keys(group)
+            if cache is not None and cache[0] == keys:
+                slots = cache[1]
+            else:
+                slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
+                         for k in keys]
+                slots += [None] * (3 - len(slots))
+            a.slot_cache = (keys, slots, version, None, None)
         kind = self._kind
         if active is None and a.count is not None:
             step = a.count + 1
@@ -425,6 +541,17 @@ class Optimizer:
             sc[12] = grad_scale
             _backend.optim_step(kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags)
             a.count = step
+            if self._fast_step and version is not None and a.slot_cache[3] is None:
+                # bind this arena's buffers once; valid while the group and the state slots are
+                # (a new group version or load_state_dict drops it with the slot cache)
+                # reusable only if the group holds plain numbers (an array-valued lr could
+                # change in place unseen): exactly when _base_scalars could cache them
+                base = getattr(group, "base", None)
+                fixed = self._scalars(group, step + 1, a, 0, len(a.params)) \
+                    if self._fixed_scalars and base is not None and base[0] == version else None
+                a.slot_cache = a.slot_cache[:3] + (_backend.ArenaStep(
+                    kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags, a.params,
+                    a.grad_tensors, a.views), fixed)
             return
         for lo, hi, step0, i0, i1 in a.runs(active):
             step = step0 + 1
@@ -453,11 +580,18 @@ class Optimizer:
     def _base_scalars(group) -> list[float]:
         # lr, weight_decay, eps, beta1, beta2, momentum, dampening, alpha, step_size,
         # bc2_sqrt, c1, c2, grad_scale, reserved (order of bindings.cpp, optim section)
+        base = getattr(group, "base", None)
+        if base is not None and base[0] == group.version:
+            return base[1][:]  # a copy: the caller fills in the per-step entries
         betas = group.get("betas", (0.0, 0.0))
-        return [float(group["lr"]), float(group.get("weight_decay", 0.0)),
-                float(group.get("eps", 0.0)), float(betas[0]), float(betas[1]),
-                float(group.get("momentum", 0.0)), float(group.get("dampening", 0.0)),
-                float(group.get("alpha", 0.0)), 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+        vals = (group["lr"], group.get("weight_decay", 0.0), group.get("eps", 0.0), betas[0],
+                betas[1], group.get("momentum", 0.0), group.get("dampening", 0.0),
+                group.get("alpha", 0.0))
+        sc = [float(v) for v in vals] + [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+        # cache only immutable values: an array-valued lr could change in place unseen
+        if isinstance(group, _Group) and all(type(v) in _PLAIN for v in vals):
+            group.base = (group.version, sc[:])
+        return sc
 
     # ------------------------------------------------------------ state
     def _param_index(self):

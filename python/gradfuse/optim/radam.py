@@ -63,6 +63,6 @@ class RAdam(Optimizer):
         if rho_t > 5.0:
             sc[11] = math.sqrt(
                 (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-            sc[9] = math.sqrt(bc2)
+            sc[9] = bc2**0.5  # as PyTorch (pow, not sqrt)
             flags |= F_RECTIFY
         return sc, flags

@@ -28,6 +28,7 @@ class RMSprop(Optimizer):
     """
 
     _kind = 2
+    _fixed_scalars = True  # no step in the update (SGD: only step 1 differs)
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, *, maximize=False, skip_nonfinite=False):

@@ -30,6 +30,7 @@ class SGD(Optimizer):
     """
 
     _kind = 0
+    _fixed_scalars = True  # no step in the update (SGD: only step 1 differs)
     _has_step = False
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,

@@ -786,7 +786,10 @@ py::tuple group_norm_forward_impl(const py::array& x, const py::object& weight,
                                   const py::object& bias, int64_t groups, double eps) {
   check_array<T>(x, "input", 3);
   const GroupNormArgs a = gn_args(x, groups, eps);
-  if (a.s == 0) throw py::value_error("input: normalizes over 0 elements, shape " + shape_str(x));
+  // c == 0 as well as s == 0: the statistics' shift reads the first element of each group
+  if (a.s == 0 || a.c == 0) {
+    throw py::value_error("input: normalizes over 0 elements, shape " + shape_str(x));
+  }
   const auto wa = optional_array(weight, "weight"), ba = optional_array(bias, "bias");
   const T* w = norm_vec<T>(wa, "weight", a.c);
   const T* b = norm_vec<T>(ba, "bias", a.c);

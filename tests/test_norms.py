@@ -467,6 +467,17 @@ def test_backend_rejects_bad_arrays():
                                     0.1, 1e-5)
     with pytest.raises(ValueError, match="num_groups"):
         _backend.group_norm_forward(np.ones((2, 3, 1), np.float32), None, None, 2, 1e-5)
+    # zero channels: each group's statistics would start from an element that is not there
+    with pytest.raises(ValueError, match="0 elements"):
+        _backend.group_norm_forward(np.ones((2, 0, 3), np.float32), None, None, 1, 1e-5)
+    with pytest.raises(ValueError, match="not writeable|writeable"):
+        ro = np.zeros(3, np.float32)
+        ro.flags.writeable = False
+        _backend.batch_norm_forward(np.ones((4, 3), np.float32), None, None, ro, rv, True,
+                                    0.1, 1e-5)
+    with pytest.raises(ValueError, match="running_var"):
+        _backend.batch_norm_forward(np.ones((4, 3), np.float32), None, None, rm,
+                                    np.ones(4, np.float32), True, 0.1, 1e-5)
     np.testing.assert_array_equal(rm, 0)
     np.testing.assert_array_equal(rv, 1)
 

@@ -236,17 +236,28 @@ def test_large_outputs_streamed_match_the_cached_path(rng, dtype, shape):
         outs.append((y.detach().numpy(), xt.grad.numpy()))
     assert outs[0][0][:3].tobytes() == outs[1][0].tobytes()
     assert outs[0][1][:3].tobytes() == outs[1][1].tobytes()
-    # BatchNorm: against the numpy reference (its statistics span the whole batch)
+    # BatchNorm: against the numpy reference (its statistics span the whole batch), and the
+    # same bytes on 1 and 2 threads
     wc, bc = (rng.random(c) + 0.5).astype(dtype), rng.standard_normal(c).astype(dtype)
-    for training in (True, False):
-        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
-        xt = _t(x, True)
-        y = F.batch_norm(xt, _t(rm), _t(rv), _t(wc), _t(bc), training=training)
-        want, _, _, (dx, _, _) = ref.batch_norm(x, wc, bc, np.zeros(c), np.ones(c), training,
-                                                0.1, 1e-5, dy)
-        y.backward(_t(dy))
-        _close(y.detach().numpy(), want, dtype, 10)
-        _close(xt.grad.numpy(), dx, dtype, 30)
+    before = gf.get_num_threads()
+    try:
+        for training in (True, False):
+            got = []
+            for threads in (1, 2):
+                gf.set_num_threads(threads)
+                xt = _t(x, True)
+                y = F.batch_norm(xt, _t(np.zeros(c, dtype)), _t(np.ones(c, dtype)), _t(wc),
+                                 _t(bc), training=training)
+                y.backward(_t(dy))
+                got.append((y.detach().numpy(), xt.grad.numpy()))
+            want, _, _, (dx, _, _) = ref.batch_norm(x, wc, bc, np.zeros(c), np.ones(c),
+                                                    training, 0.1, 1e-5, dy)
+            _close(got[0][0], want, dtype, 10)
+            _close(got[0][1], dx, dtype, 30)
+            assert got[0][0].tobytes() == got[1][0].tobytes()
+            assert got[0][1].tobytes() == got[1][1].tobytes()
+    finally:
+        gf.set_num_threads(before)
 
 
 def test_results_bitwise_independent_of_thread_count():

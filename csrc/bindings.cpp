@@ -492,7 +492,11 @@ ImageLayout image_layout(const py::array& x, int64_t outer, int64_t channels, in
   if (!(x.flags() & py::array::c_style)) {
     throw py::value_error("x: expected a C-contiguous array");
   }
-  if (outer < 1 || channels < 1 || inner < 1 || outer * channels * inner != int64_t(x.size())) {
+  // the product is checked for overflow: a wrapped product could match a small array's size
+  int64_t total = 0;
+  const bool overflow = __builtin_mul_overflow(outer, channels, &total) ||
+                        __builtin_mul_overflow(total, inner, &total);
+  if (outer < 1 || channels < 1 || inner < 1 || overflow || total != int64_t(x.size())) {
     throw py::value_error("x: layout (outer=" + std::to_string(outer) + ", channels=" +
                           std::to_string(channels) + ", inner=" + std::to_string(inner) +
                           ") does not match shape " + shape_str(x));

@@ -86,6 +86,10 @@ GF_INLINE void affine_run(const T* x, const T* w, const T* b, int64_t n, T m, T 
 // ordinary store first reads the line it writes (read for ownership), so BatchNorm's normalize
 // pass would move x, y-read, y-write instead of x, y-write (and its backward's dx pass dy, x,
 // dx-read, dx-write). Such an output does not stay in L2 anyway. Same threshold as scale.cpp.
+// Measured at 8192x1024 float32, one thread, a module forward + backward repeated (min of 30):
+// BatchNorm1d 9.4-10.1 ms vs 14.7-15.4 ms with ordinary stores, LayerNorm 7.6-8.8 vs
+// 10.4-12.5 ms. A LayerNorm forward alone, repeated so that x and y both stay in the L3, is
+// the one case that loses: 2.85 vs 2.5 ms.
 constexpr int64_t kStreamMinBytes = int64_t(8) << 20;
 // values computed into an L1 buffer, then streamed out (see stream_copy)
 constexpr int64_t kStreamBuf = 256;

@@ -92,7 +92,8 @@ def test_group_norm_matches_numpy(rng, dtype, shape, groups):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(2, 1), (7, 3), (300, 37), (5, 4, 1), (6, 3, 7), (2, 3, 300),
-                                   (3, 2, 4100)])  # the last: runs longer than a stats block
+                                   (3, 2, 4100),  # runs longer than a stats block
+                                   (517, 5, 3), (2, 3, 63), (2, 3, 64)])  # short runs as rows
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_matches_numpy(rng, dtype, shape, training):
     x = (rng.standard_normal(shape) * 3 + 5).astype(dtype)
@@ -217,7 +218,8 @@ def _run_all(rng_seed=7):
 # Outputs of >= 8 MiB are written with streaming stores through an L1 buffer (norms.cpp); odd
 # widths put row starts off 16-byte alignment, so the scalar head and tail of each row are used.
 @pytest.mark.parametrize("dtype,shape", [(np.float32, (2049, 1025)), (np.float64, (1031, 1021)),
-                                         (np.float32, (7, 301, 1001))])
+                                         (np.float32, (7, 301, 1001)),
+                                         (np.float32, (32771, 16, 4))])  # short runs as rows
 def test_large_outputs_streamed_match_the_cached_path(rng, dtype, shape):
     assert np.prod(shape) * np.dtype(dtype).itemsize >= 8 << 20
     x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)

@@ -19,7 +19,9 @@ can beat the copy bandwidth (measured on 256 MiB arrays). Past the L3 (65536x102
 CPU time) the LayerNorm forward took 42 ms, as long as numpy's multiply(x, 2, out=y), while
 np.copyto took 22 ms: glibc's copy streams its stores past the cache, ordinary stores read
 each output line first (write-allocate), so any kernel writing with ordinary stores reaches
-about half the copy figure there.
+about half the copy figure there. Outputs of >= 8 MiB (y, dx) are therefore written with
+streaming stores through an L1 buffer (norms.cpp, kStreamMinBytes); the 8192x1024 cases use
+that path.
 """
 
 from __future__ import annotations

@@ -571,7 +571,11 @@ ImageLayout image_layout(const py::array& x, int64_t outer, int64_t channels, in
   if (!(x.flags() & py::array::c_style)) {
     throw py::value_error("x: expected a C-contiguous array");
   }
-  if (outer < 1 || channels < 1 || inner < 1 || outer * channels * inner != int64_t(x.size())) {
+  // the product is checked for overflow: a wrapped product could match a small array's size
+  int64_t total = 0;
+  const bool overflow = __builtin_mul_overflow(outer, channels, &total) ||
+                        __builtin_mul_overflow(total, inner, &total);
+  if (outer < 1 || channels < 1 || inner < 1 || overflow || total != int64_t(x.size())) {
     throw py::value_error("x: layout (outer=" + std::to_string(outer) + ", channels=" +
                           std::to_string(channels) + ", inner=" + std::to_string(inner) +
                           ") does not match shape " + shape_str(x));
@@ -865,7 +869,10 @@ py::tuple group_norm_forward_impl(const py::array& x, const py::object& weight,
                                   const py::object& bias, int64_t groups, double eps) {
   check_array<T>(x, "input", 3);
   const GroupNormArgs a = gn_args(x, groups, eps);
-  if (a.s == 0) throw py::value_error("input: normalizes over 0 elements, shape " + shape_str(x));
+  // c == 0 as well as s == 0: the statistics' shift reads the first element of each group
+  if (a.s == 0 || a.c == 0) {
+    throw py::value_error("input: normalizes over 0 elements, shape " + shape_str(x));
+  }
   const auto wa = optional_array(weight, "weight"), ba = optional_array(bias, "bias");
   const T* w = norm_vec<T>(wa, "weight", a.c);
   const T* b = norm_vec<T>(ba, "bias", a.c);

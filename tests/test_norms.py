@@ -92,7 +92,8 @@ def test_group_norm_matches_numpy(rng, dtype, shape, groups):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(2, 1), (7, 3), (300, 37), (5, 4, 1), (6, 3, 7), (2, 3, 300),
-                                   (3, 2, 4100)])  # the last: runs longer than a stats block
+                                   (3, 2, 4100),  # runs longer than a stats block
+                                   (517, 5, 3), (2, 3, 63), (2, 3, 64)])  # short runs as rows
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_matches_numpy(rng, dtype, shape, training):
     x = (rng.standard_normal(shape) * 3 + 5).astype(dtype)
@@ -212,6 +213,53 @@ def _run_all(rng_seed=7):
         if kind != "rms":
             out.append(b.grad.numpy())
     return out
+
+
+# Outputs of >= 8 MiB are written with streaming stores through an L1 buffer (norms.cpp); odd
+# widths put row starts off 16-byte alignment, so the scalar head and tail of each row are used.
+@pytest.mark.parametrize("dtype,shape", [(np.float32, (2049, 1025)), (np.float64, (1031, 1021)),
+                                         (np.float32, (7, 301, 1001)),
+                                         (np.float32, (32771, 16, 4))])  # short runs as rows
+def test_large_outputs_streamed_match_the_cached_path(rng, dtype, shape):
+    assert np.prod(shape) * np.dtype(dtype).itemsize >= 8 << 20
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[1]
+    # LayerNorm rows are independent: the streamed rows must equal the same rows computed
+    # alone (small output, ordinary stores) bit for bit
+    d = shape[-1]
+    w, b = (rng.random(d) + 0.5).astype(dtype), rng.standard_normal(d).astype(dtype)
+    big, small = _t(x, True), _t(x[:3].copy(), True)
+    outs = []
+    for xt in (big, small):
+        wt, bt = _t(w, True), _t(b, True)
+        y = F.layer_norm(xt, (d,), wt, bt)
+        y.backward(_t(dy[: xt.shape[0]]))
+        outs.append((y.detach().numpy(), xt.grad.numpy()))
+    assert outs[0][0][:3].tobytes() == outs[1][0].tobytes()
+    assert outs[0][1][:3].tobytes() == outs[1][1].tobytes()
+    # BatchNorm: against the numpy reference (its statistics span the whole batch), and the
+    # same bytes on 1 and 2 threads
+    wc, bc = (rng.random(c) + 0.5).astype(dtype), rng.standard_normal(c).astype(dtype)
+    before = gf.get_num_threads()
+    try:
+        for training in (True, False):
+            got = []
+            for threads in (1, 2):
+                gf.set_num_threads(threads)
+                xt = _t(x, True)
+                y = F.batch_norm(xt, _t(np.zeros(c, dtype)), _t(np.ones(c, dtype)), _t(wc),
+                                 _t(bc), training=training)
+                y.backward(_t(dy))
+                got.append((y.detach().numpy(), xt.grad.numpy()))
+            want, _, _, (dx, _, _) = ref.batch_norm(x, wc, bc, np.zeros(c), np.ones(c),
+                                                    training, 0.1, 1e-5, dy)
+            _close(got[0][0], want, dtype, 10)
+            _close(got[0][1], dx, dtype, 30)
+            assert got[0][0].tobytes() == got[1][0].tobytes()
+            assert got[0][1].tobytes() == got[1][1].tobytes()
+    finally:
+        gf.set_num_threads(before)
 
 
 def test_results_bitwise_independent_of_thread_count():
@@ -467,6 +515,17 @@ def test_backend_rejects_bad_arrays():
                                     0.1, 1e-5)
     with pytest.raises(ValueError, match="num_groups"):
         _backend.group_norm_forward(np.ones((2, 3, 1), np.float32), None, None, 2, 1e-5)
+    # zero channels: each group's statistics would start from an element that is not there
+    with pytest.raises(ValueError, match="0 elements"):
+        _backend.group_norm_forward(np.ones((2, 0, 3), np.float32), None, None, 1, 1e-5)
+    with pytest.raises(ValueError, match="not writeable|writeable"):
+        ro = np.zeros(3, np.float32)
+        ro.flags.writeable = False
+        _backend.batch_norm_forward(np.ones((4, 3), np.float32), None, None, ro, rv, True,
+                                    0.1, 1e-5)
+    with pytest.raises(ValueError, match="running_var"):
+        _backend.batch_norm_forward(np.ones((4, 3), np.float32), None, None, rm,
+                                    np.ones(4, np.float32), True, 0.1, 1e-5)
     np.testing.assert_array_equal(rm, 0)
     np.testing.assert_array_equal(rv, 1)
 

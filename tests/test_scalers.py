@@ -656,6 +656,20 @@ def test_scale_images_bad_input(rng):
     assert gf.data.scale_images(np.zeros((0, 3), np.uint8)).shape == (0, 3)
 
 
+def test_backend_image_layout_rejects_a_product_that_overflows():
+    from gradfuse import _backend
+
+    # (2^61 + 1) * 1 * 8 wraps to 8 in int64 arithmetic: it must not pass for 8 pixels
+    x = np.zeros(8, np.uint8)
+    one, zero = np.ones(1), np.zeros(1)
+    with pytest.raises(ValueError, match="layout"):
+        _backend.image_channel_stats(x, 2**61 + 1, 1, 8)
+    with pytest.raises(ValueError, match="layout"):
+        _backend.image_affine(x, 2**61 + 1, 1, 8, zero, one, zero)
+    with pytest.raises(ValueError, match="layout"):
+        _backend.image_channel_stats(np.zeros(0, np.uint8), 2**32, 2, 2**31)
+
+
 def test_image_stats_exact_past_the_uint32_partial_sums():
     # all 255: per-position sums of squares overflow uint32 after 66052 values; the kernel
     # flushes its partial sums to uint64 before that, on one thread (longest run) or more

@@ -1,7 +1,10 @@
 #include "kernels/norms.h"
 
+#include <emmintrin.h>  // streaming stores; SSE2 is in every x86-64 target clone
+
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "common.h"
@@ -79,9 +82,48 @@ GF_INLINE void affine_run(const T* x, const T* w, const T* b, int64_t n, T m, T 
   }
 }
 
+// Outputs (y, dx) at least this large are written with non-temporal (streaming) stores: an
+// ordinary store first reads the line it writes (read for ownership), so BatchNorm's normalize
+// pass would move x, y-read, y-write instead of x, y-write (and its backward's dx pass dy, x,
+// dx-read, dx-write). Such an output does not stay in L2 anyway. Same threshold as scale.cpp.
+// Measured at 8192x1024 float32, one thread, a module forward + backward repeated (min of 30):
+// BatchNorm1d 9.4-10.1 ms vs 14.7-15.4 ms with ordinary stores, LayerNorm 7.6-8.8 vs
+// 10.4-12.5 ms. A LayerNorm forward alone, repeated so that x and y both stay in the L3, is
+// the one case that loses: 2.85 vs 2.5 ms.
+constexpr int64_t kStreamMinBytes = int64_t(8) << 20;
+// values computed into an L1 buffer, then streamed out (see stream_copy)
+constexpr int64_t kStreamBuf = 256;
+
+// dst[0, n) = src[0, n) with 16-byte streaming stores where dst is 16-byte aligned;
+// consecutive 16-byte streaming stores fill whole lines in the write-combining buffers.
+GF_INLINE void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+GF_INLINE void stream_copy(double* dst, const double* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
+  for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// Streaming stores are weakly ordered: each thread fences before its writes are read.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 // ------------------------------------------------------------------ LayerNorm / RMSNorm rows
 
-template <typename T>
+template <bool kStream, typename T>
 GF_INLINE void row_forward(const T* x, const T* w, const T* b, int64_t n, double eps, bool rms,
                            T* y, T* mean_out, T* rstd_out) {
   double mean, var;
@@ -91,15 +133,23 @@ GF_INLINE void row_forward(const T* x, const T* w, const T* b, int64_t n, double
   if (mean_out) *mean_out = m;
   *rstd_out = r;
   // The row was just read for the statistics and is still in L1/L2: this pass costs only the
-  // write of y.
-  if (w && b) {
-    affine_run<true, true>(x, w, b, n, m, r, y);
-  } else if (w) {
-    affine_run<true, false>(x, w, b, n, m, r, y);
-  } else if (b) {
-    affine_run<false, true>(x, w, b, n, m, r, y);
-  } else {
-    affine_run<false, false>(x, w, b, n, m, r, y);
+  // write of y (through an L1 buffer and streaming stores when kStream).
+  alignas(64) T buf[kStream ? kStreamBuf : 1];
+  for (int64_t j0 = 0; j0 < n; j0 += (kStream ? kStreamBuf : n)) {
+    const int64_t len = kStream ? std::min(kStreamBuf, n - j0) : n;
+    T* dst = kStream ? buf : y + j0;
+    const T* wj = w ? w + j0 : nullptr;
+    const T* bj = b ? b + j0 : nullptr;
+    if (w && b) {
+      affine_run<true, true>(x + j0, wj, bj, len, m, r, dst);
+    } else if (w) {
+      affine_run<true, false>(x + j0, wj, bj, len, m, r, dst);
+    } else if (b) {
+      affine_run<false, true>(x + j0, wj, bj, len, m, r, dst);
+    } else {
+      affine_run<false, false>(x + j0, wj, bj, len, m, r, dst);
+    }
+    if constexpr (kStream) stream_copy(y + j0, buf, len);
   }
 }
 
@@ -110,7 +160,7 @@ GF_INLINE void row_forward(const T* x, const T* w, const T* b, int64_t n, double
 // second, over the now cached row, writes dx. (One loop writing dx, dw and db together ran
 // about 1.6x slower at 8192x1024 on one thread, probably because the L1 stores then wait in
 // the store buffer behind dx's cache-missing ones.)
-template <bool W, bool P, typename T>
+template <bool W, bool P, bool kStream, typename T>
 GF_INLINE void row_backward(const T* x, const T* dy, const T* w, T m, T r, int64_t n, bool rms,
                             T* dx, T* pw, T* pb) {
   double sg = 0, sgx = 0;
@@ -136,33 +186,56 @@ GF_INLINE void row_backward(const T* x, const T* dy, const T* w, T m, T r, int64
   // dx = r (g - sg/n - (x - m) r^2 sgx/n)
   const T c1 = rms ? T(0) : T(sg / double(n));
   const T c2 = T(double(r) * double(r) * sgx / double(n));
+  alignas(64) T buf[kStream ? kStreamBuf : 1];
+  for (int64_t j0 = 0; j0 < n; j0 += (kStream ? kStreamBuf : n)) {
+    const int64_t len = kStream ? std::min(kStreamBuf, n - j0) : n;
+    T* dst = kStream ? buf : dx + j0;
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    T g = dy[j];
-    if constexpr (W) g = g * w[j];
-    dx[j] = r * (g - c1 - (x[j] - m) * c2);
+    for (int64_t j = 0; j < len; ++j) {
+      T g = dy[j0 + j];
+      if constexpr (W) g = g * w[j0 + j];
+      dst[j] = r * (g - c1 - (x[j0 + j] - m) * c2);
+    }
+    if constexpr (kStream) stream_copy(dx + j0, buf, len);
   }
 }
 
 // Rows [r0, r1): the unit compiled per instruction set, so a small row costs no dispatch.
-template <typename T>
+template <bool kStream, typename T>
 GF_TARGET_CLONES void rows_forward(const T* x, const T* w, const T* b, const RowNormArgs& a,
                                    int64_t r0, int64_t r1, T* y, T* mean, T* rstd) {
   const int64_t D = a.cols;
   for (int64_t i = r0; i < r1; ++i) {
-    row_forward<T>(x + i * D, w, b, D, a.eps, a.rms, y + i * D, mean ? mean + i : nullptr,
-                   rstd + i);
+    row_forward<kStream, T>(x + i * D, w, b, D, a.eps, a.rms, y + i * D,
+                            mean ? mean + i : nullptr, rstd + i);
   }
+  if (kStream) stream_fence();
 }
 
-template <bool W, bool P, typename T>
+template <bool W, bool P, bool kStream, typename T>
 GF_TARGET_CLONES void rows_backward(const T* x, const T* dy, const T* w, const T* mean,
                                     const T* rstd, const RowNormArgs& a, int64_t r0, int64_t r1,
                                     T* dx, T* pw, T* pb) {
   const int64_t D = a.cols;
   for (int64_t i = r0; i < r1; ++i) {
-    row_backward<W, P, T>(x + i * D, dy + i * D, w, mean ? mean[i] : T(0), rstd[i], D, a.rms,
-                          dx ? dx + i * D : nullptr, pw, pb);
+    row_backward<W, P, kStream, T>(x + i * D, dy + i * D, w, mean ? mean[i] : T(0), rstd[i], D,
+                                   a.rms, dx ? dx + i * D : nullptr, pw, pb);
+  }
+  if (kStream) stream_fence();
+}
+
+template <bool kStream, typename T>
+void rows_backward_dispatch(const T* x, const T* dy, const T* w, const T* mean, const T* rstd,
+                            const RowNormArgs& a, int64_t r0, int64_t r1, T* dx, T* pw, T* pb,
+                            bool want) {
+  if (w && want) {
+    rows_backward<true, true, kStream, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+  } else if (w) {
+    rows_backward<true, false, kStream, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+  } else if (want) {
+    rows_backward<false, true, kStream, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+  } else {
+    rows_backward<false, false, kStream, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
   }
 }
 
@@ -210,10 +283,54 @@ GF_TARGET_CLONES void channel_run_sums(const T* x, const T* y, T k, const BatchN
 //   l == 1: rows in fixed chunks of kColChunk, each chunk accumulating all C columns at once
 //           (contiguous, vectorized across channels), chunk partials added in chunk order;
 //   l > 1:  one channel per work item, its n runs of l summed in order.
+// (N, C, L) with short runs: each sample is one contiguous row of C L values, so it is treated
+// as an (N, C L) array (the l == 1 paths, vectorized across the row) and the L columns of a
+// channel are folded afterwards. One channel at a time over runs of 4 read each 64-byte line
+// four times, one channel after another: (131072, 16, 4) float32 took 50 ms forward.
+constexpr int64_t kShortRun = 64;
+constexpr int64_t kMaxFoldedCols = 8192;
+
+inline bool short_runs(const BatchNormArgs& a) {
+  return a.l > 1 && a.l < kShortRun && a.c * a.l <= kMaxFoldedCols;
+}
+
+inline BatchNormArgs as_rows(const BatchNormArgs& a) {
+  BatchNormArgs f = a;
+  f.c = a.c * a.l;
+  f.l = 1;
+  return f;
+}
+
+// v (C,) repeated L times per channel: (C L,)
+template <typename T>
+std::vector<T> per_column(const T* v, const BatchNormArgs& a) {
+  std::vector<T> out(static_cast<size_t>(a.c * a.l));
+  for (int64_t c = 0; c < a.c; ++c) {
+    for (int64_t j = 0; j < a.l; ++j) out[size_t(c * a.l + j)] = v[c];
+  }
+  return out;
+}
+
 template <bool kGrad, typename T>
 void channel_sums(const T* x, const T* y, const T* k, const BatchNormArgs& a, double* s1,
                   double* s2) {
   const int64_t C = a.c;
+  if (short_runs(a)) {
+    const BatchNormArgs f = as_rows(a);
+    const std::vector<T> kc = per_column(k, a);
+    std::vector<double> u(static_cast<size_t>(f.c)), v(static_cast<size_t>(f.c));
+    channel_sums<kGrad, T>(x, y, kc.data(), f, u.data(), v.data());
+    for (int64_t c = 0; c < C; ++c) {
+      double p = 0, q = 0;
+      for (int64_t j = 0; j < a.l; ++j) {
+        p += u[size_t(c * a.l + j)];
+        q += v[size_t(c * a.l + j)];
+      }
+      s1[c] = p;
+      s2[c] = q;
+    }
+    return;
+  }
   if (a.l == 1) {
     const int64_t nchunks = (a.n + kColChunk - 1) / kColChunk;
     const int64_t stride = 2 * (C + kPad);
@@ -240,58 +357,94 @@ void channel_sums(const T* x, const T* y, const T* k, const BatchNormArgs& a, do
   });
 }
 
-// out = (x - m[c]) * s[c] + t[c] over (n, c, l): the normalize pass of the forward and, with
-// x = dy and m = 0, the running-statistics backward. u[c] * (v - mv[c]) is added when v != null
-// (the training backward: dx = s dy + t + u (x - mean)).
-template <typename T>
-GF_TARGET_CLONES void bn_apply_rows(const T* x, const T* m, const T* s, const T* t, const T* v,
-                                    const T* u, int64_t r0, int64_t r1, int64_t C, T* out) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = x + r * C;
-    T* o = out + r * C;
-    if (v) {
-      const T* vr = v + r * C;
+// o[j] = (x[j] - m[j]) * s[j] + t[j]   (per-channel vectors, V false), or
+// o[j] = x[j] * s[j] + t[j] + u[j] * (v[j] - m[j])   (V true: the training backward);
+// kScalar: m, s, t, u are one value each (a run of one channel). Direct stores, or through an
+// L1 buffer and streaming stores (kStream).
+template <bool V, bool kScalar, bool kStream, typename T>
+GF_INLINE void bn_apply_span(const T* x, const T* m, const T* s, const T* t, const T* v,
+                             const T* u, int64_t n, T* o) {
+  alignas(64) T buf[kStream ? kStreamBuf : 1];
+  for (int64_t j0 = 0; j0 < n; j0 += (kStream ? kStreamBuf : n)) {
+    const int64_t len = kStream ? std::min(kStreamBuf, n - j0) : n;
+    T* dst = kStream ? buf : o + j0;
+    const T* xs = x + j0;
+    const T* vs = V ? v + j0 : nullptr;
+    const int64_t c0 = kScalar ? 0 : j0;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) o[c] = xr[c] * s[c] + t[c] + u[c] * (vr[c] - m[c]);
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) o[c] = (xr[c] - m[c]) * s[c] + t[c];
+    for (int64_t j = 0; j < len; ++j) {
+      const int64_t c = kScalar ? 0 : c0 + j;
+      if constexpr (V) {
+        dst[j] = xs[j] * s[c] + t[c] + u[c] * (vs[j] - m[c]);
+      } else {
+        dst[j] = (xs[j] - m[c]) * s[c] + t[c];
+      }
     }
+    if constexpr (kStream) stream_copy(o + j0, buf, len);
   }
 }
 
-template <typename T>
+// out = (x - m[c]) * s[c] + t[c] over (n, c, l): the normalize pass of the forward and, with
+// x = dy and m = 0, the running-statistics backward. u[c] * (v - mv[c]) is added when v != null
+// (the training backward: dx = s dy + t + u (x - mean)).
+template <bool kStream, typename T>
+GF_TARGET_CLONES void bn_apply_rows(const T* x, const T* m, const T* s, const T* t, const T* v,
+                                    const T* u, int64_t r0, int64_t r1, int64_t C, T* out) {
+  for (int64_t r = r0; r < r1; ++r) {
+    if (v) {
+      bn_apply_span<true, false, kStream>(x + r * C, m, s, t, v + r * C, u, C, out + r * C);
+    } else {
+      bn_apply_span<false, false, kStream>(x + r * C, m, s, t, v, u, C, out + r * C);
+    }
+  }
+  if (kStream) stream_fence();
+}
+
+template <bool kStream, typename T>
 GF_TARGET_CLONES void bn_apply_runs(const T* x, const T* m, const T* s, const T* t, const T* v,
                                     const T* u, int64_t i0, int64_t i1, int64_t C, int64_t L,
                                     T* out) {
   for (int64_t i = i0; i < i1; ++i) {  // i = sample * C + channel
     const int64_t c = i % C;
-    const T* xr = x + i * L;
-    T* o = out + i * L;
-    const T mc = m[c], sc = s[c], tc = t[c];
     if (v) {
-      const T* vr = v + i * L;
-      const T uc = u[c];
-#pragma omp simd
-      for (int64_t j = 0; j < L; ++j) o[j] = xr[j] * sc + tc + uc * (vr[j] - mc);
+      bn_apply_span<true, true, kStream>(x + i * L, m + c, s + c, t + c, v + i * L, u + c, L,
+                                         out + i * L);
     } else {
-#pragma omp simd
-      for (int64_t j = 0; j < L; ++j) o[j] = (xr[j] - mc) * sc + tc;
+      bn_apply_span<false, true, kStream>(x + i * L, m + c, s + c, t + c, v, u, L, out + i * L);
     }
+  }
+  if (kStream) stream_fence();
+}
+
+template <bool kStream, typename T>
+void bn_apply_impl(const T* x, const T* m, const T* s, const T* t, const T* v, const T* u,
+                   const BatchNormArgs& a, T* out) {
+  if (a.l == 1) {
+    parallel_for(a.n, a.c, [&](int64_t b, int64_t e) {
+      bn_apply_rows<kStream>(x, m, s, t, v, u, b, e, a.c, out);
+    });
+  } else {
+    parallel_for(a.n * a.c, a.l, [&](int64_t b, int64_t e) {
+      bn_apply_runs<kStream>(x, m, s, t, v, u, b, e, a.c, a.l, out);
+    });
   }
 }
 
 template <typename T>
 void bn_apply(const T* x, const T* m, const T* s, const T* t, const T* v, const T* u,
               const BatchNormArgs& a, T* out) {
-  if (a.l == 1) {
-    parallel_for(a.n, a.c, [&](int64_t b, int64_t e) {
-      bn_apply_rows(x, m, s, t, v, u, b, e, a.c, out);
-    });
+  if (short_runs(a)) {  // as rows of C L values, the per-channel vectors repeated per column
+    const std::vector<T> mc = per_column(m, a), sc = per_column(s, a), tc = per_column(t, a);
+    const std::vector<T> uc = u ? per_column(u, a) : std::vector<T>();
+    bn_apply(x, mc.data(), sc.data(), tc.data(), v, u ? uc.data() : nullptr, as_rows(a), out);
+    return;
+  }
+  // (N, C, L) runs shorter than the buffer would stream partial lines and mix ordinary and
+  // streaming stores on the lines between runs: (131072, 16, 4) float32 ran 1.4x slower so
+  if (a.n * a.c * a.l * int64_t(sizeof(T)) >= kStreamMinBytes && (a.l == 1 || a.l >= kStreamBuf)) {
+    bn_apply_impl<true>(x, m, s, t, v, u, a, out);
   } else {
-    parallel_for(a.n * a.c, a.l, [&](int64_t b, int64_t e) {
-      bn_apply_runs(x, m, s, t, v, u, b, e, a.c, a.l, out);
-    });
+    bn_apply_impl<false>(x, m, s, t, v, u, a, out);
   }
 }
 
@@ -370,8 +523,13 @@ template <typename T>
 void row_norm_forward(const T* x, const T* w, const T* b, const RowNormArgs& a, T* y, T* mean,
                       T* rstd) {
   const int64_t D = a.cols;
+  const bool stream = a.rows * D * int64_t(sizeof(T)) >= kStreamMinBytes;
   parallel_for(a.rows, D, [&](int64_t r0, int64_t r1) {
-    rows_forward<T>(x, w, b, a, r0, r1, y, mean, rstd);
+    if (stream) {
+      rows_forward<true, T>(x, w, b, a, r0, r1, y, mean, rstd);
+    } else {
+      rows_forward<false, T>(x, w, b, a, r0, r1, y, mean, rstd);
+    }
   });
 }
 
@@ -384,6 +542,7 @@ void row_norm_backward(const T* x, const T* dy, const T* w, const T* mean, const
   // thread, merged in chunk order below. 64 rows x 1024 floats keeps the partials in L1.
   const int64_t stride = 2 * (D + kPad);
   const bool want = dw || db;
+  const bool stream = dx && M * D * int64_t(sizeof(T)) >= kStreamMinBytes;
   std::vector<T> part(want ? size_t(nchunks * stride) : 0, T(0));
   parallel_for(nchunks, kRowChunk * D, [&](int64_t cb, int64_t ce) {
     for (int64_t ch = cb; ch < ce; ++ch) {
@@ -391,14 +550,10 @@ void row_norm_backward(const T* x, const T* dy, const T* w, const T* mean, const
       T* pw = want ? part.data() + ch * stride : nullptr;
       T* pb = want ? part.data() + ch * stride + D + kPad : nullptr;
       const int64_t r0 = ch * kRowChunk, r1 = std::min(M, (ch + 1) * kRowChunk);
-      if (w && want) {
-        rows_backward<true, true, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
-      } else if (w) {
-        rows_backward<true, false, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
-      } else if (want) {
-        rows_backward<false, true, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+      if (stream) {
+        rows_backward_dispatch<true>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb, want);
       } else {
-        rows_backward<false, false, T>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb);
+        rows_backward_dispatch<false>(x, dy, w, mean, rstd, a, r0, r1, dx, pw, pb, want);
       }
     }
   });

@@ -379,6 +379,38 @@ def test_model_state_dict_round_trip_keeps_arena_views():
     assert not np.array_equal(model.weight.data, before)  # the step reached the module
 
 
+def test_model_copies_after_optimizer_construction_are_independent():
+    # copy.deepcopy / pickle of a model whose parameters live in an arena: the copy holds its
+    # own values (no arena, no unpicklable bound step) and never writes into the original's
+    # gradient arena.
+    import pickle
+
+    x = gf.tensor(np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32))
+    model = gf.nn.Sequential(gf.nn.Linear(4, 5), gf.nn.Linear(5, 2))
+    opt = gf.optim.Adam(model.parameters(), lr=0.1)
+    (model(x) ** 2).sum().backward()
+    opt.step()  # binds the compiled fast path
+    (model(x) ** 2).sum().backward()
+    for make in (copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))):
+        clone = make(model)
+        (arena,) = [a for _, a in opt._arenas[0]]
+        grads = arena.grad.copy()
+        for p, q in zip(model.parameters(), clone.parameters()):
+            np.testing.assert_array_equal(p.data, q.data)
+            assert not np.shares_memory(q.data, arena.param)
+            assert q._grad_slot is None
+        for q in clone.parameters():
+            q.grad = None
+        (clone(x) ** 2).sum().backward()
+        np.testing.assert_array_equal(arena.grad, grads)  # the original's grads untouched
+        for q in clone.parameters():
+            assert not np.shares_memory(q.grad.data, arena.grad)
+        before = [q.data.copy() for q in clone.parameters()]
+        opt.step()
+        for q, b in zip(clone.parameters(), before):
+            np.testing.assert_array_equal(q.data, b)
+
+
 def test_rebound_data_and_second_optimizer_are_readopted():
     p = gf.nn.Parameter(np.zeros(5))
     o1 = gf.optim.SGD([p], lr=1.0)

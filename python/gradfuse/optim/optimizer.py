@@ -430,7 +430,11 @@ class Optimizer:
             opt.step()
         """
         max_norm = _check_finite("max_norm", max_norm)
-        norm_type = float(norm_type)
+        try:
+            norm_type = float(norm_type)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"norm_type: expected a number, got {type(norm_type).__name__}") from None
         if math.isnan(norm_type) or norm_type <= 0:
             raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
         plans = self._plans()

@@ -379,6 +379,33 @@ def test_model_state_dict_round_trip_keeps_arena_views():
     assert not np.array_equal(model.weight.data, before)  # the step reached the module
 
 
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.5)),
+                                     ("Adam", dict(lr=0.1, weight_decay=0.1)),
+                                     ("AdamW", dict(lr=0.1))])
+def test_zero_grad_keep_leaves_none_grads_none_as_pytorch(name, kw):
+    # zero_grad(set_to_none=False) must not give a parameter that never got a gradient (unused
+    # or frozen) a zero .grad: it would then take part in step() (decay, momentum).
+    torch = pytest.importorskip("torch")
+    w = np.linspace(-1, 1, 6).astype(np.float32)
+    ps = [gf.nn.Parameter(w.copy()) for _ in range(3)]
+    ts = [torch.nn.Parameter(torch.tensor(w)) for _ in range(3)]
+    ps[2].requires_grad_(False)
+    ts[2].requires_grad_(False)
+    opt = getattr(gf.optim, name)(ps, **kw)
+    topt = getattr(torch.optim, name)(ts, **kw)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=False)
+        topt.zero_grad(set_to_none=False)
+        (ps[0] * ps[0]).sum().backward()  # ps[1] unused, ps[2] frozen
+        (ts[0] * ts[0]).sum().backward()
+        opt.step()
+        topt.step()
+    for p, t in zip(ps, ts):
+        assert (p.grad is None) == (t.grad is None)
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-6, atol=1e-7)
+    assert len(opt.state_dict()["state"]) == len(topt.state_dict()["state"])
+
+
 def test_model_copies_after_optimizer_construction_are_independent():
     # copy.deepcopy / pickle of a model whose parameters live in an arena: the copy holds its
     # own values (no arena, no unpicklable bound step) and never writes into the original's

@@ -26,7 +26,8 @@ Arena semantics (read this if you hold on to arrays):
   a user reading ``.grad`` sees ``None``; the arena memory is kept, and the next backward writes
   into it again. A parameter whose ``.grad`` is ``None`` at ``step()`` is skipped (no update,
   no state change), as in PyTorch. ``zero_grad(set_to_none=False)`` zeroes the gradient arena
-  in one call and leaves ``.grad`` as zero-filled views.
+  in one call and leaves ``.grad`` as zero-filled views (a ``.grad`` that was None stays None,
+  as PyTorch, so a parameter that gets no gradient still takes no step).
 * A gradient assigned by hand (``p.grad = gf.Tensor(g)``) is copied into the arena at the next
   ``step()``.
 * A parameter given to a second optimizer moves into the second one's arena; the first
@@ -382,7 +383,8 @@ class Optimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop gradients (``set_to_none=True``, PyTorch's default: ``p.grad`` reads None and
         the parameter is skipped by ``step()`` until a backward writes it again) or zero the
-        gradient arenas in one call each (``set_to_none=False``: ``p.grad`` is a zero view)."""
+        gradient arenas in one call each (``set_to_none=False``: a ``p.grad`` that is not None
+        reads zeros; one that is None stays None, as PyTorch)."""
         for arenas in self._arenas:
             for _, a in arenas:
                 if set_to_none:
@@ -392,10 +394,11 @@ class Optimizer:
                     a.grad.fill(0)
                     for p, gt in zip(a.params, a.grad_tensors):
                         g = p.grad
+                        # A None .grad stays None, as PyTorch: a zero gradient would make a
+                        # parameter that gets no gradient (frozen, unused) take part in step()
+                        # (weight decay, momentum would move it).
                         if g is not None and g is not gt:
                             g.data[...] = 0  # a foreign gradient: zero it too, as PyTorch
-                        else:
-                            p.grad = gt
 
     def _plans(self):
         """Sync every arena; returns [(group, arena, active)] for the step."""

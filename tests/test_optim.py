@@ -406,6 +406,36 @@ def test_zero_grad_keep_leaves_none_grads_none_as_pytorch(name, kw):
     assert len(opt.state_dict()["state"]) == len(topt.state_dict()["state"])
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_assigning_grad_data_reaches_the_step(name):
+    # p.grad.data = array on an arena gradient: the bound fast path only checks that p.grad is
+    # the arena tensor, so the new values must land in the arena.
+    torch = pytest.importorskip("torch")
+    p = gf.nn.Parameter(np.ones(4, np.float32))
+    t = torch.nn.Parameter(torch.ones(4))
+    opt = getattr(gf.optim, name)([p], lr=0.5)
+    topt = getattr(torch.optim, name)([t], lr=0.5)
+    (arena,) = [a for _, a in opt._arenas[0]]
+    for k in range(3):
+        opt.zero_grad()
+        topt.zero_grad()
+        (p * p).sum().backward()
+        (t * t).sum().backward()
+        new = np.arange(4, dtype=np.float32) * (k + 1) - 1
+        p.grad.data = new
+        t.grad.data = torch.tensor(new)
+        assert np.shares_memory(p.grad.data, arena.grad)
+        p.grad.data += 1  # in place through the attribute: still the view
+        t.grad.data += 1
+        assert np.shares_memory(p.grad.data, arena.grad)
+        opt.step()
+        topt.step()
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="grad.data"):
+        p.grad.data = np.zeros(3, np.float32)
+    np.testing.assert_array_equal(p.grad.data, t.grad.numpy())  # unchanged by the rejection
+
+
 def test_model_copies_after_optimizer_construction_are_independent():
     # copy.deepcopy / pickle of a model whose parameters live in an arena: the copy holds its
     # own values (no arena, no unpicklable bound step) and never writes into the original's

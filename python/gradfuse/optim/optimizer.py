@@ -29,7 +29,8 @@ Arena semantics (read this if you hold on to arrays):
   in one call and leaves ``.grad`` as zero-filled views (a ``.grad`` that was None stays None,
   as PyTorch, so a parameter that gets no gradient still takes no step).
 * A gradient assigned by hand (``p.grad = gf.Tensor(g)``) is copied into the arena at the next
-  ``step()``.
+  ``step()``; ``p.grad.data = array`` on an arena gradient copies into the arena at once
+  (``p.grad.data`` stays the arena view).
 * A parameter given to a second optimizer moves into the second one's arena; the first
   optimizer copies it back into its own at its next ``step()``, so both keep updating the same
   values (PyTorch's behaviour, at the price of a copy per step). A parameter listed twice in
@@ -142,6 +143,35 @@ class _Group(dict):
         return (dict, (dict(self),))
 
 
+class _ArenaGrad(Tensor):
+    """A parameter's ``.grad`` while it lives in the gradient arena. ``.data`` is the arena view
+    and stays one: assigning ``p.grad.data = array`` copies the values into the arena (the
+    bound step checks only that ``p.grad`` is this tensor, so a rebound ``.data`` would be
+    silently ignored). ``t.data += g`` reassigns the same array: no copy then."""
+
+    @property
+    def data(self):
+        return self._view
+
+    @data.setter
+    def data(self, value):
+        v = self.__dict__.get("_view")
+        if v is None:  # Tensor.__init__
+            self.__dict__["_view"] = value
+            return
+        if value is v:
+            return
+        arr = value.data if isinstance(value, Tensor) else np.asarray(value)
+        if arr.shape != v.shape:
+            raise ValueError(
+                f"grad.data: expected shape {v.shape} (the optimizer's gradient arena), got "
+                f"{arr.shape}")
+        np.copyto(v, arr, casting="same_kind")
+
+    def __reduce__(self):  # a copy or pickle is an ordinary tensor holding the values
+        return (Tensor, (self._view.copy(),))
+
+
 class _Arena:
     """The parameters of one param group with one dtype, laid out contiguously.
 
@@ -167,7 +197,7 @@ class _Arena:
         for p, o, s, shape in zip(params, offs, self.sizes, self.shapes):
             v = self.param[o : o + s].reshape(shape)
             np.copyto(v, p.data)
-            gv = Tensor(self.grad[o : o + s].reshape(shape))
+            gv = _ArenaGrad(self.grad[o : o + s].reshape(shape))
             gv._gf_arena = self  # lets clip_grad_norm_ find the whole buffer (one pass)
             self.views.append(v)
             self.grad_tensors.append(gv)

@@ -436,6 +436,27 @@ def test_assigning_grad_data_reaches_the_step(name):
     np.testing.assert_array_equal(p.grad.data, t.grad.numpy())  # unchanged by the rejection
 
 
+def test_state_dict_is_a_snapshot_and_load_copies():
+    p = gf.nn.Parameter(np.ones(5, np.float32))
+    opt = gf.optim.Adam([p], lr=0.1)
+    (p * p).sum().backward()
+    opt.step()
+    sd = opt.state_dict()
+    kept = copy.deepcopy(sd)
+    opt.step()  # the snapshot does not follow later steps
+    for k in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(sd["state"][0][k], kept["state"][0][k])
+    live = opt.state_dict()
+    sd["state"][0]["exp_avg"][...] = 123.0  # mutating the snapshot does not reach the optimizer
+    np.testing.assert_array_equal(opt.state_dict()["state"][0]["exp_avg"],
+                                  live["state"][0]["exp_avg"])
+    ref = copy.deepcopy(kept)
+    opt.load_state_dict(kept)
+    kept["state"][0]["exp_avg"][...] = 7.0  # nor does mutating a loaded dict afterwards
+    np.testing.assert_array_equal(opt.state_dict()["state"][0]["exp_avg"],
+                                  ref["state"][0]["exp_avg"])
+
+
 def test_model_copies_after_optimizer_construction_are_independent():
     # copy.deepcopy / pickle of a model whose parameters live in an arena: the copy holds its
     # own values (no arena, no unpicklable bound step) and never writes into the original's

@@ -672,7 +672,11 @@ class Optimizer:
     def state_dict(self) -> dict:
         """``{"state": {index: {"step", "exp_avg", ...}}, "param_groups": [...]}`` in PyTorch's
         layout with numpy arrays (``step`` a 0-d float32 array, as ``tensor.numpy()`` gives).
-        Parameters are numbered across groups in order, as PyTorch does."""
+        Parameters are numbered across groups in order, as PyTorch does.
+
+        Unlike PyTorch (which returns references to the live state tensors), the arrays are
+        copies: a snapshot that later steps do not change and whose mutation does not reach the
+        optimizer. :meth:`load_state_dict` copies in the same way."""
         state = {}
         for i, (gi, a, seg) in enumerate(self._param_index()):
             st = self._segment_state(self.param_groups[gi], a, seg)

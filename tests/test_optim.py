@@ -457,6 +457,28 @@ def test_state_dict_is_a_snapshot_and_load_copies():
                                   ref["state"][0]["exp_avg"])
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "NAdam"])
+def test_rejected_constructor_leaves_every_parameter_untouched(name):
+    a = gf.nn.Parameter(np.ones(3, np.float32))
+    b = gf.nn.Parameter(np.ones(2, np.float32))
+    da, db = a.data, b.data
+    bad_groups = [
+        [{"params": [a]}, {"params": [b], "lr": -1.0}],  # bad hyperparameter in group 2
+        [{"params": [a]}, {"params": [b, a]}],  # a in two groups
+        [{"params": [a]}, {"params": [b, "x"]}],  # not a tensor
+    ]
+    for groups in bad_groups:
+        with pytest.raises((ValueError, TypeError)):
+            getattr(gf.optim, name)(groups, lr=0.1)
+        assert a.data is da and b.data is db  # not moved into an orphaned arena
+        assert a._grad_slot is None and b._grad_slot is None
+    opt = getattr(gf.optim, name)([{"params": [a]}, {"params": [b], "lr": 0.2}], lr=0.1)
+    ((a * a).sum() + (b * b).sum()).backward()
+    opt.step()
+    assert len(opt.state_dict()["state"]) == (0 if name == "SGD" else 2)  # SGD: no momentum
+    assert not np.array_equal(a.data, np.ones(3)) and not np.array_equal(b.data, np.ones(2))
+
+
 def test_model_copies_after_optimizer_construction_are_independent():
     # copy.deepcopy / pickle of a model whose parameters live in an arena: the copy holds its
     # own values (no arena, no unpicklable bound step) and never writes into the original's

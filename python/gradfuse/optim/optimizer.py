@@ -351,8 +351,13 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
+        # every group is checked before any parameter moves into an arena: a bad later group
+        # must not leave the earlier groups' parameters rebound to an orphaned arena
+        prepared: list = []
         for g in groups:
-            self.add_param_group(g)
+            prepared.append(self._prepare_group(g, prepared))
+        for group, params in prepared:
+            self._install_group(group, params)
 
     # ------------------------------------------------------------ groups
     def _check_group(self, group: dict) -> None:
@@ -361,6 +366,11 @@ class Optimizer:
     def add_param_group(self, param_group: dict) -> None:
         """Add a group (dict with ``"params"`` and optional hyperparameters); its parameters
         move into a new arena. Everything is checked before any parameter is touched."""
+        self._install_group(*self._prepare_group(param_group, []))
+
+    def _prepare_group(self, param_group, pending: list):
+        """Validate a group (against the existing and the `pending` prepared groups); returns
+        (group, params) without touching any parameter."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
         group = _Group(param_group)
@@ -391,8 +401,8 @@ class Optimizer:
         ids = [id(p) for p in params]
         if len(set(ids)) != len(ids):
             raise ValueError("param_group: a parameter appears more than once in the group")
-        for g in self.param_groups:
-            if not set(ids).isdisjoint(id(q) for q in g["params"]):
+        for qs in [g["params"] for g in self.param_groups] + [pp for _, pp in pending]:
+            if not set(ids).isdisjoint(id(q) for q in qs):
                 raise ValueError("some parameters appear in more than one parameter group")
         for name, default in self.defaults.items():
             if default is required and name not in group:
@@ -401,6 +411,9 @@ class Optimizer:
                     f"parameter {name}")
             group.setdefault(name, default)
         self._check_group(group)
+        return group, params
+
+    def _install_group(self, group, params) -> None:
         group["params"] = params
         by_dtype: dict[np.dtype, list[int]] = {}
         for i, p in enumerate(params):

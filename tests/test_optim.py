@@ -479,6 +479,20 @@ def test_rejected_constructor_leaves_every_parameter_untouched(name):
     assert not np.array_equal(a.data, np.ones(3)) and not np.array_equal(b.data, np.ones(2))
 
 
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_drops_a_folded_clip_scale(set_to_none):
+    # PyTorch's clip_grad_norm_ scales the gradients that zero_grad then drops: the next step
+    # sees unscaled new gradients. The folded scale must not outlive its gradients either.
+    p = gf.nn.Parameter(np.ones(3, np.float32))
+    opt = gf.optim.SGD([p], lr=0.1)
+    (p * p).sum().backward()
+    opt.clip_grad_norm_(0.01)  # would scale by ~0.003
+    opt.zero_grad(set_to_none=set_to_none)
+    (p * p).sum().backward()
+    opt.step()
+    np.testing.assert_allclose(p.data, np.full(3, 0.8), rtol=1e-6)
+
+
 def test_model_copies_after_optimizer_construction_are_independent():
     # copy.deepcopy / pickle of a model whose parameters live in an arena: the copy holds its
     # own values (no arena, no unpicklable bound step) and never writes into the original's

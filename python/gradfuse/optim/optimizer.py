@@ -427,7 +427,9 @@ class Optimizer:
         """Drop gradients (``set_to_none=True``, PyTorch's default: ``p.grad`` reads None and
         the parameter is skipped by ``step()`` until a backward writes it again) or zero the
         gradient arenas in one call each (``set_to_none=False``: a ``p.grad`` that is not None
-        reads zeros; one that is None stays None, as PyTorch)."""
+        reads zeros; one that is None stays None, as PyTorch). A clip scale folded by
+        :meth:`clip_grad_norm_` belonged to the dropped gradients: it is dropped too."""
+        self._clip_scale = self._clip_norm = None
         for arenas in self._arenas:
             for _, a in arenas:
                 if set_to_none:

@@ -753,6 +753,9 @@ def test_bad_state_dict_leaves_optimizer_untouched():
         (bad(lambda s: s["param_groups"][0].__setitem__("lr", -1.0)), "learning rate"),
         (bad(lambda s: s.pop("state")), "'state'"),
         (bad(lambda s: s["param_groups"].append(dict(params=[]))), "number of parameter"),
+        # the last parameter's state is written last: a bad value there must be caught first
+        (bad(lambda s: s["state"][max(s["state"])].__setitem__(
+            "exp_avg", np.full(s["state"][max(s["state"])]["exp_avg"].shape, "x"))), "dtype"),
     ]
     sgd = gf.optim.SGD([gf.nn.Parameter(np.zeros(s)) for s in SHAPES], lr=0.1, momentum=0.9)
     sgd.zero_grad()

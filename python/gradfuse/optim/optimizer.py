@@ -757,6 +757,10 @@ class Optimizer:
             arrays = {}
             for k in keys:
                 arr = np.asarray(_to_numpy(st[k]))
+                if arr.dtype.kind not in "fiub":  # checked here: a failed write would come
+                    raise ValueError(             # after the state was already reset
+                        f"state_dict: state '{k}' of parameter {pid!r} has dtype {arr.dtype}, "
+                        "expected a real number array")
                 if arr.shape != a.shapes[seg]:
                     raise ValueError(
                         f"state_dict: state '{k}' of parameter {pid!r} has shape {arr.shape}, "

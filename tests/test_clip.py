@@ -72,3 +72,43 @@ def test_clip_grad_value_and_non_contiguous_grad():
     q.grad = gf.Tensor(np.array([-5, -1, 0, 1, 5], np.float32))
     gf.nn.utils.clip_grad_value_(q, 2.0)
     np.testing.assert_array_equal(q.grad.data, [-2, -1, 0, 1, 2])
+
+
+def test_clip_bad_argument_types_name_the_argument_and_leave_grads():
+    p = gf.nn.Parameter(np.zeros(3, np.float32))
+    p.grad = gf.Tensor(np.array([3.0, -4.0, 0.0], np.float32))
+    for kw, name in [(dict(max_norm="a"), "max_norm"), (dict(max_norm=None), "max_norm"),
+                     (dict(max_norm=1.0, norm_type="two"), "norm_type")]:
+        with pytest.raises(TypeError, match=name):
+            gf.nn.utils.clip_grad_norm_([p], **kw)
+    with pytest.raises(TypeError, match="clip_value"):
+        gf.nn.utils.clip_grad_value_([p], None)
+    opt = gf.optim.SGD([p], lr=0.1)
+    with pytest.raises(TypeError, match="norm_type"):
+        opt.clip_grad_norm_(1.0, norm_type=None)
+    np.testing.assert_array_equal(p.grad.data, [3.0, -4.0, 0.0])
+
+
+def test_clip_grad_norm_generator_none_grads_and_single_tensor_match_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    ps = [gf.nn.Parameter(np.zeros(s, np.float32)) for s in SHAPES]
+    tp = [torch.zeros(s, requires_grad=True) for s in SHAPES]
+    gf.optim.Adam(ps)
+    for i, (p, t, g) in enumerate(zip(ps, tp, grads)):
+        if i != 1:  # parameter 1 has no gradient: ignored by both
+            p.grad = gf.Tensor(g.copy())
+            t.grad = torch.tensor(g)
+    for norm_type in (1.0, float("inf")):
+        total = gf.nn.utils.clip_grad_norm_((p for p in ps), 0.3, norm_type=norm_type)
+        tt = torch.nn.utils.clip_grad_norm_((t for t in tp), 0.3, norm_type=norm_type)
+        assert float(total.data) == pytest.approx(float(tt), rel=1e-5)
+        for p, t in zip(ps, tp):
+            assert (p.grad is None) == (t.grad is None)
+            if p.grad is not None:
+                np.testing.assert_allclose(p.grad.data, t.grad.numpy(), rtol=1e-5, atol=1e-7)
+    total = gf.nn.utils.clip_grad_norm_(ps[0], 0.01)
+    tt = torch.nn.utils.clip_grad_norm_(tp[0], 0.01)
+    assert float(total.data) == pytest.approx(float(tt), rel=1e-5)
+    np.testing.assert_allclose(ps[0].grad.data, tp[0].grad.numpy(), rtol=1e-5, atol=1e-7)

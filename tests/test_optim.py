@@ -379,6 +379,152 @@ def test_model_state_dict_round_trip_keeps_arena_views():
     assert not np.array_equal(model.weight.data, before)  # the step reached the module
 
 
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.5)),
+                                     ("Adam", dict(lr=0.1, weight_decay=0.1)),
+                                     ("AdamW", dict(lr=0.1))])
+def test_zero_grad_keep_leaves_none_grads_none_as_pytorch(name, kw):
+    # zero_grad(set_to_none=False) must not give a parameter that never got a gradient (unused
+    # or frozen) a zero .grad: it would then take part in step() (decay, momentum).
+    torch = pytest.importorskip("torch")
+    w = np.linspace(-1, 1, 6).astype(np.float32)
+    ps = [gf.nn.Parameter(w.copy()) for _ in range(3)]
+    ts = [torch.nn.Parameter(torch.tensor(w)) for _ in range(3)]
+    ps[2].requires_grad_(False)
+    ts[2].requires_grad_(False)
+    opt = getattr(gf.optim, name)(ps, **kw)
+    topt = getattr(torch.optim, name)(ts, **kw)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=False)
+        topt.zero_grad(set_to_none=False)
+        (ps[0] * ps[0]).sum().backward()  # ps[1] unused, ps[2] frozen
+        (ts[0] * ts[0]).sum().backward()
+        opt.step()
+        topt.step()
+    for p, t in zip(ps, ts):
+        assert (p.grad is None) == (t.grad is None)
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-6, atol=1e-7)
+    assert len(opt.state_dict()["state"]) == len(topt.state_dict()["state"])
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_assigning_grad_data_reaches_the_step(name):
+    # p.grad.data = array on an arena gradient: the bound fast path only checks that p.grad is
+    # the arena tensor, so the new values must land in the arena.
+    torch = pytest.importorskip("torch")
+    p = gf.nn.Parameter(np.ones(4, np.float32))
+    t = torch.nn.Parameter(torch.ones(4))
+    opt = getattr(gf.optim, name)([p], lr=0.5)
+    topt = getattr(torch.optim, name)([t], lr=0.5)
+    (arena,) = [a for _, a in opt._arenas[0]]
+    for k in range(3):
+        opt.zero_grad()
+        topt.zero_grad()
+        (p * p).sum().backward()
+        (t * t).sum().backward()
+        new = np.arange(4, dtype=np.float32) * (k + 1) - 1
+        p.grad.data = new
+        t.grad.data = torch.tensor(new)
+        assert np.shares_memory(p.grad.data, arena.grad)
+        p.grad.data += 1  # in place through the attribute: still the view
+        t.grad.data += 1
+        assert np.shares_memory(p.grad.data, arena.grad)
+        opt.step()
+        topt.step()
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="grad.data"):
+        p.grad.data = np.zeros(3, np.float32)
+    np.testing.assert_array_equal(p.grad.data, t.grad.numpy())  # unchanged by the rejection
+
+
+def test_state_dict_is_a_snapshot_and_load_copies():
+    p = gf.nn.Parameter(np.ones(5, np.float32))
+    opt = gf.optim.Adam([p], lr=0.1)
+    (p * p).sum().backward()
+    opt.step()
+    sd = opt.state_dict()
+    kept = copy.deepcopy(sd)
+    opt.step()  # the snapshot does not follow later steps
+    for k in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(sd["state"][0][k], kept["state"][0][k])
+    live = opt.state_dict()
+    sd["state"][0]["exp_avg"][...] = 123.0  # mutating the snapshot does not reach the optimizer
+    np.testing.assert_array_equal(opt.state_dict()["state"][0]["exp_avg"],
+                                  live["state"][0]["exp_avg"])
+    ref = copy.deepcopy(kept)
+    opt.load_state_dict(kept)
+    kept["state"][0]["exp_avg"][...] = 7.0  # nor does mutating a loaded dict afterwards
+    np.testing.assert_array_equal(opt.state_dict()["state"][0]["exp_avg"],
+                                  ref["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "NAdam"])
+def test_rejected_constructor_leaves_every_parameter_untouched(name):
+    a = gf.nn.Parameter(np.ones(3, np.float32))
+    b = gf.nn.Parameter(np.ones(2, np.float32))
+    da, db = a.data, b.data
+    bad_groups = [
+        [{"params": [a]}, {"params": [b], "lr": -1.0}],  # bad hyperparameter in group 2
+        [{"params": [a]}, {"params": [b, a]}],  # a in two groups
+        [{"params": [a]}, {"params": [b, "x"]}],  # not a tensor
+    ]
+    for groups in bad_groups:
+        with pytest.raises((ValueError, TypeError)):
+            getattr(gf.optim, name)(groups, lr=0.1)
+        assert a.data is da and b.data is db  # not moved into an orphaned arena
+        assert a._grad_slot is None and b._grad_slot is None
+    opt = getattr(gf.optim, name)([{"params": [a]}, {"params": [b], "lr": 0.2}], lr=0.1)
+    ((a * a).sum() + (b * b).sum()).backward()
+    opt.step()
+    assert len(opt.state_dict()["state"]) == (0 if name == "SGD" else 2)  # SGD: no momentum
+    assert not np.array_equal(a.data, np.ones(3)) and not np.array_equal(b.data, np.ones(2))
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_drops_a_folded_clip_scale(set_to_none):
+    # PyTorch's clip_grad_norm_ scales the gradients that zero_grad then drops: the next step
+    # sees unscaled new gradients. The folded scale must not outlive its gradients either.
+    p = gf.nn.Parameter(np.ones(3, np.float32))
+    opt = gf.optim.SGD([p], lr=0.1)
+    (p * p).sum().backward()
+    opt.clip_grad_norm_(0.01)  # would scale by ~0.003
+    opt.zero_grad(set_to_none=set_to_none)
+    (p * p).sum().backward()
+    opt.step()
+    np.testing.assert_allclose(p.data, np.full(3, 0.8), rtol=1e-6)
+
+
+def test_model_copies_after_optimizer_construction_are_independent():
+    # copy.deepcopy / pickle of a model whose parameters live in an arena: the copy holds its
+    # own values (no arena, no unpicklable bound step) and never writes into the original's
+    # gradient arena.
+    import pickle
+
+    x = gf.tensor(np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32))
+    model = gf.nn.Sequential(gf.nn.Linear(4, 5), gf.nn.Linear(5, 2))
+    opt = gf.optim.Adam(model.parameters(), lr=0.1)
+    (model(x) ** 2).sum().backward()
+    opt.step()  # binds the compiled fast path
+    (model(x) ** 2).sum().backward()
+    for make in (copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))):
+        clone = make(model)
+        (arena,) = [a for _, a in opt._arenas[0]]
+        grads = arena.grad.copy()
+        for p, q in zip(model.parameters(), clone.parameters()):
+            np.testing.assert_array_equal(p.data, q.data)
+            assert not np.shares_memory(q.data, arena.param)
+            assert q._grad_slot is None
+        for q in clone.parameters():
+            q.grad = None
+        (clone(x) ** 2).sum().backward()
+        np.testing.assert_array_equal(arena.grad, grads)  # the original's grads untouched
+        for q in clone.parameters():
+            assert not np.shares_memory(q.grad.data, arena.grad)
+        before = [q.data.copy() for q in clone.parameters()]
+        opt.step()
+        for q, b in zip(clone.parameters(), before):
+            np.testing.assert_array_equal(q.data, b)
+
+
 def test_rebound_data_and_second_optimizer_are_readopted():
     p = gf.nn.Parameter(np.zeros(5))
     o1 = gf.optim.SGD([p], lr=1.0)
@@ -607,6 +753,9 @@ def test_bad_state_dict_leaves_optimizer_untouched():
         (bad(lambda s: s["param_groups"][0].__setitem__("lr", -1.0)), "learning rate"),
         (bad(lambda s: s.pop("state")), "'state'"),
         (bad(lambda s: s["param_groups"].append(dict(params=[]))), "number of parameter"),
+        # the last parameter's state is written last: a bad value there must be caught first
+        (bad(lambda s: s["state"][max(s["state"])].__setitem__(
+            "exp_avg", np.full(s["state"][max(s["state"])]["exp_avg"].shape, "x"))), "dtype"),
     ]
     sgd = gf.optim.SGD([gf.nn.Parameter(np.zeros(s)) for s in SHAPES], lr=0.1, momentum=0.9)
     sgd.zero_grad()

@@ -456,6 +456,16 @@ class Tensor:
     # Set by an optimizer: the Tensor viewing this leaf's slice of its gradient arena.
     _grad_slot = None
 
+    def __getstate__(self):
+        # A copy or pickle of a tensor (copy.deepcopy(model), pickle.dumps(model)) must not
+        # drag along the optimizer's arena: its gradient slot and a gradient view's arena link
+        # refer to the whole flat buffer (and a compiled, unpicklable ArenaStep). The copy
+        # keeps its values (a view pickles as its own elements) and is an ordinary tensor.
+        state = self.__dict__.copy()
+        state.pop("_grad_slot", None)
+        state.pop("_gf_arena", None)
+        return state
+
     def __init__(self, data, requires_grad: bool = False):
         if not isinstance(data, np.ndarray):
             data = np.asarray(data)

@@ -22,6 +22,14 @@ from ..tensor import Tensor
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
+def _number(name: str, value) -> float:
+    """float(value), or a TypeError that names the argument (before any gradient is touched)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from None
+
+
 def _grad_buffers(parameters):
     """1-D arrays covering the gradients of `parameters` (whole arenas where possible)."""
     if isinstance(parameters, Tensor):
@@ -82,8 +90,8 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
         >>> gf.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
     """
     del foreach
-    max_norm = float(max_norm)
-    norm_type = float(norm_type)
+    max_norm = _number("max_norm", max_norm)
+    norm_type = _number("norm_type", norm_type)
     if math.isnan(max_norm):
         raise ValueError("max_norm: expected a number, got nan")
     if math.isnan(norm_type) or norm_type <= 0:
@@ -118,7 +126,7 @@ def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
         >>> gf.nn.utils.clip_grad_value_(model.parameters(), clip_value=0.5)
     """
     del foreach
-    v = float(clip_value)
+    v = _number("clip_value", clip_value)
     if math.isnan(v):
         raise ValueError("clip_value: expected a number, got nan")
     bufs, _, back = _grad_buffers(parameters)

@@ -34,16 +34,11 @@ class Adagrad(Optimizer):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, maximize=maximize)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
-        for group, arenas in zip(self.param_groups, self._arenas):
-            for _, a in arenas:
-                a.ensure_state("sum", float(group["initial_accumulator_value"]))
 
-    def add_param_group(self, param_group):
-        super().add_param_group(param_group)
-        if hasattr(self, "_arenas") and len(self._arenas) == len(self.param_groups):
-            group = self.param_groups[-1]
-            for _, a in self._arenas[-1]:
-                a.ensure_state("sum", float(group["initial_accumulator_value"]))
+    def _install_group(self, group, params):
+        super()._install_group(group, params)
+        for _, a in self._arenas[-1]:
+            a.ensure_state("sum", float(group["initial_accumulator_value"]))
 
     def _check_group(self, g):
         V.lr(g["lr"])

@@ -56,8 +56,8 @@ class NAdam(Optimizer):
     def _extra_keys(self):
         return ["mu_product"]
 
-    def add_param_group(self, param_group):
-        super().add_param_group(param_group)
+    def _install_group(self, group, params):
+        super()._install_group(group, params)
         for _, a in self._arenas[-1]:
             a.extra["mu_product"] = np.ones(len(a.params), dtype=np.float32)
 

@@ -26,9 +26,11 @@ Arena semantics (read this if you hold on to arrays):
   a user reading ``.grad`` sees ``None``; the arena memory is kept, and the next backward writes
   into it again. A parameter whose ``.grad`` is ``None`` at ``step()`` is skipped (no update,
   no state change), as in PyTorch. ``zero_grad(set_to_none=False)`` zeroes the gradient arena
-  in one call and leaves ``.grad`` as zero-filled views.
+  in one call and leaves ``.grad`` as zero-filled views (a ``.grad`` that was None stays None,
+  as PyTorch, so a parameter that gets no gradient still takes no step).
 * A gradient assigned by hand (``p.grad = gf.Tensor(g)``) is copied into the arena at the next
-  ``step()``.
+  ``step()``; ``p.grad.data = array`` on an arena gradient copies into the arena at once
+  (``p.grad.data`` stays the arena view).
 * A parameter given to a second optimizer moves into the second one's arena; the first
   optimizer copies it back into its own at its next ``step()``, so both keep updating the same
   values (PyTorch's behaviour, at the price of a copy per step). A parameter listed twice in
@@ -141,6 +143,35 @@ class _Group(dict):
         return (dict, (dict(self),))
 
 
+class _ArenaGrad(Tensor):
+    """A parameter's ``.grad`` while it lives in the gradient arena. ``.data`` is the arena view
+    and stays one: assigning ``p.grad.data = array`` copies the values into the arena (the
+    bound step checks only that ``p.grad`` is this tensor, so a rebound ``.data`` would be
+    silently ignored). ``t.data += g`` reassigns the same array: no copy then."""
+
+    @property
+    def data(self):
+        return self._view
+
+    @data.setter
+    def data(self, value):
+        v = self.__dict__.get("_view")
+        if v is None:  # Tensor.__init__
+            self.__dict__["_view"] = value
+            return
+        if value is v:
+            return
+        arr = value.data if isinstance(value, Tensor) else np.asarray(value)
+        if arr.shape != v.shape:
+            raise ValueError(
+                f"grad.data: expected shape {v.shape} (the optimizer's gradient arena), got "
+                f"{arr.shape}")
+        np.copyto(v, arr, casting="same_kind")
+
+    def __reduce__(self):  # a copy or pickle is an ordinary tensor holding the values
+        return (Tensor, (self._view.copy(),))
+
+
 class _Arena:
     """The parameters of one param group with one dtype, laid out contiguously.
 
@@ -166,7 +197,7 @@ class _Arena:
         for p, o, s, shape in zip(params, offs, self.sizes, self.shapes):
             v = self.param[o : o + s].reshape(shape)
             np.copyto(v, p.data)
-            gv = Tensor(self.grad[o : o + s].reshape(shape))
+            gv = _ArenaGrad(self.grad[o : o + s].reshape(shape))
             gv._gf_arena = self  # lets clip_grad_norm_ find the whole buffer (one pass)
             self.views.append(v)
             self.grad_tensors.append(gv)
@@ -320,8 +351,13 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
+        # every group is checked before any parameter moves into an arena: a bad later group
+        # must not leave the earlier groups' parameters rebound to an orphaned arena
+        prepared: list = []
         for g in groups:
-            self.add_param_group(g)
+            prepared.append(self._prepare_group(g, prepared))
+        for group, params in prepared:
+            self._install_group(group, params)
 
     # ------------------------------------------------------------ groups
     def _check_group(self, group: dict) -> None:
@@ -330,6 +366,11 @@ class Optimizer:
     def add_param_group(self, param_group: dict) -> None:
         """Add a group (dict with ``"params"`` and optional hyperparameters); its parameters
         move into a new arena. Everything is checked before any parameter is touched."""
+        self._install_group(*self._prepare_group(param_group, []))
+
+    def _prepare_group(self, param_group, pending: list):
+        """Validate a group (against the existing and the `pending` prepared groups); returns
+        (group, params) without touching any parameter."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
         group = _Group(param_group)
@@ -360,8 +401,8 @@ class Optimizer:
         ids = [id(p) for p in params]
         if len(set(ids)) != len(ids):
             raise ValueError("param_group: a parameter appears more than once in the group")
-        for g in self.param_groups:
-            if not set(ids).isdisjoint(id(q) for q in g["params"]):
+        for qs in [g["params"] for g in self.param_groups] + [pp for _, pp in pending]:
+            if not set(ids).isdisjoint(id(q) for q in qs):
                 raise ValueError("some parameters appear in more than one parameter group")
         for name, default in self.defaults.items():
             if default is required and name not in group:
@@ -370,6 +411,9 @@ class Optimizer:
                     f"parameter {name}")
             group.setdefault(name, default)
         self._check_group(group)
+        return group, params
+
+    def _install_group(self, group, params) -> None:
         group["params"] = params
         by_dtype: dict[np.dtype, list[int]] = {}
         for i, p in enumerate(params):
@@ -382,7 +426,10 @@ class Optimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop gradients (``set_to_none=True``, PyTorch's default: ``p.grad`` reads None and
         the parameter is skipped by ``step()`` until a backward writes it again) or zero the
-        gradient arenas in one call each (``set_to_none=False``: ``p.grad`` is a zero view)."""
+        gradient arenas in one call each (``set_to_none=False``: a ``p.grad`` that is not None
+        reads zeros; one that is None stays None, as PyTorch). A clip scale folded by
+        :meth:`clip_grad_norm_` belonged to the dropped gradients: it is dropped too."""
+        self._clip_scale = self._clip_norm = None
         for arenas in self._arenas:
             for _, a in arenas:
                 if set_to_none:
@@ -392,10 +439,11 @@ class Optimizer:
                     a.grad.fill(0)
                     for p, gt in zip(a.params, a.grad_tensors):
                         g = p.grad
+                        # A None .grad stays None, as PyTorch: a zero gradient would make a
+                        # parameter that gets no gradient (frozen, unused) take part in step()
+                        # (weight decay, momentum would move it).
                         if g is not None and g is not gt:
                             g.data[...] = 0  # a foreign gradient: zero it too, as PyTorch
-                        else:
-                            p.grad = gt
 
     def _plans(self):
         """Sync every arena; returns [(group, arena, active)] for the step."""
@@ -430,7 +478,11 @@ class Optimizer:
             opt.step()
         """
         max_norm = _check_finite("max_norm", max_norm)
-        norm_type = float(norm_type)
+        try:
+            norm_type = float(norm_type)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"norm_type: expected a number, got {type(norm_type).__name__}") from None
         if math.isnan(norm_type) or norm_type <= 0:
             raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
         plans = self._plans()
@@ -635,7 +687,11 @@ class Optimizer:
     def state_dict(self) -> dict:
         """``{"state": {index: {"step", "exp_avg", ...}}, "param_groups": [...]}`` in PyTorch's
         layout with numpy arrays (``step`` a 0-d float32 array, as ``tensor.numpy()`` gives).
-        Parameters are numbered across groups in order, as PyTorch does."""
+        Parameters are numbered across groups in order, as PyTorch does.
+
+        Unlike PyTorch (which returns references to the live state tensors), the arrays are
+        copies: a snapshot that later steps do not change and whose mutation does not reach the
+        optimizer. :meth:`load_state_dict` copies in the same way."""
         state = {}
         for i, (gi, a, seg) in enumerate(self._param_index()):
             st = self._segment_state(self.param_groups[gi], a, seg)
@@ -701,6 +757,10 @@ class Optimizer:
             arrays = {}
             for k in keys:
                 arr = np.asarray(_to_numpy(st[k]))
+                if arr.dtype.kind not in "fiub":  # checked here: a failed write would come
+                    raise ValueError(             # after the state was already reset
+                        f"state_dict: state '{k}' of parameter {pid!r} has dtype {arr.dtype}, "
+                        "expected a real number array")
                 if arr.shape != a.shapes[seg]:
                     raise ValueError(
                         f"state_dict: state '{k}' of parameter {pid!r} has shape {arr.shape}, "

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#if defined(__SSE2__)
+#include <emmintrin.h>  // streaming stores
+#endif
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -178,5 +181,38 @@ GF_INLINE void lane_map(const T* x, const T* w, int64_t n, T* out, F f) {
 
 // Error helpers: messages always name the argument and what was expected.
 [[noreturn]] inline void fail_value(const std::string& msg) { throw std::invalid_argument(msg); }
+
+// ---------------------------------------------------------------- streaming stores
+// A plain store of an output that will not be read soon first reads its cache line from memory
+// (write-allocate), so a large output costs twice its size in traffic. Kernels that write
+// outputs of several MiB compute a block into a small L1 buffer and copy it out with these.
+// SSE2's 16-byte streaming stores are in every x86-64 target clone; consecutive ones fill whole
+// lines in the write-combining buffers, so the width does not matter.
+
+// dst[0, n) = src[0, n), streaming where dst is 16-byte aligned.
+GF_INLINE void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+GF_INLINE void stream_copy(double* dst, const double* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
+  for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// Streaming stores are weakly ordered: each thread fences before its writes are read.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 }  // namespace gradfuse

@@ -490,11 +490,6 @@ inline void stream_tile(const void* src, void* dst, int64_t bytes) {
 #endif
 }
 
-inline void stream_fence() {
-#if GF_PHILOX_X86
-  _mm_sfence();
-#endif
-}
 
 // Runs map(tile, dst) over the tiles [t0, t1) of an n-value fill; map writes Map::kVals values.
 #define GF_FILL_CHUNK_BODY                                                                  \

@@ -94,32 +94,6 @@ constexpr int64_t kStreamMinBytes = int64_t(8) << 20;
 // values computed into an L1 buffer, then streamed out (see stream_copy)
 constexpr int64_t kStreamBuf = 256;
 
-// dst[0, n) = src[0, n) with 16-byte streaming stores where dst is 16-byte aligned;
-// consecutive 16-byte streaming stores fill whole lines in the write-combining buffers.
-GF_INLINE void stream_copy(float* dst, const float* src, int64_t n) {
-  int64_t i = 0;
-#if defined(__SSE2__)
-  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
-  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
-#endif
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
-GF_INLINE void stream_copy(double* dst, const double* src, int64_t n) {
-  int64_t i = 0;
-#if defined(__SSE2__)
-  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
-  for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
-#endif
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
-// Streaming stores are weakly ordered: each thread fences before its writes are read.
-inline void stream_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
 
 // ------------------------------------------------------------------ LayerNorm / RMSNorm rows
 

@@ -88,33 +88,6 @@ inline void for_segments(int64_t r0, int64_t r1, int64_t d, int64_t j0, int64_t 
   if (rest > 0) f((r0 + count * k) * d + j0, int64_t(1), rest * wt);
 }
 
-// dst[0, n) = src[0, n) with streaming stores where dst is 16-byte aligned. The vector code
-// computes into a small buffer in L1 first; 16-byte streaming stores to consecutive addresses
-// fill whole lines in the write-combining buffers, so the width does not matter.
-__attribute__((always_inline)) inline void stream_copy(float* dst, const float* src, int64_t n) {
-  int64_t i = 0;
-#if defined(__SSE2__)
-  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
-  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
-#endif
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
-__attribute__((always_inline)) inline void stream_copy(double* dst, const double* src, int64_t n) {
-  int64_t i = 0;
-#if defined(__SSE2__)
-  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
-  for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
-#endif
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
-// Streaming stores are weakly ordered: each thread fences before its writes are read.
-inline void stream_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
 
 // >= every segment length: kTileCols for tiled rows, < 2 * kSegmentMin for repeated ones
 constexpr int64_t kStreamBuf = kTileCols;

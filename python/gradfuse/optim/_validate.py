@@ -42,3 +42,14 @@ def betas(value) -> None:
 def flag(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected a bool, got {value!r}")
+
+
+def adam_family(group, *flags: str) -> None:
+    """The checks every Adam-like group shares (lr, eps, betas, weight_decay), then its flags,
+    in PyTorch's order, so the first bad value is the one reported."""
+    lr(group["lr"])
+    nonneg("eps", group["eps"], "epsilon")
+    betas(group["betas"])
+    nonneg("weight_decay", group["weight_decay"])
+    for name in flags:
+        flag(name, group.get(name, False))

@@ -40,13 +40,7 @@ class Adam(Optimizer):
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _check_group(self, g):
-        V.lr(g["lr"])
-        V.nonneg("eps", g["eps"], "epsilon")
-        V.betas(g["betas"])
-        V.nonneg("weight_decay", g["weight_decay"])
-        V.flag("amsgrad", g["amsgrad"])
-        V.flag("maximize", g["maximize"])
-        V.flag("decoupled_weight_decay", g.get("decoupled_weight_decay", False))
+        V.adam_family(g, "amsgrad", "maximize", "decoupled_weight_decay")
 
     def _state_keys(self, group):
         keys = ["exp_avg", "exp_avg_sq"]

@@ -39,11 +39,7 @@ class LAMB(Optimizer):
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _check_group(self, g):
-        V.lr(g["lr"])
-        V.nonneg("eps", g["eps"], "epsilon")
-        V.betas(g["betas"])
-        V.nonneg("weight_decay", g["weight_decay"])
-        V.flag("maximize", g["maximize"])
+        V.adam_family(g, "maximize")
 
     def _state_keys(self, group):
         return ["exp_avg", "exp_avg_sq"]

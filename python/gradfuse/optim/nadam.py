@@ -42,10 +42,7 @@ class NAdam(Optimizer):
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _check_group(self, g):
-        V.lr(g["lr"])
-        V.nonneg("eps", g["eps"], "epsilon")
-        V.betas(g["betas"])
-        V.nonneg("weight_decay", g["weight_decay"])
+        V.adam_family(g)
         V.nonneg("momentum_decay", g["momentum_decay"])
         V.flag("decoupled_weight_decay", g["decoupled_weight_decay"])
         V.flag("maximize", g["maximize"])

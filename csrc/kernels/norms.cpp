@@ -24,9 +24,6 @@ constexpr int64_t kColChunk = 256;
 // other (4K aliasing); the BatchNorm backward at 8192x1024 ran about 2x slower that way.
 constexpr int64_t kPad = 16;
 
-// Helpers are force-inlined into the GF_TARGET_CLONES entry points: a helper left out of line
-// is compiled for baseline x86-64 only (SSE2), whatever clone calls it.
-#define GF_INLINE inline __attribute__((always_inline))
 
 // Accumulates one element into the pair of sums a statistic needs:
 //   statistics (kGrad false):  p += x - k,  q += (x - k)^2      (k = shift)

@@ -12,16 +12,6 @@
 
 #include "common.h"
 
-// The helpers below must be inlined into each GF_TARGET_CLONES clone (out of line they would
-// be compiled once, for the baseline ISA, with libm fma calls). main's common.h defines this.
-#ifndef GF_INLINE
-#if defined(__GNUC__)
-#define GF_INLINE inline __attribute__((always_inline))
-#else
-#define GF_INLINE inline
-#endif
-#endif
-
 namespace gradfuse {
 namespace {
 

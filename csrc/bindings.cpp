@@ -1427,6 +1427,7 @@ py::dict build_info() {
   d["openmp"] = false;
 #endif
   d["native_build"] = bool(GRADFUSE_NATIVE_BUILD);
+  d["parallel_grain"] = parallel_grain();
   py::list compiled;
 #ifdef __SSE2__
   compiled.append("SSE2");

@@ -16,9 +16,15 @@
 
 namespace gradfuse {
 
-// Below this many elements of work a parallel region costs more than it saves
-// (thread wake-up is ~1-5 us on this machine; a 128x10 loss is well under that).
-constexpr int64_t kParallelGrain = 1 << 15;
+// Below this many units of work (elements x a kernel's per-element weight) a parallel region
+// costs more than it saves. gradfuse's OpenMP workers sleep between regions (OMP_WAIT_POLICY
+// is PASSIVE, see gradfuse/_backend.py), and waking one took ~70-90 us on this machine's
+// virtual CPUs: relu on 64K floats took 10 us on one thread and 78 us on two, on 1M floats
+// 330 us and 239 us. So the default is 1M units (~0.2-0.3 ms of single-thread work).
+// GRADFUSE_PARALLEL_GRAIN (read once, at load) overrides it: the tests set it low so that
+// the multi-thread paths of every kernel run on small inputs.
+constexpr int64_t kDefaultParallelGrain = int64_t(1) << 20;
+int64_t parallel_grain();
 
 // The kernels' thread count, process wide. OpenMP's own setting (omp_set_num_threads) is per
 // calling thread, so a count set from the main thread would not reach kernels launched from a
@@ -33,7 +39,7 @@ template <typename Fn>
 inline void parallel_for(int64_t n, int64_t work_per_item, Fn&& fn) {
 #ifdef GRADFUSE_OPENMP
   const int threads = num_threads();
-  if (n > 1 && n * work_per_item >= kParallelGrain && threads > 1) {
+  if (n > 1 && n * work_per_item >= parallel_grain() && threads > 1) {
 #pragma omp parallel num_threads(threads)
     {
       const int64_t nt = omp_get_num_threads();

@@ -412,13 +412,11 @@ namespace {
 
 template <typename T>
 void optim_step(const OptimHyper& h, T* param, const T* grad, T* s0, T* s1, T* s2, int64_t n) {
-  // Work per element, in parallel_for's units (the second thread pays off from kParallelGrain
-  // units): the kernels with a sqrt and a divide per element are bound by the divider
-  // (~0.5 ns per float32 element with AVX-512, one divider per core), the others by memory.
-  // Measured on this 2-core machine (one kernel call, 1 vs 2 threads, best of 11): Adam and
-  // Adagrad at 17.6K elements 8.5 -> 6.1 us, at 8K a tie; SGD-momentum at 17.6K a tie
-  // (3.9 vs 3.6 us), at 32K 6.6 -> 5.0 us. So two threads from ~11K elements for the first,
-  // from 32K for the second.
+  // Work per element, in parallel_for's units: the kernels with a sqrt and a divide per
+  // element are bound by the divider (~0.5 ns per float32 element with AVX-512, one divider per
+  // core), the others by memory, so the first count three units an element. (With spinning
+  // OpenMP workers two threads won from ~11K Adam elements; with the sleeping workers gradfuse
+  // now uses, a wake-up costs ~80 us here and the default grain keeps small models on one.)
   const bool divides = h.kind != OptimKind::SGD && h.kind != OptimKind::Lion;
   parallel_for(n, divides ? 3 : 1, [&](int64_t b, int64_t e) {
     const int64_t len = e - b;

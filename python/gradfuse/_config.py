@@ -43,6 +43,7 @@ def config() -> dict:
         "compiler": info.get("compiler", "?") + f" ({info['compiler_version']})",
         "openmp": info["openmp"],
         "threads": _backend.get_num_threads(),
+        "parallel": f"from {info['parallel_grain']} units of work; idle OpenMP workers sleep",
         "simd_baseline": ", ".join(info["simd_baseline"]) or "none",
         "simd_dispatch": info["simd_dispatch"]
         + (" (multi-versioned kernels)" if info["multiversioned"] else ""),

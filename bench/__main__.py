@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# gradfuse and PyTorch can share one libgomp (the system's); gradfuse alone would make its
+# idle workers sleep (gradfuse/_backend.py), which PyTorch would then inherit. The bench
+# compares kernels, so both keep libgomp's default wait policy here.
+os.environ.setdefault("GRADFUSE_OMP_PASSIVE", "0")
+
 import argparse
 import datetime
 import re

@@ -19,9 +19,13 @@ def _load_core():
     needs: a 784-1024-1024-10 MLP step took 41 ms on 2 threads against 8.5 ms on 1 thread,
     and 8.5 ms with OMP_WAIT_POLICY=PASSIVE. libgomp reads the variable once, when it loads
     (with ``_C``), so it is set only for that import and removed again: libraries loaded later
-    (PyTorch's own libgomp) keep their defaults. A value the user set is left alone.
+    with their own OpenMP runtime keep their defaults (PyTorch linked to the same system libgomp
+    shares its setting). A value the user set is left alone, and
+    GRADFUSE_OMP_PASSIVE=0 keeps libgomp's default (the bench uses it: PyTorch, when it shares
+    the system libgomp, would otherwise run with sleeping workers too).
     """
-    ours = "OMP_WAIT_POLICY" not in os.environ
+    ours = ("OMP_WAIT_POLICY" not in os.environ
+            and os.environ.get("GRADFUSE_OMP_PASSIVE", "1") not in ("0", "false", "off", "no"))
     if ours:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:

@@ -658,6 +658,24 @@ void check_same_shape(const py::array& a, const py::array& ref, const char* name
 
 py::object none_or(bool want, py::array a) { return want ? py::object(std::move(a)) : py::none(); }
 
+// The (dx, dweight, dbias) a norm backward returns: each allocated only when requested (a
+// kernel skips a null pointer), returned as None otherwise.
+template <typename T>
+struct NormGrads {
+  bool need_dx, need_dw, need_db;
+  py::array_t<T> dx, dw, db;
+  NormGrads(std::vector<py::ssize_t> x_shape, py::ssize_t c, bool ndx, bool ndw, bool ndb)
+      : need_dx(ndx), need_dw(ndw), need_db(ndb),
+        dx(ndx ? std::move(x_shape) : std::vector<py::ssize_t>{0}), dw(ndw ? c : 0),
+        db(ndb ? c : 0) {}
+  T* dxp() { return need_dx ? dx.mutable_data() : nullptr; }
+  T* dwp() { return need_dw ? dw.mutable_data() : nullptr; }
+  T* dbp() { return need_db ? db.mutable_data() : nullptr; }
+  py::tuple result() {
+    return py::make_tuple(none_or(need_dx, dx), none_or(need_dw, dw), none_or(need_db, db));
+  }
+};
+
 template <typename T>
 py::tuple row_norm_forward_impl(const py::array& x, const py::object& weight,
                                 const py::object& bias, double eps, bool rms) {
@@ -706,19 +724,15 @@ py::tuple row_norm_backward_impl(const py::array& x, const py::array& dy, const 
   const T* m = norm_vec<T>(ma, "mean", a.rows);
   if (!rms && !m) throw py::value_error("mean: required for layer_norm (rms=False)");
   const T* r = norm_vec<T>(std::optional<py::array>(rstd), "rstd", a.rows);
-  py::array_t<T> dx(need_dx ? std::vector<py::ssize_t>{a.rows, a.cols}
-                            : std::vector<py::ssize_t>{0});
-  py::array_t<T> dw(need_dw ? a.cols : 0), db(need_db ? a.cols : 0);
-  T* dxp = need_dx ? dx.mutable_data() : nullptr;
-  T* dwp = need_dw ? dw.mutable_data() : nullptr;
-  T* dbp = need_db ? db.mutable_data() : nullptr;
+  NormGrads<T> g({a.rows, a.cols}, a.cols, need_dx, need_dw, need_db);
+  T *dxp = g.dxp(), *dwp = g.dwp(), *dbp = g.dbp();  // before the GIL is released
   const T* xp = cptr<T>(x);
   const T* gp = cptr<T>(dy);
   {
     py::gil_scoped_release nogil;
     row_norm_backward<T>(xp, gp, w, m, r, a, dxp, dwp, dbp);
   }
-  return py::make_tuple(none_or(need_dx, dx), none_or(need_dw, dw), none_or(need_db, db));
+  return g.result();
 }
 
 py::tuple py_row_norm_backward(const py::array& x, const py::array& dy, const py::object& weight,
@@ -824,18 +838,15 @@ py::tuple batch_norm_backward_impl(const py::array& x, const py::array& dy,
   const T* w = norm_vec<T>(wa, "weight", a.c);
   const T* m = norm_vec<T>(std::optional<py::array>(mean), "mean", a.c);
   const T* r = norm_vec<T>(std::optional<py::array>(rstd), "rstd", a.c);
-  py::array_t<T> dx(need_dx ? same_shape(x) : std::vector<py::ssize_t>{0});
-  py::array_t<T> dw(need_dw ? a.c : 0), db(need_db ? a.c : 0);
-  T* dxp = need_dx ? dx.mutable_data() : nullptr;
-  T* dwp = need_dw ? dw.mutable_data() : nullptr;
-  T* dbp = need_db ? db.mutable_data() : nullptr;
+  NormGrads<T> g(same_shape(x), a.c, need_dx, need_dw, need_db);
+  T *dxp = g.dxp(), *dwp = g.dwp(), *dbp = g.dbp();  // before the GIL is released
   const T* xp = cptr<T>(x);
   const T* gp = cptr<T>(dy);
   {
     py::gil_scoped_release nogil;
     batch_norm_backward<T>(xp, gp, w, m, r, a, dxp, dwp, dbp);
   }
-  return py::make_tuple(none_or(need_dx, dx), none_or(need_dw, dw), none_or(need_db, db));
+  return g.result();
 }
 
 py::tuple py_batch_norm_backward(const py::array& x, const py::array& dy, const py::object& weight,
@@ -908,19 +919,15 @@ py::tuple group_norm_backward_impl(const py::array& x, const py::array& dy,
   const T* w = norm_vec<T>(wa, "weight", a.c);
   const T* m = norm_vec<T>(std::optional<py::array>(mean), "mean", a.n * a.groups);
   const T* r = norm_vec<T>(std::optional<py::array>(rstd), "rstd", a.n * a.groups);
-  py::array_t<T> dx(need_dx ? std::vector<py::ssize_t>{a.n, a.c, a.s}
-                            : std::vector<py::ssize_t>{0});
-  py::array_t<T> dw(need_dw ? a.c : 0), db(need_db ? a.c : 0);
-  T* dxp = need_dx ? dx.mutable_data() : nullptr;
-  T* dwp = need_dw ? dw.mutable_data() : nullptr;
-  T* dbp = need_db ? db.mutable_data() : nullptr;
+  NormGrads<T> g({a.n, a.c, a.s}, a.c, need_dx, need_dw, need_db);
+  T *dxp = g.dxp(), *dwp = g.dwp(), *dbp = g.dbp();  // before the GIL is released
   const T* xp = cptr<T>(x);
   const T* gp = cptr<T>(dy);
   {
     py::gil_scoped_release nogil;
     group_norm_backward<T>(xp, gp, w, m, r, a, dxp, dwp, dbp);
   }
-  return py::make_tuple(none_or(need_dx, dx), none_or(need_dw, dw), none_or(need_db, db));
+  return g.result();
 }
 
 py::tuple py_group_norm_backward(const py::array& x, const py::array& dy, const py::object& weight,

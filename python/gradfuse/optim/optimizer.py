@@ -56,6 +56,7 @@ import numpy as np
 
 from .. import _backend
 from ..tensor import Tensor, enable_grad
+from . import _validate
 
 __all__ = ["Optimizer", "required", "total_norm"]
 
@@ -72,16 +73,6 @@ required = _Required()
 # flag bits of _C.optim_step
 F_MAXIMIZE, F_NESTEROV, F_FIRST, F_AMSGRAD, F_DECOUPLED, F_CENTERED, F_RECTIFY = (
     1, 2, 4, 8, 16, 32, 64)
-
-
-def _check_finite(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"Invalid {name} value: {value} (must be finite)")
-    return v
 
 
 def _arena_empty(n: int, dtype: np.dtype) -> np.ndarray:
@@ -477,7 +468,7 @@ class Optimizer:
             opt.clip_grad_norm_(1.0)
             opt.step()
         """
-        max_norm = _check_finite("max_norm", max_norm)
+        max_norm = _validate.number("max_norm", max_norm)
         try:
             norm_type = float(norm_type)
         except (TypeError, ValueError):

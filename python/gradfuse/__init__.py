@@ -17,6 +17,7 @@ from . import (
     nn,
     optim,
     random,
+    train,
 )
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
@@ -139,4 +140,5 @@ __all__ = [
     "memory",
     "nn",
     "optim",
+    "train",
 ]

@@ -17,6 +17,7 @@ from . import (
     nn,
     optim,
     random,
+    serialization,
     train,
 )
 from ._config import get_num_threads, set_num_threads, show_config
@@ -46,6 +47,7 @@ from .random import (
     seed,
     set_rng_state,
 )
+from .serialization import load, save
 from .tensor import (
     Tensor,
     arange,
@@ -140,5 +142,9 @@ __all__ = [
     "memory",
     "nn",
     "optim",
+    # checkpoints (gradfuse.serialization)
+    "serialization",
+    "save",
+    "load",
     "train",
 ]

@@ -529,7 +529,6 @@ def test_model_checkpoint_best_only(digits, tmp_path):
 
 
 def test_checkpoint_is_written_atomically(digits, tmp_path, monkeypatch):
-    from gradfuse.train import _checkpoint
     train, _ = loaders(digits, n_train=64)
     model = mlp()
     t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
@@ -543,19 +542,24 @@ def test_checkpoint_is_written_atomically(digits, tmp_path, monkeypatch):
     def crash(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(_checkpoint.os, "fsync", crash)
+    monkeypatch.setattr(gf.serialization.os, "replace", crash)  # dies before the rename
     with pytest.raises(OSError, match="disk full"):
         t.save_checkpoint(path)
+    monkeypatch.undo()
     assert path.read_bytes() == good  # the previous checkpoint survives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]
     # a file that is not a checkpoint is a clear error, and leaves the trainer unchanged
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     before = params(model)
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(ValueError, match="bad.ckpt"):
         t.load_checkpoint(bad)
-    with pytest.raises(FileNotFoundError, match="path"):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         t.load_checkpoint(tmp_path / "missing.ckpt")
+    gf.save(model.state_dict(), tmp_path / "weights.ckpt")  # a checkpoint, not a trainer's
+    with pytest.raises(ValueError, match="not a gradfuse.train checkpoint"):
+        t.load_checkpoint(tmp_path / "weights.ckpt")
+    (tmp_path / "weights.ckpt").unlink()
     for k, v in before.items():
         np.testing.assert_array_equal(model.state_dict()[k], v)
     assert t.epoch == 2
@@ -734,10 +738,15 @@ def test_bad_arguments_are_named(digits):
     ]:
         with pytest.raises(exc, match=name):
             ctor(**kw)
-    # a monitor without a value (no validation data) is named when the epoch ends
-    t = Trainer(model, opt, loss, callbacks=[EarlyStopping()], verbose=0)
-    with pytest.raises(ValueError, match="val_loss"):
-        t.fit(train, epochs=1)
+    # a monitor without a value (no validation data, no metric) is named before training
+    for cb, kw in [(EarlyStopping(), {}), (ModelCheckpoint("x.ckpt"), {}),
+                   (EarlyStopping("train_metric"), dict(metric=None))]:
+        t = Trainer(model, opt, loss, callbacks=[cb], verbose=0, **kw)
+        with pytest.raises(ValueError, match=cb.monitor):
+            t.fit(train, epochs=1)
+        assert t.epoch == 0 and t.global_step == 0
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
 
 
 # ------------------------------------------------------------------ forward hooks

@@ -193,6 +193,15 @@ def _check_monitor(monitor) -> str:
     return monitor
 
 
+def _check_available(monitor: str, trainer, who: str) -> None:
+    """Fail at the start of fit, not after the first epoch, when ``monitor`` will be None."""
+    if monitor.startswith("val_") and getattr(trainer, "val_loader", True) is None:
+        raise ValueError(f"{who}: monitor {monitor!r} needs validation data (fit(..., val=...))")
+    if monitor.endswith("_metric") and getattr(trainer, "metric", True) is None:
+        raise ValueError(f"{who}: monitor {monitor!r} needs a metric (the trainer has "
+                         "metric=None)")
+
+
 def _monitored(monitor: str, logs: dict, who: str) -> float:
     v = logs.get(monitor)
     if v is None:
@@ -255,6 +264,7 @@ class EarlyStopping(Callback):
         return v > self.best + self.min_delta
 
     def on_fit_start(self, trainer) -> None:
+        _check_available(self.monitor, trainer, "EarlyStopping")
         trainer.history.monitor, trainer.history.mode = self.monitor, self.mode
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
@@ -330,6 +340,10 @@ class ModelCheckpoint(Callback):
         self.best = None
         self.best_epoch = None
         self.saved: list[tuple[int, str]] = []
+
+    def on_fit_start(self, trainer) -> None:
+        if self.save_best_only:
+            _check_available(self.monitor, trainer, "ModelCheckpoint")
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
         if self.save_best_only:

@@ -83,13 +83,14 @@ def _accuracy_count(out: np.ndarray, y: np.ndarray) -> int:
         if y.shape != (out.shape[0],):
             raise ValueError(
                 f"metric 'accuracy': expected class-index targets of shape ({out.shape[0]},) "
-                f"for outputs of shape {out.shape}, got targets of shape {y.shape}")
+                f"for outputs of shape {out.shape}, got targets of shape {y.shape} (for "
+                "regression pass metric=None or a callable)")
         return int((out.argmax(axis=1) == y).sum())
     if out.ndim in (1, 2) and out.size == y.size:
         return int(((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum())
     raise ValueError(
         f"metric 'accuracy': cannot compare outputs of shape {out.shape} with targets of shape "
-        f"{y.shape}")
+        f"{y.shape} (for regression pass metric=None or a callable)")
 
 
 def _loader_state(loader):
@@ -157,7 +158,8 @@ class Trainer:
     Attributes: ``history`` (:class:`History`), ``epoch`` (completed epochs), ``global_step``
     (optimizer steps taken, skipped ones included), ``stop_training`` (a callback sets it to
     end the run), ``skip_step`` (set in ``on_after_backward`` to skip this batch's update),
-    ``batch`` (the ``(x, y)`` Tensors of the step in progress), ``train_loader``, ``epochs``
+    ``batch`` (the ``(x, y)`` Tensors of the step in progress), ``train_loader``,
+    ``val_loader``, ``epochs``
     (the target of the current fit).
 
     Example::
@@ -230,7 +232,7 @@ class Trainer:
         self.stop_training = False
         self.skip_step = False
         self.epochs = None  # the target of the current fit
-        self.train_loader = None
+        self.train_loader = self.val_loader = None
         self.batch = None  # the (x, y) of the step in progress, for callbacks
         self._pending_loader_state = None
 
@@ -311,16 +313,18 @@ class Trainer:
             raise ValueError(
                 f"epochs: the run already has {self.epoch} epochs; pass the total number of "
                 f"epochs (>= {self.epoch})")
-        self.train_loader = train
+        self.train_loader, self.val_loader = train, val
         if self._pending_loader_state is not None:
             _set_loader_state(train, self._pending_loader_state)
             self._pending_loader_state = None
         self.epochs = epochs
         self.stop_training = False
         self.history.stopped_early = False
-        for hook in self._hooks("on_fit_start"):
-            hook(self)
+        started = []  # on_fit_end goes to the callbacks whose on_fit_start ran
         try:
+            for cb in self.callbacks:
+                cb.on_fit_start(self)
+                started.append(cb)
             for epoch in range(self.epoch + 1, epochs + 1):
                 self._train_epoch(epoch, train, val)
                 if self.stop_training:
@@ -328,8 +332,8 @@ class Trainer:
                         self.history.stopped_early = True
                     break
         finally:
-            for hook in self._hooks("on_fit_end"):
-                hook(self)
+            for cb in started:
+                cb.on_fit_end(self)
         return self.history
 
     def _train_epoch(self, epoch: int, train, val) -> None:
@@ -497,6 +501,7 @@ class Trainer:
         random generator's state (dropout), the training loader's shuffle state, the history
         and the callbacks' states (best values, patience counters)."""
         return {
+            "format": _checkpoint.FORMAT,
             "model": dict(self.model.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
@@ -515,6 +520,8 @@ class Trainer:
         raises ValueError and leaves model, optimizer and scheduler as they were)."""
         if not isinstance(state, dict):
             raise TypeError(f"state: expected a dict, got {type(state).__name__}")
+        if state.get("format", _checkpoint.FORMAT) != _checkpoint.FORMAT:
+            raise ValueError(f"state: format {state['format']!r}, expected {_checkpoint.FORMAT!r}")
         need = ("model", "optimizer", "scheduler", "epoch", "step", "rng", "history")
         missing = [k for k in need if k not in state]
         if missing:
@@ -552,7 +559,8 @@ class Trainer:
                 cb.load_state_dict(saved[key])
 
     def save_checkpoint(self, path) -> None:
-        """Write :meth:`state_dict` to ``path`` atomically (temporary file, then rename)."""
+        """Write :meth:`state_dict` to ``path`` with :func:`gradfuse.save` (one safetensors
+        file; atomically: temporary file, fsync, rename)."""
         _checkpoint.save(self.state_dict(), path)
 
     def load_checkpoint(self, path) -> None:

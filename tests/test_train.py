@@ -130,6 +130,56 @@ def test_resume_from_checkpoint_is_bitwise_identical(digits, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]  # no temporary files left
 
 
+class NumpyShuffleLoader:
+    """A loader without state_dict(): a numpy generator draws each epoch's order at iter()."""
+
+    def __init__(self, x, y, batch_size, seed):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator = np.random.default_rng(seed)
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        order = self.generator.permutation(len(self.x))
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+@pytest.mark.parametrize("kind", ["DataLoader", "list", "numpy generator"])
+@pytest.mark.parametrize("at_step", [13, 20])  # inside epoch 2 of 10 steps; its last step
+def test_resume_mid_epoch_is_bitwise_identical(digits, tmp_path, kind, at_step):
+    (xtr, ytr), (xva, yva) = digits
+    xtr, ytr = xtr[:300], ytr[:300]  # 10 batches of 32 (the last of 12)
+
+    def make(callbacks=()):
+        trainer, train, val = make_resumable(digits, callbacks)
+        if kind == "list":
+            train = [(xtr[i:i + 32], ytr[i:i + 32]) for i in range(0, 300, 32)]
+        elif kind == "numpy generator":
+            train = NumpyShuffleLoader(xtr, ytr, 32, seed=1)
+        return trainer, train, val
+
+    full, train, val = make()
+    full.fit(train, val=val, epochs=3)
+    ck = ModelCheckpoint(tmp_path / "s{step}.ckpt", save_best_only=False, every=100,
+                         every_steps=at_step)
+    first, train, val = make([ck])
+    first.fit(train, val=val, epochs=2)
+    assert ck.saved[0] == (2, at_step, str(tmp_path / f"s{at_step}.ckpt"))
+    resumed, train, val = make()
+    gf.manual_seed(5)
+    h = resumed.fit(train, val=val, epochs=3, resume_from=ck.saved[0][2])
+    for k, v in params(full.model).items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v, err_msg=k)
+    assert len(h.steps) == len(full.history.steps) == 30
+    assert [s["loss"] for s in h.steps] == [s["loss"] for s in full.history.steps]
+    for e, ef in zip(h.epochs, full.history.epochs):
+        for key in ("train_loss", "train_metric", "val_loss", "val_metric", "lr", "grad_norm"):
+            assert e[key] == ef[key], (e["epoch"], key)
+
+
 def full_rng_after(digits):
     t, train, val = make_resumable(digits)
     t.fit(train, val=val, epochs=5)
@@ -730,7 +780,8 @@ def test_bad_arguments_are_named(digits):
         (GradientMonitor, dict(vanishing=-1.0), ValueError, "vanishing"),
         (GradientMonitor, dict(vanishing=1.0, exploding=0.5), ValueError, "exploding"),
         (ModelCheckpoint, dict(path=3), TypeError, "path"),
-        (ModelCheckpoint, dict(path="x{step}"), ValueError, "path"),
+        (ModelCheckpoint, dict(path="x{batch}"), ValueError, "path"),
+        (ModelCheckpoint, dict(path="x", every_steps=0), ValueError, "every_steps"),
         (ModelCheckpoint, dict(path="x", every=0), ValueError, "every"),
         (ProgressBar, dict(verbose=5), ValueError, "verbose"),
         (CSVLogger, dict(path=None), TypeError, "path"),

@@ -93,14 +93,25 @@ def _accuracy_count(out: np.ndarray, y: np.ndarray) -> int:
         f"{y.shape} (for regression pass metric=None or a callable)")
 
 
+def _has_state_dict(loader) -> bool:
+    return callable(getattr(loader, "state_dict", None)) and \
+        callable(getattr(loader, "load_state_dict", None))
+
+
+def _len(loader):
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def _loader_state(loader):
     """Whatever makes ``loader``'s next epoch reproducible: its state_dict() when it has one,
     else the state of its ``generator`` (a gf.Generator or a numpy Generator); None else."""
     if loader is None:
         return None
-    sd = getattr(loader, "state_dict", None)
-    if callable(sd):
-        return {"state_dict": sd()}
+    if _has_state_dict(loader):
+        return {"state_dict": loader.state_dict()}
     gen = getattr(loader, "generator", None)
     if isinstance(gen, _random.Generator):
         return {"gf_generator": gen.get_state().data.copy()}
@@ -235,6 +246,10 @@ class Trainer:
         self.train_loader = self.val_loader = None
         self.batch = None  # the (x, y) of the step in progress, for callbacks
         self._pending_loader_state = None
+        self._in_epoch = None  # the epoch being trained, None between epochs
+        self._acc = None  # its running sums
+        self._epoch_loader_start = None
+        self._resume_partial = None  # a partial epoch restored by load_state_dict
 
     # ------------------------------------------------------------ callbacks
     def _hooks(self, name: str) -> list:
@@ -314,9 +329,15 @@ class Trainer:
                 f"epochs: the run already has {self.epoch} epochs; pass the total number of "
                 f"epochs (>= {self.epoch})")
         self.train_loader, self.val_loader = train, val
-        if self._pending_loader_state is not None:
+        partial = self._resume_partial
+        if partial is not None and not _has_state_dict(train):
+            # a loader that cannot seek restarts the epoch from its start state; the batches
+            # already trained are drawn again and skipped
+            _set_loader_state(train, partial["loader_start"])
+            partial["skip"] = partial["acc"]["batches"]
+        elif self._pending_loader_state is not None:
             _set_loader_state(train, self._pending_loader_state)
-            self._pending_loader_state = None
+        self._pending_loader_state = None
         self.epochs = epochs
         self.stop_training = False
         self.history.stopped_early = False
@@ -345,15 +366,34 @@ class Trainer:
         on_after_backward = self._hooks("on_after_backward")
         on_batch_end = self._hooks("on_batch_end")
         steps = self.history.steps
+        metric = self.metric
+        # The epoch's running sums live on the trainer, so that a checkpoint taken inside the
+        # epoch (ModelCheckpoint(every_steps=...)) can resume it mid-way.
+        partial, self._resume_partial = self._resume_partial, None
+        skip = 0
+        if partial is not None and partial["epoch"] != epoch:
+            partial = None
+        if partial is not None:
+            acc = dict(partial["acc"])
+            skip = partial["skip"]
+        else:
+            acc = {"batches": 0, "n": 0, "loss_sum": 0.0, "metric_sum": 0.0, "norm_sum": 0.0,
+                   "norm_n": 0, "lr": self._lr()}
+        self._acc = acc
+        # where a loader without its own state_dict() starts this epoch
+        self._epoch_loader_start = None if _has_state_dict(train) else _loader_state(train)
+        self._in_epoch = epoch
         for hook in self._hooks("on_epoch_start"):
             hook(self, epoch)
         model.train()
         t0 = time.perf_counter()
-        n = 0
-        loss_sum = metric_sum = norm_sum = 0.0
-        norm_n = 0
-        metric = self.metric
-        for batch in train:
+        n0 = acc["n"]
+        n_batches = _len(train)
+        exhausted = partial is not None and n_batches is not None and acc["batches"] >= n_batches
+        for batch in (() if exhausted else train):
+            if skip:  # resuming mid-epoch a loader that cannot seek: replay its order
+                skip -= 1
+                continue
             x, y = _xy(batch, "train")
             bs = _rows(x)
             step = self.global_step + 1
@@ -381,23 +421,28 @@ class Trainer:
             if step_sched:
                 sched.step()
             steps.append({k: logs[k] for k in STEP_KEYS})
-            n += bs
-            loss_sum += loss_v * bs
+            acc["batches"] += 1
+            acc["n"] += bs
+            acc["loss_sum"] += loss_v * bs
+            acc["lr"] = lr
             if metric is not None:
-                metric_sum += self._metric_batch(out.data, y.data)
+                m = self._metric_batch(out.data, y.data)
+                acc["metric_sum"] += m
+                logs["metric"] = m / bs
             if math.isfinite(gnorm):
-                norm_sum += gnorm
-                norm_n += 1
+                acc["norm_sum"] += gnorm
+                acc["norm_n"] += 1
             logs["skipped"] = skipped
             for hook in on_batch_end:
                 hook(self, logs)
             if self.stop_training:
                 break
+        n = acc["n"]
         if n == 0:
             raise ValueError(f"train: the loader yielded no batches in epoch {epoch}")
         train_time = time.perf_counter() - t0
-        train_loss = loss_sum / n
-        train_metric = metric_sum / n if metric is not None else None
+        train_loss = acc["loss_sum"] / n
+        train_metric = acc["metric_sum"] / n if metric is not None else None
         val_loss = val_metric = None
         if val is not None:
             r = self.evaluate(val)
@@ -408,12 +453,13 @@ class Trainer:
             elif not step_sched:
                 sched.step()
         rec = {"epoch": epoch, "train_loss": train_loss, "train_metric": train_metric,
-               "val_loss": val_loss, "val_metric": val_metric, "lr": lr,
-               "grad_norm": norm_sum / norm_n if norm_n else math.nan,
+               "val_loss": val_loss, "val_metric": val_metric, "lr": acc["lr"],
+               "grad_norm": acc["norm_sum"] / acc["norm_n"] if acc["norm_n"] else math.nan,
                "time": time.perf_counter() - t0,
-               "samples_per_s": n / train_time if train_time > 0 else math.inf}
+               "samples_per_s": (n - n0) / train_time if train_time > 0 else math.inf}
         self.history.epochs.append(rec)
         self.epoch = epoch
+        self._in_epoch = None
         for hook in self._hooks("on_epoch_end"):
             hook(self, epoch, rec)
 
@@ -511,6 +557,9 @@ class Trainer:
             "loader": _loader_state(self.train_loader) if self.train_loader is not None
             else self._pending_loader_state,
             "history": self.history.to_dict(),
+            "partial": None if self._in_epoch is None else {
+                "epoch": self._in_epoch, "acc": dict(self._acc),
+                "loader_start": self._epoch_loader_start},
             "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict()
                           for i, cb in enumerate(self.callbacks)},
         }
@@ -534,6 +583,13 @@ class Trainer:
                 ("without a scheduler but this trainer has one" if state["scheduler"] is None
                  else "with a scheduler but this trainer has none"))
         history = History.from_dict(state["history"])
+        partial = state.get("partial")
+        if partial is not None:
+            if not isinstance(partial, dict) or set(partial) != {"epoch", "acc", "loader_start"} \
+                    or partial["epoch"] != epoch + 1:
+                raise ValueError("state['partial']: expected the running sums of epoch "
+                                 f"{epoch + 1} (the epoch in progress)")
+            partial = dict(partial, skip=0)
         rng = np.asarray(state["rng"])
         if rng.dtype != np.uint8 or rng.shape != (16,):
             raise ValueError("state['rng']: expected 16 uint8 values")
@@ -551,6 +607,8 @@ class Trainer:
         _random.set_rng_state(rng)
         self.epoch, self.global_step, self.history = epoch, step, history
         self._pending_loader_state = state.get("loader")
+        self._resume_partial = partial
+        self._in_epoch = None
         self.train_loader = None
         saved = state.get("callbacks") or {}
         for i, cb in enumerate(self.callbacks):

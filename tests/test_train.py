@@ -187,7 +187,7 @@ def full_rng_after(digits):
 
 
 def test_resume_with_plateau_scheduler_and_early_stopping_state(digits, tmp_path):
-    def make():
+    def make(verbose=0):
         model = mlp(seed=1, hidden=32, dropout=0.1)
         opt = gf.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         sched = gf.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
@@ -196,15 +196,19 @@ def test_resume_with_plateau_scheduler_and_early_stopping_state(digits, tmp_path
         return Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched,
                        callbacks=[es, ModelCheckpoint(tmp_path / "e{epoch}.ckpt",
                                                       save_best_only=False)],
-                       verbose=0), train, val
+                       verbose=verbose), train, val
     full, train, val = make()
     full.fit(train, val=val, epochs=4)
-    resumed, train, val = make()
+    resumed, train, val = make(verbose=2)  # with a ProgressBar in front: states still match
     resumed.fit(train, val=val, epochs=4, resume_from=tmp_path / "e2.ckpt")
     for k, v in params(full.model).items():
         np.testing.assert_array_equal(resumed.model.state_dict()[k], v, err_msg=k)
     assert resumed.scheduler.state_dict() == full.scheduler.state_dict()
-    assert resumed.callbacks[0].best == full.callbacks[0].best
+    probe, _, _ = make(verbose=2)
+    probe.load_checkpoint(tmp_path / "e2.ckpt")
+    assert probe.callbacks[1].best == min(e["val_loss"] for e in full.history.epochs[:2])
+    es, es_full = resumed.callbacks[1], full.callbacks[0]
+    assert isinstance(es, EarlyStopping) and (es.best, es.wait) == (es_full.best, es_full.wait)
 
 
 def absurd_lr_trainer(digits, action, **kw):

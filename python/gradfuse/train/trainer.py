@@ -170,8 +170,7 @@ class Trainer:
     (optimizer steps taken, skipped ones included), ``stop_training`` (a callback sets it to
     end the run), ``skip_step`` (set in ``on_after_backward`` to skip this batch's update),
     ``batch`` (the ``(x, y)`` Tensors of the step in progress), ``train_loader``,
-    ``val_loader``, ``epochs``
-    (the target of the current fit).
+    ``val_loader``, ``epochs`` (the target of the current fit).
 
     Example::
 
@@ -258,6 +257,17 @@ class Trainer:
         base = getattr(Callback, name)
         return [getattr(cb, name) for cb in self.callbacks
                 if getattr(type(cb), name, base) is not base]
+
+    def _callback_keys(self):
+        """``("EarlyStopping:0", cb)``...: a callback's state is found again by its class and
+        its rank among those of its class (not its index: the ProgressBar that verbose adds
+        would shift it)."""
+        seen: dict[str, int] = {}
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            k = seen.get(name, 0)
+            seen[name] = k + 1
+            yield f"{name}:{k}", cb
 
     # ------------------------------------------------------------ helpers
     def _lr(self) -> float:
@@ -560,8 +570,7 @@ class Trainer:
             "partial": None if self._in_epoch is None else {
                 "epoch": self._in_epoch, "acc": dict(self._acc),
                 "loader_start": self._epoch_loader_start},
-            "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict()
-                          for i, cb in enumerate(self.callbacks)},
+            "callbacks": {key: cb.state_dict() for key, cb in self._callback_keys()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -611,8 +620,7 @@ class Trainer:
         self._in_epoch = None
         self.train_loader = None
         saved = state.get("callbacks") or {}
-        for i, cb in enumerate(self.callbacks):
-            key = f"{i}:{type(cb).__name__}"
+        for key, cb in self._callback_keys():
             if key in saved:
                 cb.load_state_dict(saved[key])
 

@@ -23,6 +23,7 @@ from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..optim.optimizer import total_norm
 from ..tensor import Tensor, no_grad
 from . import _checkpoint
+from ._util import host, model_device
 from .callbacks import Callback, ProgressBar
 from .history import STEP_KEYS, History
 
@@ -249,6 +250,7 @@ class Trainer:
         self._acc = None  # its running sums
         self._epoch_loader_start = None
         self._resume_partial = None  # a partial epoch restored by load_state_dict
+        self._device = "cpu"
 
     # ------------------------------------------------------------ callbacks
     def _hooks(self, name: str) -> list:
@@ -287,6 +289,11 @@ class Trainer:
             return float(total_norm(opt._grad_ranges(plans()), 2.0))
         grads = [p.grad.data.reshape(-1) for p in self.model.parameters() if p.grad is not None]
         return float(total_norm([np.ascontiguousarray(g) for g in grads], 2.0))
+
+    def _to_device(self, t: Tensor) -> Tensor:
+        """``t`` on the model's device (batches come from the host; a no-op on the CPU)."""
+        dev = model_device(self.model)
+        return t if str(dev) == "cpu" else t.to(dev)
 
     def _metric_batch(self, out: np.ndarray, y: np.ndarray) -> float:
         """The metric of one batch: a count of correct predictions for accuracy, else the
@@ -377,6 +384,8 @@ class Trainer:
         on_batch_end = self._hooks("on_batch_end")
         steps = self.history.steps
         metric = self.metric
+        self._device = model_device(model)
+        device_move = str(self._device) != "cpu"
         # The epoch's running sums live on the trainer, so that a checkpoint taken inside the
         # epoch (ModelCheckpoint(every_steps=...)) can resume it mid-way.
         partial, self._resume_partial = self._resume_partial, None
@@ -405,6 +414,8 @@ class Trainer:
                 skip -= 1
                 continue
             x, y = _xy(batch, "train")
+            if device_move:
+                x, y = x.to(self._device), y.to(self._device)
             bs = _rows(x)
             step = self.global_step + 1
             self.batch = (x, y)
@@ -436,7 +447,7 @@ class Trainer:
             acc["loss_sum"] += loss_v * bs
             acc["lr"] = lr
             if metric is not None:
-                m = self._metric_batch(out.data, y.data)
+                m = self._metric_batch(host(out), host(y))
                 acc["metric_sum"] += m
                 logs["metric"] = m / bs
             if math.isfinite(gnorm):
@@ -494,15 +505,16 @@ class Trainer:
             with no_grad():
                 for batch in loader:
                     x, y = _xy(batch, "loader")
+                    x, y = self._to_device(x), self._to_device(y)
                     bs = _rows(x)
                     out = model(x)
                     loss_sum += float(self.loss_fn(out, y).item()) * bs
                     n += bs
                     if self.metric == "accuracy":
-                        metric_sum += _accuracy_count(out.data, y.data)
+                        metric_sum += _accuracy_count(host(out), host(y))
                     elif self.metric is not None:
-                        outs.append(np.array(out.data))
-                        ys.append(np.array(y.data))
+                        outs.append(host(out))
+                        ys.append(host(y))
         finally:
             model.train(was_training)
         if n == 0:
@@ -543,7 +555,7 @@ class Trainer:
             with no_grad():
                 for b in batches:
                     x = b[0] if isinstance(b, (tuple, list)) else b
-                    outs.append(np.array(model(_as_tensor(x, "data x")).data))
+                    outs.append(host(model(self._to_device(_as_tensor(x, "data x")))))
         finally:
             model.train(was_training)
         if not outs:

@@ -67,9 +67,9 @@ def _as_tensor(a, name: str) -> Tensor:
 
 def _xy(batch, name: str):
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(
-            f"{name}: each batch must be an (x, y) pair, got "
-            f"{type(batch).__name__}{'' if not isinstance(batch, (tuple, list)) else len(batch)}")
+        what = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
+                else f"a {type(batch).__name__}")
+        raise TypeError(f"{name}: each batch must be an (x, y) pair, got {what}")
     return _as_tensor(batch[0], f"{name} x"), _as_tensor(batch[1], f"{name} y")
 
 
@@ -357,7 +357,7 @@ class Trainer:
         self._pending_loader_state = None
         self.epochs = epochs
         self.stop_training = False
-        self.history.stopped_early = False
+        self.history.stopped_early = self.history.diverged = False  # of this fit
         started = []  # on_fit_end goes to the callbacks whose on_fit_start ran
         try:
             for cb in self.callbacks:

@@ -32,6 +32,17 @@ class Dataset:
 
     Optionally ``gather(indices) -> tuple of arrays`` (first dimension ``len(indices)``) gives
     the DataLoader a whole batch in one call; without it samples are stacked one by one.
+
+    Example::
+
+        >>> class Squares(gf.data.Dataset):
+        ...     def __len__(self):
+        ...         return 10
+        ...     def __getitem__(self, i):
+        ...         return np.float32(i), i * i
+        >>> xb, yb = next(iter(gf.data.DataLoader(Squares(), batch_size=4)))
+        >>> yb.numpy().tolist()
+        [0, 1, 4, 9]
     """
 
     def __getitem__(self, index):

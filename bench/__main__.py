@@ -20,6 +20,7 @@ from gradfuse._config import config
 
 from . import (
     bench_activations,
+    bench_data,
     bench_init,
     bench_loss,
     bench_norms,
@@ -38,6 +39,7 @@ MODULES = [
     bench_init,
     bench_optim,
     bench_scale,
+    bench_data,
     bench_train,
 ]
 

@@ -845,3 +845,41 @@ def test_readme_training_loop_section_runs(capsys):
     h = scope["history"]
     assert h.epochs[-1]["val_metric"] >= 0.95
     assert capsys.readouterr().out.strip().endswith(f"{h.epochs[-1]['val_metric']:.3f}")
+
+
+def test_fit_matches_pytorch_loop(digits):
+    torch = pytest.importorskip("torch")
+    (xtr, ytr), (xva, yva) = digits
+    batches = [(xtr[i:i + 64], ytr[i:i + 64]) for i in range(0, 500, 64)]  # last batch of 52
+    model = mlp(seed=2, hidden=32)
+    tmodel = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                 torch.nn.Linear(32, 10)).double()
+    with torch.no_grad():
+        for (_, v), p in zip(model.state_dict().items(), tmodel.parameters()):
+            p.copy_(torch.from_numpy(v.astype(np.float64)))
+    opt = gf.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = gf.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3)
+    h = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched, grad_clip=0.5,
+                verbose=0).fit(batches, val=[(xva, yva)], epochs=3)
+
+    topt = torch.optim.SGD(tmodel.parameters(), lr=0.1, momentum=0.9)
+    tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    losses, norms, val_acc = [], [], []
+    for _ in range(3):
+        for x, y in batches:
+            loss = loss_fn(tmodel(torch.from_numpy(x).double()), torch.from_numpy(y))
+            topt.zero_grad()
+            loss.backward()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 0.5)))
+            topt.step()
+            losses.append(loss.item())
+        tsched.step()
+        with torch.no_grad():
+            out = tmodel(torch.from_numpy(xva).double()).numpy()
+        val_acc.append(float((out.argmax(1) == yva).mean()))
+    np.testing.assert_allclose([s["loss"] for s in h.steps], losses, rtol=2e-4)
+    np.testing.assert_allclose([s["grad_norm"] for s in h.steps], norms, rtol=2e-3)
+    assert [e["val_metric"] for e in h.epochs] == pytest.approx(val_acc, abs=1 / len(yva) + 1e-12)
+    for (k, v), p in zip(model.state_dict().items(), tmodel.parameters()):
+        np.testing.assert_allclose(v, p.detach().numpy(), rtol=1e-3, atol=1e-4, err_msg=k)

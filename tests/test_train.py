@@ -720,7 +720,7 @@ def test_progress_bar_uses_tqdm_on_a_terminal(digits):
             callbacks=[ProgressBar(file=out)], verbose=0).fit(train, val=val, epochs=2)
     text = out.getvalue()
     assert "epoch 1/2" in text and "epoch 2/2" in text
-    assert "val_metric=" in text and "samples/s" in text and "2/2" in text
+    assert ", val " in text and "metric " in text and "samples/s" in text and "2/2" in text
 
 
 # ------------------------------------------------------------------ argument checks

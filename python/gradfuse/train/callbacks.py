@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import sys
 import tempfile
 
@@ -92,7 +93,8 @@ def epoch_line(logs: dict, epochs=None) -> str:
 
 
 class ProgressBar(Callback):
-    """Progress display: a tqdm bar per epoch (batches, loss, metric, samples/s) when
+    """Progress display: a tqdm bar per epoch (batches, running loss, metric, samples/s; at
+    the end of the epoch ``val loss/metric``) when
     ``verbose=1``, the output is a terminal and tqdm is installed (``pip install
     gradfuse[train]``); otherwise one line per epoch (``verbose=1`` or ``2``). ``verbose=0``
     prints nothing. The Trainer adds one by itself when its ``verbose >= 1``.
@@ -136,8 +138,13 @@ class ProgressBar(Callback):
             total = len(trainer.train_loader)
         except TypeError:
             total = None
+        # a fixed 12-column bar leaves the line to the numbers; the size is given because
+        # tqdm prints nothing on a terminal that reports 0 rows (a bare pty)
+        cols, rows = shutil.get_terminal_size((100, 24))
         self._bar = tqdm(total=total, desc=f"epoch {epoch}/{trainer.epochs}", unit="batch",
-                         file=self._out(), leave=True, dynamic_ncols=True)
+                         file=self._out(), leave=True, ncols=cols, nrows=rows,
+                         bar_format="{desc} {percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt}"
+                                    "{postfix}")
         self._n = 0
         self._loss = 0.0
         self._metric = 0.0
@@ -148,27 +155,27 @@ class ProgressBar(Callback):
             return
         self._n += logs["batch_size"]
         self._loss += logs["loss"] * logs["batch_size"]
-        bar.update(1)
-        el = bar.format_dict.get("elapsed", 0) or 0
-        post = {"loss": f"{self._loss / self._n:.4f}"}
+        post = f"loss {self._loss / self._n:.4f}"
         if "metric" in logs:
             self._metric += logs["metric"] * logs["batch_size"]
-            post["metric"] = f"{self._metric / self._n:.4f}"
+            post += f", metric {self._metric / self._n:.4f}"
+        el = bar.format_dict.get("elapsed", 0) or 0
         if el > 0:
-            post["samples/s"] = f"{self._n / el:.0f}"
-        bar.set_postfix(post, refresh=False)
+            post += f", {self._n / el:.0f} samples/s"
+        bar.set_postfix_str(post, refresh=False)
+        bar.update(1)
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
         if self._bar is not None:
-            post = {"loss": _fmt(logs["train_loss"])}
+            post = f"loss {_fmt(logs['train_loss'])}"
             if logs.get("train_metric") is not None:
-                post["metric"] = _fmt(logs["train_metric"])
+                post += f", metric {_fmt(logs['train_metric'])}"
             if logs.get("val_loss") is not None:
-                post["val_loss"] = _fmt(logs["val_loss"])
-            if logs.get("val_metric") is not None:
-                post["val_metric"] = _fmt(logs["val_metric"])
-            post["samples/s"] = f"{logs['samples_per_s']:.0f}"
-            self._bar.set_postfix(post)
+                post += f", val {_fmt(logs['val_loss'])}"
+                if logs.get("val_metric") is not None:
+                    post += f"/{_fmt(logs['val_metric'])}"
+            post += f", {logs['samples_per_s']:.0f} samples/s"
+            self._bar.set_postfix_str(post)
             self._bar.close()
             self._bar = None
         elif self.verbose:

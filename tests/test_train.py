@@ -758,8 +758,24 @@ def test_bad_arguments_are_named(digits):
                           (dict(epochs=1, val=3), TypeError, "val")]:
         with pytest.raises(exc, match=name):
             t.fit(train, **kw)
-    with pytest.raises(TypeError, match="train"):
+    with pytest.raises(TypeError, match="train: got a one-shot iterator"):
         t.fit(iter(train), epochs=1)
+    with pytest.raises(TypeError, match="train: got a one-shot iterator"):
+        t.fit((b for b in [(1, 2)]), epochs=1)
+    # checking a loader draws nothing from it (this one draws its order in iter() itself)
+
+    class Eager:
+        def __init__(self):
+            self.draws = 0
+
+        def __iter__(self):
+            self.draws += 1
+            return iter([(np.zeros((2, 64), np.float32), np.zeros(2, np.int64))])
+
+    eager = Eager()
+    with pytest.raises(TypeError, match="val"):
+        t.fit(eager, val=object(), epochs=1)
+    assert eager.draws == 0
     with pytest.raises(TypeError, match=r"train: each batch must be an \(x, y\) pair, got a tuple of 3"):
         t.fit([(1, 2, 3)], epochs=1)
     with pytest.raises(ValueError, match="train"):

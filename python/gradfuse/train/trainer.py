@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -42,16 +43,16 @@ def _check_int(name: str, value, low: int) -> int:
 
 
 def _check_loader(name: str, loader) -> None:
-    try:
-        it = iter(loader)
-    except TypeError:
-        raise TypeError(
-            f"{name}: expected an iterable of (x, y) batches (a DataLoader, a list), got "
-            f"{type(loader).__name__}") from None
-    if it is loader:  # a generator or iterator would be empty from the second epoch on
+    # without calling iter(): a loader may draw its epoch order there (a random draw that
+    # would shift every later epoch and break reproducibility)
+    if isinstance(loader, Iterator):  # a generator or iterator: empty from the 2nd epoch on
         raise TypeError(
             f"{name}: got a one-shot iterator ({type(loader).__name__}); pass something that "
             "can be iterated once per epoch (a DataLoader or a list of batches)")
+    if not isinstance(loader, Iterable) and not hasattr(loader, "__getitem__"):
+        raise TypeError(
+            f"{name}: expected an iterable of (x, y) batches (a DataLoader, a list), got "
+            f"{type(loader).__name__}")
 
 
 def _as_tensor(a, name: str) -> Tensor:

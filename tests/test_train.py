@@ -899,3 +899,38 @@ def test_fit_matches_pytorch_loop(digits):
     assert [e["val_metric"] for e in h.epochs] == pytest.approx(val_acc, abs=1 / len(yva) + 1e-12)
     for (k, v), p in zip(model.state_dict().items(), tmodel.parameters()):
         np.testing.assert_allclose(v, p.detach().numpy(), rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+def test_nonfinite_guard_names_input_and_first_nonfinite_module():
+    gf.manual_seed(0)
+    model = gf.nn.Sequential(gf.nn.Linear(3, 4), gf.nn.BatchNorm1d(4), gf.nn.Dropout(0.5),
+                             gf.nn.Linear(4, 2))
+    y = np.zeros(4, np.int64)
+    x_nan = np.ones((4, 3), np.float32)
+    x_nan[1, 2] = np.nan
+    guard = NonFiniteGuard("skip")
+    t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                callbacks=[guard], verbose=0)
+    with np.errstate(all="ignore"):
+        t.fit([(x_nan, y)], epochs=1)
+    assert [(e["what"], e["layer"]) for e in guard.events] == [("loss", "input")]
+    # an overflow inside the net: the first module whose output is not finite is named, and
+    # the extra forward that finds it leaves the random stream and running statistics alone
+    model[3].weight.data[...] = 3e38
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    rng_before = None
+
+    class Watch(Callback):
+        def on_after_backward(self, trainer, logs):
+            nonlocal rng_before
+            rng_before = (gf.get_rng_state().numpy().copy(),
+                          [b.data.copy() for b in trainer.model.buffers()])
+
+    t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                callbacks=[Watch(), guard], verbose=0)
+    with np.errstate(all="ignore"):
+        t.fit([(x, y)], epochs=1)
+    assert guard.events[-1]["what"] == "loss" and guard.events[-1]["layer"] == "3"
+    np.testing.assert_array_equal(gf.get_rng_state().numpy(), rng_before[0])
+    for b, saved in zip(model.buffers(), rng_before[1]):
+        np.testing.assert_array_equal(b.data, saved)

@@ -42,7 +42,8 @@ class NonFiniteGuard(Callback):
     extra pass) for NaN/inf. When one is found, skip the update (``action="skip"``) or skip it
     and end the run (``action="stop"``: ``history.diverged`` becomes True), and say where: the
     first layer with a non-finite gradient, or for a non-finite loss the first layer with
-    non-finite parameters, else the first module whose output is non-finite (found by running
+    non-finite parameters, else ``"input"`` when the batch holds a NaN/inf, else the first
+    module whose output is non-finite (found by running
     the batch's forward once more with hooks, only then; random and running-statistics state
     are put back), else ``"loss_fn"``.
 
@@ -121,6 +122,8 @@ class NonFiniteGuard(Callback):
                 return name
         if trainer.batch is None:
             return None
+        if not _finite(host(trainer.batch[0])):
+            return "input"
         # Run the forward again with a hook on every module; the first (innermost-first, in
         # call order) non-finite output names the culprit. Dropout's random state and the
         # norm layers' running statistics are restored, so the run continues unchanged.

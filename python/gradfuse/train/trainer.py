@@ -87,9 +87,9 @@ def _accuracy_count(out: np.ndarray, y: np.ndarray) -> int:
                 f"metric 'accuracy': expected class-index targets of shape ({out.shape[0]},) "
                 f"for outputs of shape {out.shape}, got targets of shape {y.shape} (for "
                 "regression pass metric=None or a callable)")
-        return int((out.argmax(axis=1) == y).sum())
+        return int(np.count_nonzero(out.argmax(axis=1) == y))
     if out.ndim in (1, 2) and out.size == y.size:
-        return int(((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum())
+        return int(np.count_nonzero((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)))
     raise ValueError(
         f"metric 'accuracy': cannot compare outputs of shape {out.shape} with targets of shape "
         f"{y.shape} (for regression pass metric=None or a callable)")

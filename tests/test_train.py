@@ -191,7 +191,7 @@ def test_resume_with_plateau_scheduler_and_early_stopping_state(digits, tmp_path
         model = mlp(seed=1, hidden=32, dropout=0.1)
         opt = gf.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         sched = gf.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
-        es = EarlyStopping(patience=10)
+        es = EarlyStopping(patience=10, restore_best=True)
         train, val = loaders(digits, n_train=400, seed=3)
         return Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched,
                        callbacks=[es, ModelCheckpoint(tmp_path / "e{epoch}.ckpt",

@@ -27,7 +27,7 @@ from . import (
     bench_optim,
     bench_scale,
     bench_tensor,
-    bench_train,
+    bench_trainer,
 )
 from .harness import copy_bandwidth, format_table, import_torch, run_case, write_json
 
@@ -40,7 +40,7 @@ MODULES = [
     bench_optim,
     bench_scale,
     bench_data,
-    bench_train,
+    bench_trainer,
 ]
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"

@@ -86,7 +86,7 @@ def _torch():
 
 
 CASES = [
-    Case(f"train epoch MLP {_D}-{_H[0]}-{_H[1]}-{_C} Adam, {_N // _B} batches of {_B}",
+    Case(f"Trainer.fit epoch MLP {_D}-{_H[0]}-{_H[1]}-{_C} Adam, {_N // _B} batches of {_B}",
          bytes_moved=_N * (_D * 4 + 8), unit="ms",
          impls={GRADFUSE: _trainer, "gradfuse hand loop": _hand, PYTORCH: _torch}),
 ]

@@ -569,3 +569,17 @@ def test_kill_at_random_moments_leaves_a_whole_checkpoint(tmp_path, delay):
             proc.wait()
         proc.stdout.close()
     _check_consistent(target)
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+def test_key_named_like_the_safetensors_metadata_entry(tmp_path):
+    # "__metadata__" is the header's metadata slot: an array under that name made save write
+    # a file safetensors cannot parse (and replace a good checkpoint with it)
+    obj = {"__metadata__": np.ones(2, np.float32), "m": {"__metadata__": np.zeros(1)}}
+    p = tmp_path / "c"
+    gf.save(obj, p)
+    _same(obj, gf.load(p))
+    gf.save(np.arange(3), p)  # a bare array is named "tensor"
+    _same(np.arange(3), gf.load(p))

@@ -102,7 +102,9 @@ class _Encoder:
     def _name(self, path: list) -> str:
         base = ".".join(str(p) for p in path) or "tensor"
         name, i = base, 1
-        while name in self.arrays:  # e.g. {"a.b": x, "a": {"b": y}}
+        # taken: e.g. {"a.b": x, "a": {"b": y}}; "__metadata__" is the header's own metadata
+        # entry, and a tensor of that name makes a file safetensors cannot read back
+        while name in self.arrays or name == "__metadata__":
             name = f"{base}#{i}"
             i += 1
         return name

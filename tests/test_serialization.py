@@ -583,3 +583,37 @@ def test_key_named_like_the_safetensors_metadata_entry(tmp_path):
     _same(obj, gf.load(p))
     gf.save(np.arange(3), p)  # a bare array is named "tensor"
     _same(np.arange(3), gf.load(p))
+
+
+def test_every_state_dict_loads_from_tensors_true(tmp_path):
+    # gf.load(..., tensors=True) turns every array into a Tensor: each load_state_dict that a
+    # checkpoint feeds must take them (the scalers rejected anything but numpy arrays)
+    X = np.random.default_rng(1).standard_normal((12, 3)).astype(np.float32)
+    net = gf.nn.Linear(3, 2)
+    opt = gf.optim.Adam(net.parameters(), lr=1e-2)
+    net(gf.Tensor(X)).sum().backward()
+    opt.step()
+    sched = lrs.StepLR(opt, step_size=2)
+    loader = gf.data.DataLoader(gf.data.TensorDataset(X), batch_size=5, shuffle=True, generator=3)
+    next(iter(loader))
+    objs = {"model": net, "opt": opt, "sched": sched, "loader": loader,
+            "mm": gf.data.MinMaxScaler().fit(X), "ss": gf.data.StandardScaler().fit(X),
+            "ss_partial": gf.data.StandardScaler(with_mean=False).fit(X)}
+    gf.save({**objs, "g": gf.Generator(5)}, tmp_path / "c")
+    ck = gf.load(tmp_path / "c", tensors=True)
+    assert isinstance(ck["ss"]["mean"], gf.Tensor) and isinstance(ck["g"], gf.Tensor)
+    fresh = {"model": gf.nn.Linear(3, 2), "mm": gf.data.MinMaxScaler(),
+             "ss": gf.data.StandardScaler(), "ss_partial": gf.data.StandardScaler(),
+             "loader": gf.data.DataLoader(gf.data.TensorDataset(X), batch_size=5,
+                                          shuffle=True, generator=0)}
+    fresh["opt"] = gf.optim.Adam(fresh["model"].parameters())
+    fresh["sched"] = lrs.StepLR(fresh["opt"], step_size=5)
+    for k, obj in fresh.items():
+        obj.load_state_dict(ck[k])
+        _same(gf.load(tmp_path / "c")[k], _roundtrip_state(obj, tmp_path), k)
+    assert gf.Generator().set_state(ck["g"]).initial_seed() == 5
+
+
+def _roundtrip_state(obj, tmp_path):
+    gf.save(obj, tmp_path / "d")
+    return gf.load(tmp_path / "d")

@@ -617,3 +617,24 @@ def test_every_state_dict_loads_from_tensors_true(tmp_path):
 def _roundtrip_state(obj, tmp_path):
     gf.save(obj, tmp_path / "d")
     return gf.load(tmp_path / "d")
+
+
+def test_load_bfloat16_from_torch_widens_to_float32(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    w = torch.randn(3, 5).bfloat16()
+    p = tmp_path / "bf16.safetensors"
+    save_file({"w": w, "b": torch.arange(4, dtype=torch.int32), "e": torch.zeros(0, 2).bfloat16()},
+              str(p), metadata={"format": "pt"})
+    got = gf.load(p)
+    assert got["w"].dtype == np.float32 and got["w"].shape == (3, 5)
+    np.testing.assert_array_equal(got["w"], w.float().numpy())  # bf16 -> f32 is exact
+    assert got["w"].flags.writeable and got["b"].dtype == np.int32
+    assert got["e"].shape == (0, 2) and got["e"].dtype == np.float32
+    assert isinstance(gf.load(p, tensors=True)["w"], gf.Tensor)
+    # a type numpy has no widening for is named, not reported as an unreadable file
+    if hasattr(torch, "float8_e4m3fn"):
+        save_file({"f8": torch.zeros(2).to(torch.float8_e4m3fn)}, str(p))
+        with pytest.raises(CheckpointError, match=r"'f8'.*F8_E4M3"):
+            gf.load(p)

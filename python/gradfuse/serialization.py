@@ -265,6 +265,34 @@ def _reject_constant(name):
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _get_tensor(f, name: str, path: str, header: dict) -> np.ndarray:
+    """Tensor ``name`` of the open file ``f`` as a numpy array. numpy has no bfloat16, which
+    PyTorch writes a lot: those are widened to float32 (exact: a bfloat16 is the top half of
+    a float32). ``header``: a dict this fills with the parsed file header, once per file."""
+    dtype = f.get_slice(name).get_dtype()
+    if dtype == "BF16":
+        if not header:
+            with open(path, "rb") as fh:  # safe_open has already validated header and offsets
+                n = int.from_bytes(fh.read(8), "little")
+                header.update(json.loads(fh.read(n)))
+                header[None] = 8 + n  # where the data starts (JSON keys are never None)
+        info = header.get(name, {})
+        if info.get("dtype") != "BF16" or info.get("shape") != list(f.get_slice(name).get_shape()):
+            raise CheckpointError(f"{path}: the file changed while it was being read")
+        begin, end = info["data_offsets"]
+        raw = np.fromfile(path, dtype="<u2", count=(end - begin) // 2,
+                          offset=header[None] + begin)
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
+    try:
+        return f.get_tensor(name)
+    except Exception as e:
+        if dtype not in ("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16",
+                         "F32", "F64", "C64"):
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, which numpy "
+                                  "(and so gradfuse) cannot hold") from e
+        raise
+
+
 # --------------------------------------------------------------------------- save / load
 
 
@@ -352,7 +380,8 @@ def load(path, *, tensors: bool = False):
     saved through ``state_dict()`` come back as that state_dict, to hand to the object's
     ``load_state_dict``), and arrays as numpy arrays (native byte order, writable, not
     shared with the file). A safetensors file without gradfuse's metadata gives a dict of its
-    tensors by name.
+    tensors by name; its bfloat16 tensors (numpy has no such type) come back as float32, which
+    holds every bfloat16 value exactly.
 
     Raises :class:`CheckpointError` (a ValueError) naming the path when the file is missing
     (also a FileNotFoundError), empty, truncated, not safetensors, of an unknown format
@@ -382,7 +411,8 @@ def load(path, *, tensors: bool = False):
             meta = f.metadata() or {}
             names = list(f.keys())
             if FORMAT_KEY not in meta:
-                arrays = {k: f.get_tensor(k) for k in names}
+                header = {}
+                arrays = {k: _get_tensor(f, k, path, header) for k in names}
                 return {k: Tensor(a) if tensors else a for k, a in arrays.items()}
             version = meta[FORMAT_KEY]
             if version != FORMAT_VERSION:
@@ -395,17 +425,20 @@ def load(path, *, tensors: bool = False):
                 raise CheckpointError(f"{path}: gradfuse checkpoint without its structure "
                                       f"metadata ({STRUCTURE_KEY!r})")
             present = set(names)
+            header = {}
 
             def fetch(name):
                 if name not in present:
                     raise ValueError(f"structure refers to tensor {name!r}, which the file "
                                      "does not hold")
-                return f.get_tensor(name)
+                return _get_tensor(f, name, path, header)
 
             try:
                 structure = json.loads(meta[STRUCTURE_KEY], parse_constant=_reject_constant)
                 dec = _Decoder(fetch, tensors)
                 result = dec.value(structure)
+            except CheckpointError:
+                raise
             except (ValueError, TypeError, RecursionError) as e:
                 raise CheckpointError(f"{path}: corrupt checkpoint structure: {e}") from e
             extra = present - dec.used

@@ -638,3 +638,31 @@ def test_load_bfloat16_from_torch_widens_to_float32(tmp_path):
         save_file({"f8": torch.zeros(2).to(torch.float8_e4m3fn)}, str(p))
         with pytest.raises(CheckpointError, match=r"'f8'.*F8_E4M3"):
             gf.load(p)
+
+
+def test_save_path_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"path: .*missing.* does not exist"):
+        gf.save({"a": 1}, tmp_path / "missing" / "c.safetensors")
+    with pytest.raises(ValueError, match="path: empty"):
+        gf.save({"a": 1}, "")
+    # the temporary name adds to the file name: a target name at the file system's limit
+    # (255 bytes here) must still work
+    long = tmp_path / ("x" * 240 + ".safetensors")
+    gf.save({"a": np.ones(2)}, long)
+    _same(gf.load(long), {"a": np.ones(2)})
+    assert _files_in(tmp_path) == [long.name]
+
+
+def test_metadata_too_big_for_safetensors_is_a_clear_error(tmp_path):
+    p = tmp_path / "c"
+    gf.save({"v": 1}, p)
+    with pytest.raises(ValueError, match=r"too large.*numpy arrays"):
+        gf.save({"history": "x" * 101_000_000}, p)  # safetensors caps its header at 100 MB
+    assert gf.load(p) == {"v": 1} and _files_in(tmp_path) == ["c"]
+
+
+def test_save_names_a_torch_tensor_numpy_cannot_hold(tmp_path):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"obj\['w'\].*bfloat16"):
+        gf.save({"w": torch.ones(2).bfloat16()}, tmp_path / "c")
+    assert _files_in(tmp_path) == []

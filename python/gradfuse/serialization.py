@@ -154,7 +154,13 @@ class _Encoder:
         if isinstance(x, Generator):
             return self._array(x.get_state().data, path)
         if hasattr(x, "detach") and hasattr(x, "numpy") and hasattr(x, "shape"):
-            return self._array(x.detach().cpu().numpy(), path)  # a PyTorch tensor
+            try:  # a PyTorch tensor
+                arr = x.detach().cpu().numpy()
+            except TypeError as e:  # bfloat16 and other types numpy lacks
+                raise TypeError(f"obj{_where(path)}: cannot save a torch tensor of dtype "
+                                f"{getattr(x, 'dtype', '?')} (numpy has no such type; "
+                                "convert it, e.g. with .float())") from e
+            return self._array(arr, path)
         if isinstance(x, (Mapping, list, tuple)):
             if id(x) in self._active:
                 raise ValueError(f"obj{_where(path)}: the object contains itself (a cycle)")
@@ -337,6 +343,8 @@ def save(obj, path) -> None:
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fsdecode(path)
+    if not path:
+        raise ValueError("path: empty file path")
     enc = _Encoder()
     structure = enc.value(obj, [])
     metadata = {
@@ -347,15 +355,28 @@ def save(obj, path) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"path: {path} is a directory")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(2, f"path: the directory {directory} does not exist", path)
     try:
         mode = os.stat(path).st_mode & 0o777  # keep an existing checkpoint's permissions
     except OSError:
         mode = 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+    # the name is shortened so that the temporary name fits where the target name does
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)[:64]}.", suffix=".tmp",
                                dir=directory)
     try:
         os.close(fd)
-        save_file(enc.arrays, tmp, metadata=metadata)
+        try:
+            save_file(enc.arrays, tmp, metadata=metadata)
+        except Exception as e:
+            if type(e).__name__ != "SafetensorError":
+                raise
+            hint = ""
+            if "too large" in str(e):
+                hint = (": the non-array part of obj (JSON in the header, which safetensors "
+                        "caps at 100 MB) is too large; store long lists of numbers as numpy "
+                        "arrays")
+            raise ValueError(f"obj: cannot be written as safetensors ({e}){hint}") from e
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

@@ -666,3 +666,10 @@ def test_save_names_a_torch_tensor_numpy_cannot_hold(tmp_path):
     with pytest.raises(TypeError, match=r"obj\['w'\].*bfloat16"):
         gf.save({"w": torch.ones(2).bfloat16()}, tmp_path / "c")
     assert _files_in(tmp_path) == []
+
+
+def test_numpy_str_and_bytes_scalars_save_as_python_values(tmp_path):
+    # np.str_ is a str (e.g. an element of a label array): saved as the str it is
+    labels = np.array(["cat", "dog"])
+    gf.save({"first": labels[0], "raw": np.bytes_(b"\x00a"), labels[1]: 1}, tmp_path / "c")
+    _same(gf.load(tmp_path / "c"), {"first": "cat", "raw": b"\x00a", "dog": 1})

@@ -128,7 +128,9 @@ class _Encoder:
         return self.value(k, path, in_key=True)
 
     def value(self, x, path: list, in_key: bool = False):
-        if isinstance(x, np.generic):  # first: np.float64 is also a Python float
+        if isinstance(x, (np.str_, np.bytes_)):  # str/bytes subclasses: saved as those
+            x = x.item()
+        elif isinstance(x, np.generic):  # first: np.float64 is also a Python float
             if x.dtype not in _SAVABLE or x.dtype.kind == "c":
                 raise TypeError(f"obj{_where(path)}: cannot save a numpy {x.dtype} scalar")
             return _tag("np", [x.dtype.name, self.value(x.item(), path)])

@@ -524,3 +524,11 @@ def test_synthetic_bad_arguments_are_named():
         gf.data.make_regression(10.0, 3)
     with pytest.raises(ValueError, match="n_informative"):
         gf.data.make_regression(10, 3, n_informative=4)
+
+
+def test_tensor_dataset_rejects_object_arrays():
+    # e.g. pandas' df.values of mixed columns: batches of Python objects would only fail
+    # later, deep inside a model, so the data set names the array up front
+    mixed = np.array([[1.0, "a"], [2.0, "b"]], dtype=object)
+    with pytest.raises(TypeError, match=r"tensors\[1\].*object.*astype"):
+        TensorDataset(np.zeros((2, 3), np.float32), mixed)

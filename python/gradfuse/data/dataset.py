@@ -87,7 +87,9 @@ class TensorDataset(Dataset):
 
     Args:
         *tensors: gf Tensors or numpy arrays (PyTorch tensors are converted), all with the
-            same first dimension N. They are not copied.
+            same first dimension N (not object arrays). They are not copied, and are used as
+            data: a Tensor's ``requires_grad`` does not carry over to samples and batches
+            (PyTorch keeps the graph).
 
     Shapes: each tensor (N, *) -> ``ds[i]`` a tuple of Tensors of shapes (*);
     ``ds.gather(idx)`` a tuple of numpy arrays of shapes (len(idx), *).
@@ -108,6 +110,11 @@ class TensorDataset(Dataset):
             a = _as_array(t, f"tensors[{i}]")
             if a.ndim == 0:
                 raise ValueError(f"tensors[{i}]: expected at least one dimension, got a scalar")
+            if a.dtype == object:
+                raise TypeError(
+                    f"tensors[{i}]: arrays of Python objects cannot be batched into Tensors; "
+                    "convert it first, e.g. with .astype(np.float32)"
+                )
             arrays.append(a)
         n = arrays[0].shape[0]
         for i, a in enumerate(arrays[1:], 1):

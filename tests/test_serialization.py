@@ -673,3 +673,15 @@ def test_numpy_str_and_bytes_scalars_save_as_python_values(tmp_path):
     labels = np.array(["cat", "dog"])
     gf.save({"first": labels[0], "raw": np.bytes_(b"\x00a"), labels[1]: 1}, tmp_path / "c")
     _same(gf.load(tmp_path / "c"), {"first": "cat", "raw": b"\x00a", "dog": 1})
+
+
+def test_save_through_a_symlink_writes_its_target(tmp_path):
+    # like open(path, "wb") and torch.save: a "latest" link keeps pointing at the run's file
+    (tmp_path / "run").mkdir()
+    target = tmp_path / "run" / "ckpt.safetensors"
+    gf.save({"v": 1}, target)
+    link = tmp_path / "latest.safetensors"
+    link.symlink_to(target)
+    gf.save({"v": 2}, link)
+    assert link.is_symlink() and gf.load(target) == {"v": 2} and gf.load(link) == {"v": 2}
+    assert _files_in(tmp_path / "run") == ["ckpt.safetensors"]

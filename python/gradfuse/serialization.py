@@ -333,7 +333,8 @@ def save(obj, path) -> None:
     Arrays are stored under their dotted path in ``obj``; see the module docstring for the
     format. Everything is checked (raising TypeError/ValueError naming the offending entry as
     ``obj['model']['0.weight']``) before anything is written; an existing file at ``path`` is
-    replaced only once the new one is complete on disk.
+    replaced only once the new one is complete on disk (for a symbolic link, the file it
+    points to).
 
     Example::
 
@@ -354,9 +355,12 @@ def save(obj, path) -> None:
         VERSION_KEY: __version__,
         STRUCTURE_KEY: json.dumps(structure, allow_nan=False, separators=(",", ":")),
     }
-    directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"path: {path} is a directory")
+    if os.path.islink(path):
+        # write where the link points (as open(path, "wb") would), not over the link itself
+        path = os.path.realpath(path)
+    directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(2, f"path: the directory {directory} does not exist", path)
     try:

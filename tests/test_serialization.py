@@ -685,3 +685,23 @@ def test_save_through_a_symlink_writes_its_target(tmp_path):
     gf.save({"v": 2}, link)
     assert link.is_symlink() and gf.load(target) == {"v": 2} and gf.load(link) == {"v": 2}
     assert _files_in(tmp_path / "run") == ["ckpt.safetensors"]
+
+
+def test_new_file_mode_follows_the_umask_at_save_time(tmp_path):
+    # the umask a program sets after importing gradfuse (say 077, for private checkpoints)
+    # must apply: a umask read once at import gave such files mode 644
+    old = os.umask(0o077)
+    try:
+        gf.save({"v": 1}, tmp_path / "private")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "private").st_mode & 0o777 == 0o600
+    os.umask(0o022)
+    try:
+        gf.save({"v": 1}, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "shared").st_mode & 0o777 == 0o644
+    (tmp_path / "private").chmod(0o640)  # an existing file keeps its mode
+    gf.save({"v": 2}, tmp_path / "private")
+    assert os.stat(tmp_path / "private").st_mode & 0o777 == 0o640

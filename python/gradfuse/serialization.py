@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 
@@ -75,14 +75,19 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint path does not exist (both a ValueError and a FileNotFoundError)."""
 
 
-def _current_umask() -> int:
-    # read once at import (single-threaded): os.umask can only be read by setting it
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temp(directory: str, base: str) -> tuple[int, str]:
+    """A new empty file ``.<base>.<random>.tmp`` in ``directory``: (fd, path).
 
-
-_UMASK = _current_umask()
+    Created with mode 0666 so the kernel applies the umask in force now (tempfile.mkstemp's
+    0600 would need the umask, which can only be read by setting it, racing other threads).
+    ``base`` is shortened so the temporary name fits wherever the target name does."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base[:64]}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"path: no free temporary file name in {directory}")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -366,11 +371,11 @@ def save(obj, path) -> None:
     try:
         mode = os.stat(path).st_mode & 0o777  # keep an existing checkpoint's permissions
     except OSError:
-        mode = 0o666 & ~_UMASK
-    # the name is shortened so that the temporary name fits where the target name does
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)[:64]}.", suffix=".tmp",
-                               dir=directory)
+        mode = None  # a new file: the mode the umask gave the temporary file
+    fd, tmp = _create_temp(directory, os.path.basename(path))
     try:
+        if mode is None:
+            mode = os.fstat(fd).st_mode & 0o777
         os.close(fd)
         try:
             save_file(enc.arrays, tmp, metadata=metadata)
@@ -385,7 +390,7 @@ def save(obj, path) -> None:
             raise ValueError(f"obj: cannot be written as safetensors ({e}){hint}") from e
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, mode)  # safetensors' save_file leaves the file at 0600
         os.replace(tmp, path)
     except BaseException:
         try:

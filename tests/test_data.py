@@ -532,3 +532,22 @@ def test_tensor_dataset_rejects_object_arrays():
     mixed = np.array([[1.0, "a"], [2.0, "b"]], dtype=object)
     with pytest.raises(TypeError, match=r"tensors\[1\].*object.*astype"):
         TensorDataset(np.zeros((2, 3), np.float32), mixed)
+
+
+def test_custom_gather_returning_a_list_keeps_its_fields():
+    # a gather that returns [X, y] (a list, not a tuple) was turned into ONE Tensor:
+    # np.asarray stacked the fields (same shapes) or failed (different shapes)
+    class Listed(gf.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return float(i), i
+
+        def gather(self, idx):
+            return [idx.astype(np.float32), idx.copy()]
+
+    for batch in DataLoader(Listed(), batch_size=4):
+        assert isinstance(batch, list) and len(batch) == 2
+        xb, yb = batch
+        assert xb.dtype == np.float32 and yb.dtype == np.int64 and xb.shape == yb.shape

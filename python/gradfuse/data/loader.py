@@ -152,6 +152,8 @@ def _wrap(batch):
     if isinstance(batch, tuple):
         # the common case (a TensorDataset's arrays) without a recursive call per array
         return tuple(Tensor(b) if type(b) is np.ndarray else _wrap(b) for b in batch)
+    if isinstance(batch, list):  # a custom gather's [X, y]: fields, not rows to stack
+        return [_wrap(b) for b in batch]
     if isinstance(batch, dict) or isinstance(batch, Mapping):
         return {k: _wrap(v) for k, v in batch.items()}
     return Tensor(_to_numpy(batch))

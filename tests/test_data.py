@@ -268,18 +268,38 @@ def test_collate_dicts_and_errors():
         gf.data.collate([(1, 2), (1,)])
 
 
-def test_tensor_dataset_loader_does_not_call_getitem():
-    class Counting(TensorDataset):
-        calls = 0
+def test_tensor_dataset_loader_does_not_call_getitem(monkeypatch):
+    calls = []
+    getitem = TensorDataset.__getitem__
+    monkeypatch.setattr(TensorDataset, "__getitem__",
+                        lambda self, i: calls.append(i) or getitem(self, i))
+    ds = TensorDataset(np.zeros((100, 2)), np.arange(100))
+    for d in (ds, Subset(ds, np.arange(50))):
+        loader = DataLoader(d, batch_size=16, shuffle=True, generator=0)
+        assert sum(xb.shape[0] for xb, _ in loader) == len(d)
+    assert calls == []
 
+
+def test_subclass_overriding_getitem_is_honoured():
+    # PyTorch's DataLoader always calls __getitem__: a TensorDataset subclass that transforms
+    # samples there must not be bypassed by the inherited batch gather
+    class Doubled(TensorDataset):
         def __getitem__(self, i):
-            Counting.calls += 1
-            return super().__getitem__(i)
+            x, y = super().__getitem__(i)
+            return x * 2, y
 
-    loader = DataLoader(Counting(np.zeros((100, 2)), np.arange(100)), batch_size=16, shuffle=True,
-                        generator=0)
-    assert sum(xb.shape[0] for xb, _ in loader) == 100
-    assert Counting.calls == 0
+    class DoubledFast(Doubled):
+        def gather(self, idx):  # overrides both: the fast path is its own
+            x, y = super().gather(idx)
+            return x * 2, y
+
+    X = np.arange(10, dtype=np.float32).reshape(5, 2)
+    for cls in (Doubled, DoubledFast):
+        ds = cls(X, np.arange(5))
+        for d, rows in ((ds, [0, 1, 2, 3, 4]), (Subset(ds, [4, 1]), [4, 1])):
+            xb, yb = next(iter(DataLoader(d, batch_size=5)))
+            np.testing.assert_array_equal(xb.numpy(), 2 * X[rows])
+            np.testing.assert_array_equal(yb.numpy(), rows)
 
 
 # ------------------------------------------------------------------ random_split

@@ -52,6 +52,26 @@ class Dataset:
         raise NotImplementedError(f"{type(self).__name__} must define __len__")
 
 
+def _batch_gather(dataset):
+    """``dataset.gather`` if it fetches the same samples as ``dataset[i]``, else None.
+
+    A subclass that overrides ``__getitem__`` (to transform samples, say) but inherits
+    ``gather`` would be bypassed by it, so it gets None: its samples are fetched one by one,
+    as PyTorch's DataLoader does. A class that defines both is trusted.
+    """
+    gather = getattr(dataset, "gather", None)
+    if gather is None:
+        return None
+
+    def owner(name):
+        return next((c for c in type(dataset).__mro__ if name in vars(c)), None)
+
+    g, gi = owner("gather"), owner("__getitem__")
+    if g is not None and gi is not None and gi is not g and issubclass(gi, g):
+        return None
+    return gather
+
+
 def _as_array(x, name: str) -> np.ndarray:
     if isinstance(x, Tensor):
         return x.data
@@ -190,7 +210,7 @@ class Subset(Dataset):
         from .loader import collate
 
         inner = _take(self.indices, _index_array(indices))
-        fetch = getattr(self.dataset, "gather", None)
+        fetch = _batch_gather(self.dataset)
         if fetch is not None:
             return fetch(inner)
         return collate([self.dataset[int(i)] for i in inner])

@@ -571,3 +571,28 @@ def test_custom_gather_returning_a_list_keeps_its_fields():
         assert isinstance(batch, list) and len(batch) == 2
         xb, yb = batch
         assert xb.dtype == np.float32 and yb.dtype == np.int64 and xb.shape == yb.shape
+
+
+def test_classification_many_classes_on_a_big_hypercube_terminates():
+    # n_informative > 16 draws random vertices; redrawing ALL of them whenever two repeated
+    # never ended once repeats were likely (3000 classes on 2^17 vertices: ~34 expected)
+    import signal
+
+    def too_slow(*_):
+        raise TimeoutError("make_classification did not finish")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(30)
+    try:
+        X, y = gf.data.make_classification(3000, 18, n_classes=3000, n_informative=17,
+                                           class_sep=100.0, seed=0)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert sorted(y.tolist()) == list(range(3000))
+    # class_sep 100 >> the unit noise: each row's signs are its class's vertex, all distinct
+    signs = X[np.argsort(y), :17] > 0
+    assert len(np.unique(signs, axis=0)) == 3000
+    X2, y2 = gf.data.make_classification(3000, 18, n_classes=3000, n_informative=17,
+                                         class_sep=100.0, seed=0)
+    np.testing.assert_array_equal(X, X2)

@@ -282,28 +282,27 @@ def _get_tensor(f, name: str, path: str, header: dict) -> np.ndarray:
     """Tensor ``name`` of the open file ``f`` as a numpy array. numpy has no bfloat16, which
     PyTorch writes a lot: those are widened to float32 (exact: a bfloat16 is the top half of
     a float32). ``header``: a dict this fills with the parsed file header, once per file."""
-    dtype = f.get_slice(name).get_dtype()
-    if dtype == "BF16":
-        if not header:
-            with open(path, "rb") as fh:  # safe_open has already validated header and offsets
-                n = int.from_bytes(fh.read(8), "little")
-                header.update(json.loads(fh.read(n)))
-                header[None] = 8 + n  # where the data starts (JSON keys are never None)
-        info = header.get(name, {})
-        if info.get("dtype") != "BF16" or info.get("shape") != list(f.get_slice(name).get_shape()):
-            raise CheckpointError(f"{path}: the file changed while it was being read")
-        begin, end = info["data_offsets"]
-        raw = np.fromfile(path, dtype="<u2", count=(end - begin) // 2,
-                          offset=header[None] + begin)
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
     try:
         return f.get_tensor(name)
     except Exception as e:
-        if dtype not in ("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16",
+        dtype = f.get_slice(name).get_dtype()
+        if dtype != "BF16":
+            if dtype in ("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16",
                          "F32", "F64", "C64"):
+                raise
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, which numpy "
                                   "(and so gradfuse) cannot hold") from e
-        raise
+    if not header:
+        with open(path, "rb") as fh:  # safe_open has already validated header and offsets
+            n = int.from_bytes(fh.read(8), "little")
+            header.update(json.loads(fh.read(n)))
+            header[None] = 8 + n  # where the data starts (JSON keys are never None)
+    info = header.get(name, {})
+    if info.get("dtype") != "BF16" or info.get("shape") != list(f.get_slice(name).get_shape()):
+        raise CheckpointError(f"{path}: the file changed while it was being read")
+    begin, end = info["data_offsets"]
+    raw = np.fromfile(path, dtype="<u2", count=(end - begin) // 2, offset=header[None] + begin)
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
 
 
 # --------------------------------------------------------------------------- save / load

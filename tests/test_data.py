@@ -268,18 +268,38 @@ def test_collate_dicts_and_errors():
         gf.data.collate([(1, 2), (1,)])
 
 
-def test_tensor_dataset_loader_does_not_call_getitem():
-    class Counting(TensorDataset):
-        calls = 0
+def test_tensor_dataset_loader_does_not_call_getitem(monkeypatch):
+    calls = []
+    getitem = TensorDataset.__getitem__
+    monkeypatch.setattr(TensorDataset, "__getitem__",
+                        lambda self, i: calls.append(i) or getitem(self, i))
+    ds = TensorDataset(np.zeros((100, 2)), np.arange(100))
+    for d in (ds, Subset(ds, np.arange(50))):
+        loader = DataLoader(d, batch_size=16, shuffle=True, generator=0)
+        assert sum(xb.shape[0] for xb, _ in loader) == len(d)
+    assert calls == []
 
+
+def test_subclass_overriding_getitem_is_honoured():
+    # PyTorch's DataLoader always calls __getitem__: a TensorDataset subclass that transforms
+    # samples there must not be bypassed by the inherited batch gather
+    class Doubled(TensorDataset):
         def __getitem__(self, i):
-            Counting.calls += 1
-            return super().__getitem__(i)
+            x, y = super().__getitem__(i)
+            return x * 2, y
 
-    loader = DataLoader(Counting(np.zeros((100, 2)), np.arange(100)), batch_size=16, shuffle=True,
-                        generator=0)
-    assert sum(xb.shape[0] for xb, _ in loader) == 100
-    assert Counting.calls == 0
+    class DoubledFast(Doubled):
+        def gather(self, idx):  # overrides both: the fast path is its own
+            x, y = super().gather(idx)
+            return x * 2, y
+
+    X = np.arange(10, dtype=np.float32).reshape(5, 2)
+    for cls in (Doubled, DoubledFast):
+        ds = cls(X, np.arange(5))
+        for d, rows in ((ds, [0, 1, 2, 3, 4]), (Subset(ds, [4, 1]), [4, 1])):
+            xb, yb = next(iter(DataLoader(d, batch_size=5)))
+            np.testing.assert_array_equal(xb.numpy(), 2 * X[rows])
+            np.testing.assert_array_equal(yb.numpy(), rows)
 
 
 # ------------------------------------------------------------------ random_split
@@ -524,3 +544,55 @@ def test_synthetic_bad_arguments_are_named():
         gf.data.make_regression(10.0, 3)
     with pytest.raises(ValueError, match="n_informative"):
         gf.data.make_regression(10, 3, n_informative=4)
+
+
+def test_tensor_dataset_rejects_object_arrays():
+    # e.g. pandas' df.values of mixed columns: batches of Python objects would only fail
+    # later, deep inside a model, so the data set names the array up front
+    mixed = np.array([[1.0, "a"], [2.0, "b"]], dtype=object)
+    with pytest.raises(TypeError, match=r"tensors\[1\].*object.*astype"):
+        TensorDataset(np.zeros((2, 3), np.float32), mixed)
+
+
+def test_custom_gather_returning_a_list_keeps_its_fields():
+    # a gather that returns [X, y] (a list, not a tuple) was turned into ONE Tensor:
+    # np.asarray stacked the fields (same shapes) or failed (different shapes)
+    class Listed(gf.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return float(i), i
+
+        def gather(self, idx):
+            return [idx.astype(np.float32), idx.copy()]
+
+    for batch in DataLoader(Listed(), batch_size=4):
+        assert isinstance(batch, list) and len(batch) == 2
+        xb, yb = batch
+        assert xb.dtype == np.float32 and yb.dtype == np.int64 and xb.shape == yb.shape
+
+
+def test_classification_many_classes_on_a_big_hypercube_terminates():
+    # n_informative > 16 draws random vertices; redrawing ALL of them whenever two repeated
+    # never ended once repeats were likely (3000 classes on 2^17 vertices: ~34 expected)
+    import signal
+
+    def too_slow(*_):
+        raise TimeoutError("make_classification did not finish")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(30)
+    try:
+        X, y = gf.data.make_classification(3000, 18, n_classes=3000, n_informative=17,
+                                           class_sep=100.0, seed=0)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert sorted(y.tolist()) == list(range(3000))
+    # class_sep 100 >> the unit noise: each row's signs are its class's vertex, all distinct
+    signs = X[np.argsort(y), :17] > 0
+    assert len(np.unique(signs, axis=0)) == 3000
+    X2, y2 = gf.data.make_classification(3000, 18, n_classes=3000, n_informative=17,
+                                         class_sep=100.0, seed=0)
+    np.testing.assert_array_equal(X, X2)

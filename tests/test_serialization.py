@@ -569,3 +569,139 @@ def test_kill_at_random_moments_leaves_a_whole_checkpoint(tmp_path, delay):
             proc.wait()
         proc.stdout.close()
     _check_consistent(target)
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+def test_key_named_like_the_safetensors_metadata_entry(tmp_path):
+    # "__metadata__" is the header's metadata slot: an array under that name made save write
+    # a file safetensors cannot parse (and replace a good checkpoint with it)
+    obj = {"__metadata__": np.ones(2, np.float32), "m": {"__metadata__": np.zeros(1)}}
+    p = tmp_path / "c"
+    gf.save(obj, p)
+    _same(obj, gf.load(p))
+    gf.save(np.arange(3), p)  # a bare array is named "tensor"
+    _same(np.arange(3), gf.load(p))
+
+
+def test_every_state_dict_loads_from_tensors_true(tmp_path):
+    # gf.load(..., tensors=True) turns every array into a Tensor: each load_state_dict that a
+    # checkpoint feeds must take them (the scalers rejected anything but numpy arrays)
+    X = np.random.default_rng(1).standard_normal((12, 3)).astype(np.float32)
+    net = gf.nn.Linear(3, 2)
+    opt = gf.optim.Adam(net.parameters(), lr=1e-2)
+    net(gf.Tensor(X)).sum().backward()
+    opt.step()
+    sched = lrs.StepLR(opt, step_size=2)
+    loader = gf.data.DataLoader(gf.data.TensorDataset(X), batch_size=5, shuffle=True, generator=3)
+    next(iter(loader))
+    objs = {"model": net, "opt": opt, "sched": sched, "loader": loader,
+            "mm": gf.data.MinMaxScaler().fit(X), "ss": gf.data.StandardScaler().fit(X),
+            "ss_partial": gf.data.StandardScaler(with_mean=False).fit(X)}
+    gf.save({**objs, "g": gf.Generator(5)}, tmp_path / "c")
+    ck = gf.load(tmp_path / "c", tensors=True)
+    assert isinstance(ck["ss"]["mean"], gf.Tensor) and isinstance(ck["g"], gf.Tensor)
+    fresh = {"model": gf.nn.Linear(3, 2), "mm": gf.data.MinMaxScaler(),
+             "ss": gf.data.StandardScaler(), "ss_partial": gf.data.StandardScaler(),
+             "loader": gf.data.DataLoader(gf.data.TensorDataset(X), batch_size=5,
+                                          shuffle=True, generator=0)}
+    fresh["opt"] = gf.optim.Adam(fresh["model"].parameters())
+    fresh["sched"] = lrs.StepLR(fresh["opt"], step_size=5)
+    for k, obj in fresh.items():
+        obj.load_state_dict(ck[k])
+        _same(gf.load(tmp_path / "c")[k], _roundtrip_state(obj, tmp_path), k)
+    assert gf.Generator().set_state(ck["g"]).initial_seed() == 5
+
+
+def _roundtrip_state(obj, tmp_path):
+    gf.save(obj, tmp_path / "d")
+    return gf.load(tmp_path / "d")
+
+
+def test_load_bfloat16_from_torch_widens_to_float32(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    w = torch.randn(3, 5).bfloat16()
+    p = tmp_path / "bf16.safetensors"
+    save_file({"w": w, "b": torch.arange(4, dtype=torch.int32), "e": torch.zeros(0, 2).bfloat16()},
+              str(p), metadata={"format": "pt"})
+    got = gf.load(p)
+    assert got["w"].dtype == np.float32 and got["w"].shape == (3, 5)
+    np.testing.assert_array_equal(got["w"], w.float().numpy())  # bf16 -> f32 is exact
+    assert got["w"].flags.writeable and got["b"].dtype == np.int32
+    assert got["e"].shape == (0, 2) and got["e"].dtype == np.float32
+    assert isinstance(gf.load(p, tensors=True)["w"], gf.Tensor)
+    # a type numpy has no widening for is named, not reported as an unreadable file
+    if hasattr(torch, "float8_e4m3fn"):
+        save_file({"f8": torch.zeros(2).to(torch.float8_e4m3fn)}, str(p))
+        with pytest.raises(CheckpointError, match=r"'f8'.*F8_E4M3"):
+            gf.load(p)
+
+
+def test_save_path_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"path: .*missing.* does not exist"):
+        gf.save({"a": 1}, tmp_path / "missing" / "c.safetensors")
+    with pytest.raises(ValueError, match="path: empty"):
+        gf.save({"a": 1}, "")
+    # the temporary name adds to the file name: a target name at the file system's limit
+    # (255 bytes here) must still work
+    long = tmp_path / ("x" * 240 + ".safetensors")
+    gf.save({"a": np.ones(2)}, long)
+    _same(gf.load(long), {"a": np.ones(2)})
+    assert _files_in(tmp_path) == [long.name]
+
+
+def test_metadata_too_big_for_safetensors_is_a_clear_error(tmp_path):
+    p = tmp_path / "c"
+    gf.save({"v": 1}, p)
+    with pytest.raises(ValueError, match=r"too large.*numpy arrays"):
+        gf.save({"history": "x" * 101_000_000}, p)  # safetensors caps its header at 100 MB
+    assert gf.load(p) == {"v": 1} and _files_in(tmp_path) == ["c"]
+
+
+def test_save_names_a_torch_tensor_numpy_cannot_hold(tmp_path):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"obj\['w'\].*bfloat16"):
+        gf.save({"w": torch.ones(2).bfloat16()}, tmp_path / "c")
+    assert _files_in(tmp_path) == []
+
+
+def test_numpy_str_and_bytes_scalars_save_as_python_values(tmp_path):
+    # np.str_ is a str (e.g. an element of a label array): saved as the str it is
+    labels = np.array(["cat", "dog"])
+    gf.save({"first": labels[0], "raw": np.bytes_(b"\x00a"), labels[1]: 1}, tmp_path / "c")
+    _same(gf.load(tmp_path / "c"), {"first": "cat", "raw": b"\x00a", "dog": 1})
+
+
+def test_save_through_a_symlink_writes_its_target(tmp_path):
+    # like open(path, "wb") and torch.save: a "latest" link keeps pointing at the run's file
+    (tmp_path / "run").mkdir()
+    target = tmp_path / "run" / "ckpt.safetensors"
+    gf.save({"v": 1}, target)
+    link = tmp_path / "latest.safetensors"
+    link.symlink_to(target)
+    gf.save({"v": 2}, link)
+    assert link.is_symlink() and gf.load(target) == {"v": 2} and gf.load(link) == {"v": 2}
+    assert _files_in(tmp_path / "run") == ["ckpt.safetensors"]
+
+
+def test_new_file_mode_follows_the_umask_at_save_time(tmp_path):
+    # the umask a program sets after importing gradfuse (say 077, for private checkpoints)
+    # must apply: a umask read once at import gave such files mode 644
+    old = os.umask(0o077)
+    try:
+        gf.save({"v": 1}, tmp_path / "private")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "private").st_mode & 0o777 == 0o600
+    os.umask(0o022)
+    try:
+        gf.save({"v": 1}, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "shared").st_mode & 0o777 == 0o644
+    (tmp_path / "private").chmod(0o640)  # an existing file keeps its mode
+    gf.save({"v": 2}, tmp_path / "private")
+    assert os.stat(tmp_path / "private").st_mode & 0o777 == 0o640

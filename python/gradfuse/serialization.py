@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 
@@ -75,14 +75,19 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint path does not exist (both a ValueError and a FileNotFoundError)."""
 
 
-def _current_umask() -> int:
-    # read once at import (single-threaded): os.umask can only be read by setting it
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temp(directory: str, base: str) -> tuple[int, str]:
+    """A new empty file ``.<base>.<random>.tmp`` in ``directory``: (fd, path).
 
-
-_UMASK = _current_umask()
+    Created with mode 0666 so the kernel applies the umask in force now (tempfile.mkstemp's
+    0600 would need the umask, which can only be read by setting it, racing other threads).
+    ``base`` is shortened so the temporary name fits wherever the target name does."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base[:64]}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"path: no free temporary file name in {directory}")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -102,7 +107,9 @@ class _Encoder:
     def _name(self, path: list) -> str:
         base = ".".join(str(p) for p in path) or "tensor"
         name, i = base, 1
-        while name in self.arrays:  # e.g. {"a.b": x, "a": {"b": y}}
+        # taken: e.g. {"a.b": x, "a": {"b": y}}; "__metadata__" is the header's own metadata
+        # entry, and a tensor of that name makes a file safetensors cannot read back
+        while name in self.arrays or name == "__metadata__":
             name = f"{base}#{i}"
             i += 1
         return name
@@ -126,7 +133,9 @@ class _Encoder:
         return self.value(k, path, in_key=True)
 
     def value(self, x, path: list, in_key: bool = False):
-        if isinstance(x, np.generic):  # first: np.float64 is also a Python float
+        if isinstance(x, (np.str_, np.bytes_)):  # str/bytes subclasses: saved as those
+            x = x.item()
+        elif isinstance(x, np.generic):  # first: np.float64 is also a Python float
             if x.dtype not in _SAVABLE or x.dtype.kind == "c":
                 raise TypeError(f"obj{_where(path)}: cannot save a numpy {x.dtype} scalar")
             return _tag("np", [x.dtype.name, self.value(x.item(), path)])
@@ -152,7 +161,13 @@ class _Encoder:
         if isinstance(x, Generator):
             return self._array(x.get_state().data, path)
         if hasattr(x, "detach") and hasattr(x, "numpy") and hasattr(x, "shape"):
-            return self._array(x.detach().cpu().numpy(), path)  # a PyTorch tensor
+            try:  # a PyTorch tensor
+                arr = x.detach().cpu().numpy()
+            except TypeError as e:  # bfloat16 and other types numpy lacks
+                raise TypeError(f"obj{_where(path)}: cannot save a torch tensor of dtype "
+                                f"{getattr(x, 'dtype', '?')} (numpy has no such type; "
+                                "convert it, e.g. with .float())") from e
+            return self._array(arr, path)
         if isinstance(x, (Mapping, list, tuple)):
             if id(x) in self._active:
                 raise ValueError(f"obj{_where(path)}: the object contains itself (a cycle)")
@@ -263,6 +278,33 @@ def _reject_constant(name):
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _get_tensor(f, name: str, path: str, header: dict) -> np.ndarray:
+    """Tensor ``name`` of the open file ``f`` as a numpy array. numpy has no bfloat16, which
+    PyTorch writes a lot: those are widened to float32 (exact: a bfloat16 is the top half of
+    a float32). ``header``: a dict this fills with the parsed file header, once per file."""
+    try:
+        return f.get_tensor(name)
+    except Exception as e:
+        dtype = f.get_slice(name).get_dtype()
+        if dtype != "BF16":
+            if dtype in ("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16",
+                         "F32", "F64", "C64"):
+                raise
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, which numpy "
+                                  "(and so gradfuse) cannot hold") from e
+    if not header:
+        with open(path, "rb") as fh:  # safe_open has already validated header and offsets
+            n = int.from_bytes(fh.read(8), "little")
+            header.update(json.loads(fh.read(n)))
+            header[None] = 8 + n  # where the data starts (JSON keys are never None)
+    info = header.get(name, {})
+    if info.get("dtype") != "BF16" or info.get("shape") != list(f.get_slice(name).get_shape()):
+        raise CheckpointError(f"{path}: the file changed while it was being read")
+    begin, end = info["data_offsets"]
+    raw = np.fromfile(path, dtype="<u2", count=(end - begin) // 2, offset=header[None] + begin)
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
+
+
 # --------------------------------------------------------------------------- save / load
 
 
@@ -295,7 +337,8 @@ def save(obj, path) -> None:
     Arrays are stored under their dotted path in ``obj``; see the module docstring for the
     format. Everything is checked (raising TypeError/ValueError naming the offending entry as
     ``obj['model']['0.weight']``) before anything is written; an existing file at ``path`` is
-    replaced only once the new one is complete on disk.
+    replaced only once the new one is complete on disk (for a symbolic link, the file it
+    points to).
 
     Example::
 
@@ -307,6 +350,8 @@ def save(obj, path) -> None:
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fsdecode(path)
+    if not path:
+        raise ValueError("path: empty file path")
     enc = _Encoder()
     structure = enc.value(obj, [])
     metadata = {
@@ -314,21 +359,37 @@ def save(obj, path) -> None:
         VERSION_KEY: __version__,
         STRUCTURE_KEY: json.dumps(structure, allow_nan=False, separators=(",", ":")),
     }
-    directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"path: {path} is a directory")
+    if os.path.islink(path):
+        # write where the link points (as open(path, "wb") would), not over the link itself
+        path = os.path.realpath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(2, f"path: the directory {directory} does not exist", path)
     try:
         mode = os.stat(path).st_mode & 0o777  # keep an existing checkpoint's permissions
     except OSError:
-        mode = 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
+        mode = None  # a new file: the mode the umask gave the temporary file
+    fd, tmp = _create_temp(directory, os.path.basename(path))
     try:
+        if mode is None:
+            mode = os.fstat(fd).st_mode & 0o777
         os.close(fd)
-        save_file(enc.arrays, tmp, metadata=metadata)
+        try:
+            save_file(enc.arrays, tmp, metadata=metadata)
+        except Exception as e:
+            if type(e).__name__ != "SafetensorError":
+                raise
+            hint = ""
+            if "too large" in str(e):
+                hint = (": the non-array part of obj (JSON in the header, which safetensors "
+                        "caps at 100 MB) is too large; store long lists of numbers as numpy "
+                        "arrays")
+            raise ValueError(f"obj: cannot be written as safetensors ({e}){hint}") from e
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, mode)  # safetensors' save_file leaves the file at 0600
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -350,7 +411,8 @@ def load(path, *, tensors: bool = False):
     saved through ``state_dict()`` come back as that state_dict, to hand to the object's
     ``load_state_dict``), and arrays as numpy arrays (native byte order, writable, not
     shared with the file). A safetensors file without gradfuse's metadata gives a dict of its
-    tensors by name.
+    tensors by name; its bfloat16 tensors (numpy has no such type) come back as float32, which
+    holds every bfloat16 value exactly.
 
     Raises :class:`CheckpointError` (a ValueError) naming the path when the file is missing
     (also a FileNotFoundError), empty, truncated, not safetensors, of an unknown format
@@ -380,7 +442,8 @@ def load(path, *, tensors: bool = False):
             meta = f.metadata() or {}
             names = list(f.keys())
             if FORMAT_KEY not in meta:
-                arrays = {k: f.get_tensor(k) for k in names}
+                header = {}
+                arrays = {k: _get_tensor(f, k, path, header) for k in names}
                 return {k: Tensor(a) if tensors else a for k, a in arrays.items()}
             version = meta[FORMAT_KEY]
             if version != FORMAT_VERSION:
@@ -393,17 +456,20 @@ def load(path, *, tensors: bool = False):
                 raise CheckpointError(f"{path}: gradfuse checkpoint without its structure "
                                       f"metadata ({STRUCTURE_KEY!r})")
             present = set(names)
+            header = {}
 
             def fetch(name):
                 if name not in present:
                     raise ValueError(f"structure refers to tensor {name!r}, which the file "
                                      "does not hold")
-                return f.get_tensor(name)
+                return _get_tensor(f, name, path, header)
 
             try:
                 structure = json.loads(meta[STRUCTURE_KEY], parse_constant=_reject_constant)
                 dec = _Decoder(fetch, tensors)
                 result = dec.value(structure)
+            except CheckpointError:
+                raise
             except (ValueError, TypeError, RecursionError) as e:
                 raise CheckpointError(f"{path}: corrupt checkpoint structure: {e}") from e
             extra = present - dec.used

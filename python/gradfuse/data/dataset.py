@@ -52,6 +52,26 @@ class Dataset:
         raise NotImplementedError(f"{type(self).__name__} must define __len__")
 
 
+def _batch_gather(dataset):
+    """``dataset.gather`` if it fetches the same samples as ``dataset[i]``, else None.
+
+    A subclass that overrides ``__getitem__`` (to transform samples, say) but inherits
+    ``gather`` would be bypassed by it, so it gets None: its samples are fetched one by one,
+    as PyTorch's DataLoader does. A class that defines both is trusted.
+    """
+    gather = getattr(dataset, "gather", None)
+    if gather is None:
+        return None
+
+    def owner(name):
+        return next((c for c in type(dataset).__mro__ if name in vars(c)), None)
+
+    g, gi = owner("gather"), owner("__getitem__")
+    if g is not None and gi is not None and gi is not g and issubclass(gi, g):
+        return None
+    return gather
+
+
 def _as_array(x, name: str) -> np.ndarray:
     if isinstance(x, Tensor):
         return x.data
@@ -87,7 +107,9 @@ class TensorDataset(Dataset):
 
     Args:
         *tensors: gf Tensors or numpy arrays (PyTorch tensors are converted), all with the
-            same first dimension N. They are not copied.
+            same first dimension N (not object arrays). They are not copied, and are used as
+            data: a Tensor's ``requires_grad`` does not carry over to samples and batches
+            (PyTorch keeps the graph).
 
     Shapes: each tensor (N, *) -> ``ds[i]`` a tuple of Tensors of shapes (*);
     ``ds.gather(idx)`` a tuple of numpy arrays of shapes (len(idx), *).
@@ -108,6 +130,11 @@ class TensorDataset(Dataset):
             a = _as_array(t, f"tensors[{i}]")
             if a.ndim == 0:
                 raise ValueError(f"tensors[{i}]: expected at least one dimension, got a scalar")
+            if a.dtype == object:
+                raise TypeError(
+                    f"tensors[{i}]: arrays of Python objects cannot be batched into Tensors; "
+                    "convert it first, e.g. with .astype(np.float32)"
+                )
             arrays.append(a)
         n = arrays[0].shape[0]
         for i, a in enumerate(arrays[1:], 1):
@@ -183,7 +210,7 @@ class Subset(Dataset):
         from .loader import collate
 
         inner = _take(self.indices, _index_array(indices))
-        fetch = getattr(self.dataset, "gather", None)
+        fetch = _batch_gather(self.dataset)
         if fetch is not None:
             return fetch(inner)
         return collate([self.dataset[int(i)] for i in inner])

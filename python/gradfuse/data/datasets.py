@@ -261,12 +261,15 @@ def make_classification(n_samples: int = 100, n_features: int = 20, n_classes: i
         ids = permutation(2**k, gen)[:n_classes]
         bits = (ids[:, None] >> np.arange(k)) & 1
     else:
-        # 2^k is too many to enumerate: random sign vectors, redrawn in the (astronomically
-        # rare) case of a repeat
-        while True:
-            bits = (_uniform((n_classes, k), gen) < 0.5).astype(np.int64)
-            if len(np.unique(bits, axis=0)) == n_classes:
-                break
+        # 2^k is too many to enumerate: random sign vectors; a repeat is dropped and only the
+        # missing ones are redrawn (redrawing all never ends once repeats are likely, e.g.
+        # thousands of classes on 2^17 vertices)
+        bits = np.zeros((0, k), np.int64)
+        while len(bits) < n_classes:
+            new = (_uniform((n_classes - len(bits), k), gen) < 0.5).astype(np.int64)
+            both = np.concatenate([bits, new])
+            _, first = np.unique(both, axis=0, return_index=True)
+            bits = both[np.sort(first)]  # first occurrences, in draw order
     centres = class_sep * (2.0 * bits - 1.0)
     y = _balanced_labels(n, n_classes, gen)
     X = _normal((n, n_features), gen)

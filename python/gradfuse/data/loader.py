@@ -18,8 +18,9 @@ epoch and the number of batches already handed out; after :meth:`DataLoader.load
 skips those batches, so the data order continues exactly as in an uninterrupted run.
 
 A batch costs one gather per array (``np.take(arr, idx, axis=0)``) when the data set has a
-``gather`` method (:class:`TensorDataset`, :class:`Subset` of one); otherwise its samples are
-fetched one by one and stacked with ``np.stack`` (:func:`collate`).
+``gather`` method (:class:`TensorDataset`, :class:`Subset` of one); otherwise, or when a
+subclass overrides ``__getitem__`` but not ``gather``, its samples are fetched one by one and
+stacked with ``np.stack`` (:func:`collate`).
 
 Example::
 
@@ -40,6 +41,7 @@ import numpy as np
 from .. import random as _random
 from ..random import Generator
 from ..tensor import Tensor
+from .dataset import _batch_gather
 
 __all__ = ["DataLoader", "collate", "permutation"]
 
@@ -152,6 +154,8 @@ def _wrap(batch):
     if isinstance(batch, tuple):
         # the common case (a TensorDataset's arrays) without a recursive call per array
         return tuple(Tensor(b) if type(b) is np.ndarray else _wrap(b) for b in batch)
+    if isinstance(batch, list):  # a custom gather's [X, y]: fields, not rows to stack
+        return [_wrap(b) for b in batch]
     if isinstance(batch, dict) or isinstance(batch, Mapping):
         return {k: _wrap(v) for k, v in batch.items()}
     return Tensor(_to_numpy(batch))
@@ -246,7 +250,7 @@ class DataLoader:
         if self.shuffle:
             start = self.generator.get_state().data
             order = permutation(n, self.generator)
-        gather = getattr(self.dataset, "gather", None)
+        gather = _batch_gather(self.dataset)
         self._epoch = (start, skip)
         for b in range(skip, nb):
             lo, hi = b * bs, min((b + 1) * bs, n)

@@ -150,8 +150,10 @@ def _check_state_keys(state, expected: tuple, owner: str) -> None:
 
 def _state_array(state, key: str, d, dtype) -> np.ndarray:
     v = state[key]
+    if isinstance(v, Tensor):  # gf.load(path, tensors=True) gives Tensors
+        v = v.data
     if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype.kind not in "fiu":
-        raise ValueError(f"state_dict[{key!r}]: expected a 1-D numeric numpy array, got "
+        raise ValueError(f"state_dict[{key!r}]: expected a 1-D numeric numpy array or Tensor, got "
                          f"{type(v).__name__}{getattr(v, 'shape', '')}")
     if d is not None and v.shape[0] != d:
         raise ValueError(f"state_dict[{key!r}]: expected shape ({d},), got {v.shape}")

@@ -1,0 +1,171 @@
+"""Train one configuration from one seed, or a whole grid, with ``gf.train.Trainer``.
+
+Each run gets a fresh model, optimizer and schedule, a ``GradientMonitor`` (the per-layer
+gradient norms: the vanishing/exploding picture) and a ``NonFiniteGuard(action="stop")``: a run
+whose loss turns NaN/inf stops there and is marked diverged, and the study goes on. Gradients
+are not clipped unless asked (``grad_clip``), so an exploding configuration shows as one.
+
+A run's result is a plain, JSON-ready dict::
+
+    {"key", "config": {optimizer, init, norm, activation, schedule, lr}, "seed",
+     "history": [{epoch, train_loss, train_acc, val_loss, val_acc, lr, grad_norm, time}, ...],
+     "final_val_acc", "final_val_loss", "final_train_loss", "best_val_acc",
+     "epochs_to_threshold" (first epoch with val_acc >= threshold, or None), "diverged",
+     "stopped_epoch", "wall_time", "samples_per_s",
+     "grad_norms": {layer: [[step, norm], ...]} (weights of the Linear layers, in order),
+     "grad_flags": {"vanishing": n, "exploding": n}}
+
+Example::
+
+    >>> from gradfuse.study import RunConfig, load_dataset, run_one
+    >>> r = run_one(RunConfig("adam", "he", "batch", "relu", "none", 1e-3), load_dataset(),
+    ...             epochs=5, seed=0)
+    >>> r["final_val_acc"] > 0.9
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+import gradfuse as gf
+
+from .config import RunConfig
+from .models import build_model, build_optimizer, build_scheduler, linear_layer_names
+
+__all__ = ["run_one", "run_grid", "make_loaders"]
+
+
+def make_loaders(data, batch_size: int, seed: int, norm: str = "none"):
+    """(train, validation) ``gf.data.DataLoader`` s; the train order is drawn from ``seed``.
+
+    A last training batch of one sample is dropped when ``norm == "batch"`` (BatchNorm cannot
+    normalize a single sample)."""
+    n = len(data.x_train)
+    drop_last = norm == "batch" and n % batch_size == 1
+    train = gf.data.DataLoader(gf.data.TensorDataset(data.x_train, data.y_train),
+                               batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                               generator=seed)
+    val = gf.data.DataLoader(gf.data.TensorDataset(data.x_val, data.y_val),
+                             batch_size=max(len(data.x_val), 1), shuffle=False)
+    return train, val
+
+
+def _finite(x):
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _linear_weight_series(records, model) -> dict:
+    """``{layer: [[step, grad_norm], ...]}`` for each Linear layer's weight, in layer order.
+
+    GradientMonitor names a layer by its module name (``"0"``) or its parameter's
+    (``"0.weight"``); both are read here."""
+    names = linear_layer_names(model)
+    out = {name: [] for name in names}
+    for rec in records:
+        layer = str(rec["layer"])
+        if layer.endswith(".weight"):
+            layer = layer[: -len(".weight")]
+        if layer in out:
+            g = rec.get("grad_norm")
+            out[layer].append([int(rec["step"]), float(g) if g is not None else float("nan")])
+    return {f"fc{i + 1} ({name})": out[name] for i, name in enumerate(names) if out[name]}
+
+
+def run_one(cfg: RunConfig, data, *, epochs: int = 20, seed: int = 0, batch_size: int = 64,
+            hidden=(128, 64), threshold: float = 0.9, grad_clip=None, monitor_every: int = 1,
+            verbose: int = 0, model_out: list | None = None) -> dict:
+    """Train ``cfg`` on ``data`` (a :class:`~gradfuse.study.Dataset`) for ``epochs`` from
+    ``seed``; returns the run's result dict (see the module docstring).
+
+    ``model_out``: a list the trained model is appended to (for ``gradfuse train --save``).
+    """
+    from gradfuse.train import GradientMonitor, NonFiniteGuard, Trainer
+
+    model = build_model(cfg, data.n_features, hidden, data.n_classes, seed=seed)
+    opt = build_optimizer(cfg, model.parameters())
+    train, val = make_loaders(data, batch_size, seed, cfg.norm)
+    sched = build_scheduler(cfg, opt, epochs, len(train))
+    monitor = GradientMonitor(every=monitor_every)
+    trainer = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched,
+                      callbacks=[monitor, NonFiniteGuard(action="stop")], grad_clip=grad_clip,
+                      metric="accuracy", scheduler_interval="step", verbose=verbose)
+    t0 = time.perf_counter()
+    hist = trainer.fit(train, val=val, epochs=epochs)
+    wall = time.perf_counter() - t0
+    if model_out is not None:
+        model_out.append(model)
+
+    history = []
+    for e in hist.epochs:
+        history.append({
+            "epoch": int(e["epoch"]), "train_loss": _num(e.get("train_loss")),
+            "train_acc": _num(e.get("train_metric")), "val_loss": _num(e.get("val_loss")),
+            "val_acc": _num(e.get("val_metric")), "lr": _num(e.get("lr")),
+            "grad_norm": _num(e.get("grad_norm")), "time": _num(e.get("time")),
+        })
+    diverged = bool(hist.diverged) or any(
+        not _finite(h["train_loss"]) or not _finite(h["val_loss"]) for h in history)
+    last = history[-1] if history else {}
+    reached = [h["epoch"] for h in history
+               if _finite(h["val_acc"]) and h["val_acc"] >= threshold]
+    accs = [h["val_acc"] for h in history if _finite(h["val_acc"])]
+    flags = {"vanishing": 0, "exploding": 0}
+    for f in monitor.flags:
+        if f.get("kind") in flags:
+            flags[f["kind"]] += 1
+    n_seen = len(data.x_train) * len(history)
+    return {
+        "key": cfg.key,
+        "config": cfg.as_dict(),
+        "seed": int(seed),
+        "history": history,
+        # a diverged run's accuracy is what its (NaN) weights predict: counted as it is
+        "final_val_acc": _num(last.get("val_acc")),
+        "final_val_loss": _num(last.get("val_loss")),
+        "final_train_loss": _num(last.get("train_loss")),
+        "best_val_acc": max(accs) if accs else None,
+        "epochs_to_threshold": reached[0] if reached else None,
+        "diverged": diverged,
+        "stopped_epoch": int(last.get("epoch", 0)),
+        "wall_time": wall,
+        "samples_per_s": n_seen / wall if wall > 0 else None,
+        "grad_norms": _linear_weight_series(monitor.records, model),
+        "grad_flags": flags,
+    }
+
+
+def _num(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else (float("nan") if math.isnan(x) else x)
+
+
+def run_grid(configs, data, *, seeds=(0, 1, 2), log=print, **kwargs) -> list:
+    """:func:`run_one` for every configuration and seed (configuration outermost); logs one
+    progress line per run with the elapsed time and an ETA. Returns the list of results."""
+    total = len(configs) * len(seeds)
+    results, t0 = [], time.perf_counter()
+    width = len(str(total))
+    for cfg in configs:
+        for seed in seeds:
+            r = run_one(cfg, data, seed=seed, **kwargs)
+            results.append(r)
+            done = len(results)
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / done * (total - done)
+            acc = r["final_val_acc"]
+            acc = "  nan" if acc is None or not np.isfinite(acc) else f"{acc:.3f}"
+            log(f"[{done:{width}d}/{total}] {cfg.key:<44s} seed {seed}  val acc {acc}"
+                f"{'  DIVERGED' if r['diverged'] else ''}  {r['wall_time']:.2f} s  "
+                f"elapsed {_hms(elapsed)}  ETA {_hms(eta)}")
+    return results
+
+
+def _hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

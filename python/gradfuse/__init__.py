@@ -17,6 +17,7 @@ from . import (
     nn,
     optim,
     random,
+    serialization,
 )
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
@@ -45,6 +46,7 @@ from .random import (
     seed,
     set_rng_state,
 )
+from .serialization import load, save
 from .tensor import (
     Tensor,
     arange,
@@ -139,4 +141,8 @@ __all__ = [
     "memory",
     "nn",
     "optim",
+    # checkpoints (gradfuse.serialization)
+    "serialization",
+    "save",
+    "load",
 ]

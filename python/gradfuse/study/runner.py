@@ -148,24 +148,48 @@ def _num(x):
     return x if math.isfinite(x) else (float("nan") if math.isnan(x) else x)
 
 
-def run_grid(configs, data, *, seeds=(0, 1, 2), log=print, **kwargs) -> list:
-    """:func:`run_one` for every configuration and seed (configuration outermost); logs one
-    progress line per run with the elapsed time and an ETA. Returns the list of results."""
-    total = len(configs) * len(seeds)
-    results, t0 = [], time.perf_counter()
+def _run_task(args):
+    cfg, data, seed, kwargs = args
+    return run_one(cfg, data, seed=seed, **kwargs)
+
+
+def run_grid(configs, data, *, seeds=(0, 1, 2), jobs: int = 1, log=print, **kwargs) -> list:
+    """:func:`run_one` for every configuration and seed; returns the results in grid order
+    (configuration outermost), whatever ``jobs`` is: each run is seeded on its own, so the
+    numbers do not depend on the number of worker processes either.
+
+    ``jobs`` > 1 trains that many runs at once in worker processes (spawned, so no OpenMP
+    state is forked); one run is small and keeps about one core busy. Logs one progress line
+    per finished run with the elapsed time and an ETA.
+    """
+    tasks = [(cfg, data, seed, kwargs) for cfg in configs for seed in seeds]
+    total = len(tasks)
+    results = [None] * total
+    t0 = time.perf_counter()
     width = len(str(total))
-    for cfg in configs:
-        for seed in seeds:
-            r = run_one(cfg, data, seed=seed, **kwargs)
-            results.append(r)
-            done = len(results)
-            elapsed = time.perf_counter() - t0
-            eta = elapsed / done * (total - done)
-            acc = r["final_val_acc"]
-            acc = "  nan" if acc is None or not np.isfinite(acc) else f"{acc:.3f}"
-            log(f"[{done:{width}d}/{total}] {cfg.key:<44s} seed {seed}  val acc {acc}"
-                f"{'  DIVERGED' if r['diverged'] else ''}  {r['wall_time']:.2f} s  "
-                f"elapsed {_hms(elapsed)}  ETA {_hms(eta)}")
+
+    def report(i, r, done):
+        results[i] = r
+        elapsed = time.perf_counter() - t0
+        eta = elapsed / done * (total - done)
+        acc = r["final_val_acc"]
+        acc = "  nan" if acc is None or not np.isfinite(acc) else f"{acc:.3f}"
+        log(f"[{done:{width}d}/{total}] {r['key']:<44s} seed {r['seed']}  val acc {acc}"
+            f"{'  DIVERGED' if r['diverged'] else ''}  {r['wall_time']:.2f} s  "
+            f"elapsed {_hms(elapsed)}  ETA {_hms(eta)}")
+
+    if jobs <= 1 or total <= 1:
+        for i, task in enumerate(tasks):
+            report(i, _run_task(task), i + 1)
+        return results
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(max_workers=min(jobs, total),
+                                mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_task, task): i for i, task in enumerate(tasks)}
+        for done, fut in enumerate(cf.as_completed(futures), 1):
+            report(futures[fut], fut.result(), done)
     return results
 
 

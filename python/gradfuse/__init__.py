@@ -18,6 +18,7 @@ from . import (
     optim,
     random,
     serialization,
+    train,
 )
 from ._config import get_num_threads, set_num_threads, show_config
 from ._version import __version__
@@ -145,4 +146,5 @@ __all__ = [
     "serialization",
     "save",
     "load",
+    "train",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -10,6 +12,38 @@ from ..tensor import Tensor, check_device, is_device
 from .parameter import Parameter
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+_hook_ids = itertools.count()
+
+
+def _next_hook_id() -> int:
+    return next(_hook_ids)
+
+
+class RemovableHandle:
+    """Returned by :meth:`Module.register_forward_hook`; ``remove()`` unregisters the hook
+    (a second call does nothing). Also a context manager that removes on exit."""
+
+    __slots__ = ("_module", "id")
+
+    def __init__(self, module, key: int):
+        self._module = weakref.ref(module)
+        self.id = key
+
+    def remove(self) -> None:
+        m = self._module()
+        hooks = None if m is None else m.__dict__.get("_forward_hooks")
+        if hooks is None:
+            return
+        hooks.pop(self.id, None)
+        if not hooks:  # back to the hook-free fast path of __call__
+            del m.__dict__["_forward_hooks"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
 
 
 class Module:
@@ -113,7 +147,46 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if self._forward_hooks is None:  # the common case costs one attribute read
+            return self.forward(*args, **kwargs)
+        return self._call_with_hooks(args, kwargs)
+
+    # ------------------------------------------------------------ forward hooks
+    # None (the class attribute) until a hook is registered; then a per-instance dict.
+    _forward_hooks = None
+
+    def _call_with_hooks(self, args, kwargs):
+        output = self.forward(*args, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            result = hook(self, args, output)
+            if result is not None:
+                output = result
+        return output
+
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, inputs, output)`` after every ``forward`` of this module (PyTorch's
+        semantics): ``inputs`` is the tuple of positional arguments; a hook that returns a value
+        other than None replaces the output. Hooks run in registration order.
+
+        Returns a handle whose ``remove()`` unregisters the hook.
+
+        Example::
+
+            >>> fc = gf.nn.Linear(3, 2)
+            >>> seen = []
+            >>> h = fc.register_forward_hook(lambda m, inp, out: seen.append(out.shape))
+            >>> _ = fc(gf.ones(4, 3)); h.remove(); _ = fc(gf.ones(1, 3))
+            >>> seen
+            [(4, 2)]
+        """
+        if not callable(hook):
+            raise TypeError(f"hook: expected a callable, got {type(hook).__name__}")
+        hooks = self.__dict__.get("_forward_hooks")
+        if hooks is None:
+            hooks = self.__dict__["_forward_hooks"] = OrderedDict()
+        key = _next_hook_id()
+        hooks[key] = hook
+        return RemovableHandle(self, key)
 
     # ------------------------------------------------------------ traversal
     def named_modules(self, prefix: str = "", memo=None):

@@ -1,0 +1,571 @@
+"""Trainer: the training loop (fit / evaluate / predict), its schedule, and its checkpoints.
+
+One step is ``forward -> loss -> zero_grad -> backward -> gradient norm -> callbacks -> step``.
+The gradient norm costs one read pass over each of the optimizer's gradient arenas (and with
+``grad_clip`` it is the same pass: ``optimizer.clip_grad_norm_`` folds the clip scale into the
+fused update instead of rewriting the gradients). Nothing loops over parameters in Python
+unless a callback asks for per-layer statistics (:class:`GradientMonitor`) or something went
+wrong (:class:`NonFiniteGuard` looks for the layer only when it fires).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import time
+
+import numpy as np
+
+from .. import random as _random
+from ..nn.module import Module
+from ..optim.lr_scheduler import ReduceLROnPlateau
+from ..optim.optimizer import total_norm
+from ..tensor import Tensor, no_grad
+from . import _checkpoint
+from .callbacks import Callback, ProgressBar
+from .history import STEP_KEYS, History
+
+__all__ = ["Trainer"]
+
+_HOOKS = ("on_fit_start", "on_epoch_start", "on_batch_start", "on_after_backward",
+          "on_batch_end", "on_epoch_end", "on_fit_end")
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+    return int(value)
+
+
+def _check_loader(name: str, loader) -> None:
+    try:
+        it = iter(loader)
+    except TypeError:
+        raise TypeError(
+            f"{name}: expected an iterable of (x, y) batches (a DataLoader, a list), got "
+            f"{type(loader).__name__}") from None
+    if it is loader:  # a generator or iterator would be empty from the second epoch on
+        raise TypeError(
+            f"{name}: got a one-shot iterator ({type(loader).__name__}); pass something that "
+            "can be iterated once per epoch (a DataLoader or a list of batches)")
+
+
+def _as_tensor(a, name: str) -> Tensor:
+    if isinstance(a, Tensor):
+        return a
+    if isinstance(a, np.ndarray):
+        return Tensor(a)
+    try:
+        return Tensor(np.asarray(a))
+    except Exception:
+        raise TypeError(f"{name}: cannot make a tensor of {type(a).__name__}") from None
+
+
+def _xy(batch, name: str):
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(
+            f"{name}: each batch must be an (x, y) pair, got "
+            f"{type(batch).__name__}{'' if not isinstance(batch, (tuple, list)) else len(batch)}")
+    return _as_tensor(batch[0], f"{name} x"), _as_tensor(batch[1], f"{name} y")
+
+
+def _rows(x: Tensor) -> int:
+    return int(x.data.shape[0]) if x.data.ndim else 1
+
+
+def _accuracy_count(out: np.ndarray, y: np.ndarray) -> int:
+    """Correct predictions: argmax over classes (N, C), or a logit > 0 for (N,)/(N, 1) outputs
+    with 0/1 targets."""
+    if out.ndim == 2 and out.shape[1] > 1:
+        if y.shape != (out.shape[0],):
+            raise ValueError(
+                f"metric 'accuracy': expected class-index targets of shape ({out.shape[0]},) "
+                f"for outputs of shape {out.shape}, got targets of shape {y.shape} (for "
+                "regression pass metric=None or a callable)")
+        return int((out.argmax(axis=1) == y).sum())
+    if out.ndim in (1, 2) and out.size == y.size:
+        return int(((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum())
+    raise ValueError(
+        f"metric 'accuracy': cannot compare outputs of shape {out.shape} with targets of shape "
+        f"{y.shape} (for regression pass metric=None or a callable)")
+
+
+def _loader_state(loader):
+    """Whatever makes ``loader``'s next epoch reproducible: its state_dict() when it has one,
+    else the state of its ``generator`` (a gf.Generator or a numpy Generator); None else."""
+    if loader is None:
+        return None
+    sd = getattr(loader, "state_dict", None)
+    if callable(sd):
+        return {"state_dict": sd()}
+    gen = getattr(loader, "generator", None)
+    if isinstance(gen, _random.Generator):
+        return {"gf_generator": gen.get_state().data.copy()}
+    if isinstance(gen, np.random.Generator):
+        return {"numpy_generator": gen.bit_generator.state}
+    return None
+
+
+def _set_loader_state(loader, state) -> None:
+    if state is None:
+        return
+    if "state_dict" in state:
+        if not callable(getattr(loader, "load_state_dict", None)):
+            raise ValueError(
+                "train: the checkpoint holds a loader state_dict but this loader has no "
+                "load_state_dict(); resume with the same kind of loader")
+        loader.load_state_dict(state["state_dict"])
+        return
+    gen = getattr(loader, "generator", None)
+    if "gf_generator" in state and isinstance(gen, _random.Generator):
+        gen.set_state(np.asarray(state["gf_generator"], dtype=np.uint8))
+    elif "numpy_generator" in state and isinstance(gen, np.random.Generator):
+        gen.bit_generator.state = state["numpy_generator"]
+    else:
+        raise ValueError(
+            "train: the checkpoint holds the state of a loader generator this loader does not "
+            "have; resume with the same kind of loader")
+
+
+class Trainer:
+    """The training loop: ``fit`` / ``evaluate`` / ``predict``, with callbacks.
+
+    Args:
+        model: a :class:`gf.nn.Module` mapping a batch ``x`` to outputs (logits ``(N, C)`` for
+            classification).
+        optimizer: a gradfuse optimizer over the model's parameters.
+        loss_fn: ``loss_fn(outputs, y) -> scalar Tensor`` with mean reduction (the epoch loss
+            is the sample-weighted mean of the batch losses).
+        scheduler: an lr scheduler, or None. Stepped once per epoch (after validation) or,
+            with ``scheduler_interval="step"``, after every optimizer step.
+            :class:`ReduceLROnPlateau` is always stepped per epoch, on the validation loss in
+            mode ``"min"`` and on the validation metric in mode ``"max"`` (the training values
+            when there is no validation data).
+        callbacks: a list of :class:`Callback`. With ``verbose >= 1`` and no
+            :class:`ProgressBar` among them, one is added.
+        grad_clip: clip the total gradient 2-norm to this value (folded into the step).
+        metric: ``"accuracy"`` (argmax of ``(N, C)`` outputs against class indices, or
+            ``logit > 0`` against 0/1 targets), None, or ``callable(outputs, y) -> float`` on
+            numpy arrays (evaluate applies it to the whole set at once; the training value is
+            the sample-weighted mean over batches).
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        verbose: 0 prints nothing; 1 a tqdm bar per epoch when stdout is a terminal and tqdm
+            is installed, else one line per epoch; 2 one line per epoch.
+
+    Attributes: ``history`` (:class:`History`), ``epoch`` (completed epochs), ``global_step``
+    (optimizer steps taken, skipped ones included), ``stop_training`` (a callback sets it to
+    end the run), ``skip_step`` (set in ``on_after_backward`` to skip this batch's update),
+    ``batch`` (the ``(x, y)`` Tensors of the step in progress), ``train_loader``,
+    ``val_loader``, ``epochs``
+    (the target of the current fit).
+
+    Example::
+
+        >>> model = gf.nn.Sequential(gf.nn.Linear(64, 32), gf.nn.ReLU(), gf.nn.Linear(32, 10))
+        >>> opt = gf.optim.Adam(model.parameters(), lr=1e-3)
+        >>> trainer = Trainer(model, opt, gf.nn.CrossEntropyLoss(), verbose=0)
+        >>> history = trainer.fit(train_batches, val=val_batches, epochs=10)
+        >>> trainer.evaluate(val_batches)
+        {'loss': 0.11, 'metric': 0.97}
+    """
+
+    def __init__(self, model, optimizer, loss_fn, scheduler=None, callbacks=None,
+                 grad_clip=None, metric="accuracy", scheduler_interval="epoch", verbose=1):
+        if not isinstance(model, Module):
+            raise TypeError(f"model: expected a gf.nn.Module, got {type(model).__name__}")
+        if not isinstance(getattr(optimizer, "param_groups", None), list) or \
+                not callable(getattr(optimizer, "step", None)):
+            raise TypeError(
+                f"optimizer: expected a gf.optim optimizer, got {type(optimizer).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
+        if scheduler is not None:
+            if not callable(getattr(scheduler, "step", None)):
+                raise TypeError(
+                    f"scheduler: expected an lr scheduler, got {type(scheduler).__name__}")
+            if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+                raise ValueError("scheduler: it was built for another optimizer")
+        if callbacks is None:
+            callbacks = []
+        if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+            raise TypeError(
+                f"callbacks: expected a list of Callback, got {type(callbacks).__name__}")
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(
+                    f"callbacks[{i}]: expected a Callback, got {type(cb).__name__}")
+        if grad_clip is not None:
+            if isinstance(grad_clip, bool) or not isinstance(grad_clip, numbers.Real):
+                raise TypeError(
+                    f"grad_clip: expected a positive number or None, got "
+                    f"{type(grad_clip).__name__}")
+            if not (math.isfinite(grad_clip) and grad_clip > 0):
+                raise ValueError(f"grad_clip: expected a positive number, got {grad_clip}")
+            grad_clip = float(grad_clip)
+        if not (metric is None or metric == "accuracy" or callable(metric)):
+            raise ValueError(
+                f"metric: expected 'accuracy', None or a callable(outputs, y) -> float, got "
+                f"{metric!r}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(
+                f"scheduler_interval: expected 'epoch' or 'step', got {scheduler_interval!r}")
+        if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+            raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.scheduler = scheduler
+        self.grad_clip = grad_clip
+        self.metric = metric
+        self.scheduler_interval = scheduler_interval
+        self.verbose = verbose
+        callbacks = list(callbacks)
+        if verbose and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.insert(0, ProgressBar(verbose=verbose))
+        self.callbacks = callbacks
+        self.history = History()
+        self.epoch = 0
+        self.global_step = 0
+        self.stop_training = False
+        self.skip_step = False
+        self.epochs = None  # the target of the current fit
+        self.train_loader = self.val_loader = None
+        self.batch = None  # the (x, y) of the step in progress, for callbacks
+        self._pending_loader_state = None
+
+    # ------------------------------------------------------------ callbacks
+    def _hooks(self, name: str) -> list:
+        """The bound hook ``name`` of every callback that overrides it (the per-batch loop
+        calls only those)."""
+        base = getattr(Callback, name)
+        return [getattr(cb, name) for cb in self.callbacks
+                if getattr(type(cb), name, base) is not base]
+
+    # ------------------------------------------------------------ helpers
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _grad_norm(self) -> float:
+        """Total gradient 2-norm: one read pass per gradient arena (the clip folds into it)."""
+        opt = self.optimizer
+        if self.grad_clip is not None:
+            clip = getattr(opt, "clip_grad_norm_", None)
+            if clip is not None:
+                return float(clip(self.grad_clip))
+            from ..nn.utils import clip_grad_norm_
+            return float(clip_grad_norm_(self.model.parameters(), self.grad_clip).item())
+        plans = getattr(opt, "_plans", None)
+        if plans is not None:  # a gradfuse optimizer: whole arenas (active segments only)
+            return float(total_norm(opt._grad_ranges(plans()), 2.0))
+        grads = [p.grad.data.reshape(-1) for p in self.model.parameters() if p.grad is not None]
+        return float(total_norm([np.ascontiguousarray(g) for g in grads], 2.0))
+
+    def _metric_batch(self, out: np.ndarray, y: np.ndarray) -> float:
+        """The metric of one batch: a count of correct predictions for accuracy, else the
+        callable's value times the batch size (both summed over the epoch)."""
+        if self.metric == "accuracy":
+            return float(_accuracy_count(out, y))
+        return float(self.metric(out, y)) * out.shape[0]
+
+    def _plateau_value(self, train_loss, train_metric, val_loss, val_metric):
+        s = self.scheduler
+        if getattr(s, "mode", "min") == "max":
+            v = val_metric if val_metric is not None else train_metric
+            if v is None:
+                raise ValueError(
+                    "scheduler: ReduceLROnPlateau in mode 'max' follows the metric, but the "
+                    "trainer has metric=None")
+            return v
+        return val_loss if val_loss is not None else train_loss
+
+    # ------------------------------------------------------------ fit
+    def fit(self, train, val=None, epochs=1, resume_from=None) -> History:
+        """Train until ``epochs`` epochs are complete; returns :attr:`history`.
+
+        Args:
+            train: an iterable of ``(x, y)`` batches (Tensors or arrays; a DataLoader, or a
+                list), iterated once per epoch.
+            val: the same for validation (evaluated after every epoch), or None.
+            epochs: the total number of epochs of the run, counting those already done: after
+                ``resume_from`` (or a previous ``fit``) at epoch k, ``fit`` trains epochs
+                k+1..epochs.
+            resume_from: a checkpoint path (from :class:`ModelCheckpoint` or
+                :meth:`save_checkpoint`): model, optimizer, scheduler, epoch, step, random
+                states and history are restored first, so the run continues bit for bit as if
+                it had not been interrupted.
+
+        Example::
+
+            >>> h = trainer.fit(train_loader, val=val_loader, epochs=20)
+            >>> h.epochs[-1]["val_metric"]
+            0.975
+        """
+        epochs = _check_int("epochs", epochs, 1)
+        _check_loader("train", train)
+        if val is not None:
+            _check_loader("val", val)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        if self.epoch > epochs:
+            raise ValueError(
+                f"epochs: the run already has {self.epoch} epochs; pass the total number of "
+                f"epochs (>= {self.epoch})")
+        self.train_loader, self.val_loader = train, val
+        if self._pending_loader_state is not None:
+            _set_loader_state(train, self._pending_loader_state)
+            self._pending_loader_state = None
+        self.epochs = epochs
+        self.stop_training = False
+        self.history.stopped_early = False
+        started = []  # on_fit_end goes to the callbacks whose on_fit_start ran
+        try:
+            for cb in self.callbacks:
+                cb.on_fit_start(self)
+                started.append(cb)
+            for epoch in range(self.epoch + 1, epochs + 1):
+                self._train_epoch(epoch, train, val)
+                if self.stop_training:
+                    if not self.history.diverged and epoch < epochs:
+                        self.history.stopped_early = True
+                    break
+        finally:
+            for cb in started:
+                cb.on_fit_end(self)
+        return self.history
+
+    def _train_epoch(self, epoch: int, train, val) -> None:
+        model, opt, loss_fn = self.model, self.optimizer, self.loss_fn
+        sched = self.scheduler
+        plateau = isinstance(sched, ReduceLROnPlateau)
+        step_sched = sched is not None and not plateau and self.scheduler_interval == "step"
+        on_batch_start = self._hooks("on_batch_start")
+        on_after_backward = self._hooks("on_after_backward")
+        on_batch_end = self._hooks("on_batch_end")
+        steps = self.history.steps
+        for hook in self._hooks("on_epoch_start"):
+            hook(self, epoch)
+        model.train()
+        t0 = time.perf_counter()
+        n = 0
+        loss_sum = metric_sum = norm_sum = 0.0
+        norm_n = 0
+        metric = self.metric
+        for batch in train:
+            x, y = _xy(batch, "train")
+            bs = _rows(x)
+            step = self.global_step + 1
+            self.batch = (x, y)
+            for hook in on_batch_start:
+                hook(self, step)
+            lr = self._lr()
+            out = model(x)
+            loss = loss_fn(out, y)
+            loss_v = float(loss.item())
+            opt.zero_grad()
+            loss.backward()
+            gnorm = self._grad_norm()
+            logs = {"step": step, "epoch": epoch, "loss": loss_v, "lr": lr, "grad_norm": gnorm,
+                    "batch_size": bs}
+            self.skip_step = False
+            for hook in on_after_backward:
+                hook(self, logs)
+            skipped = self.skip_step or self.stop_training
+            if skipped:
+                opt.zero_grad()  # also drops a clip scale folded for this batch
+            else:
+                opt.step()
+            self.global_step = step
+            if step_sched:
+                sched.step()
+            steps.append({k: logs[k] for k in STEP_KEYS})
+            n += bs
+            loss_sum += loss_v * bs
+            if metric is not None:
+                metric_sum += self._metric_batch(out.data, y.data)
+            if math.isfinite(gnorm):
+                norm_sum += gnorm
+                norm_n += 1
+            logs["skipped"] = skipped
+            for hook in on_batch_end:
+                hook(self, logs)
+            if self.stop_training:
+                break
+        if n == 0:
+            raise ValueError(f"train: the loader yielded no batches in epoch {epoch}")
+        train_time = time.perf_counter() - t0
+        train_loss = loss_sum / n
+        train_metric = metric_sum / n if metric is not None else None
+        val_loss = val_metric = None
+        if val is not None:
+            r = self.evaluate(val)
+            val_loss, val_metric = r["loss"], r["metric"]
+        if sched is not None:
+            if plateau:
+                sched.step(self._plateau_value(train_loss, train_metric, val_loss, val_metric))
+            elif not step_sched:
+                sched.step()
+        rec = {"epoch": epoch, "train_loss": train_loss, "train_metric": train_metric,
+               "val_loss": val_loss, "val_metric": val_metric, "lr": lr,
+               "grad_norm": norm_sum / norm_n if norm_n else math.nan,
+               "time": time.perf_counter() - t0,
+               "samples_per_s": n / train_time if train_time > 0 else math.inf}
+        self.history.epochs.append(rec)
+        self.epoch = epoch
+        for hook in self._hooks("on_epoch_end"):
+            hook(self, epoch, rec)
+
+    # ------------------------------------------------------------ evaluate / predict
+    def evaluate(self, loader) -> dict:
+        """Mean loss and metric over ``loader`` (``(x, y)`` batches), in eval mode under
+        ``gf.no_grad()``; the model's mode is restored afterwards.
+
+        Returns ``{"loss": float, "metric": float or None}``. Example::
+
+            >>> trainer.evaluate(val_loader)
+            {'loss': 0.093, 'metric': 0.972}
+        """
+        _check_loader("loader", loader)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        n = 0
+        loss_sum = metric_sum = 0.0
+        outs, ys = [], []
+        try:
+            with no_grad():
+                for batch in loader:
+                    x, y = _xy(batch, "loader")
+                    bs = _rows(x)
+                    out = model(x)
+                    loss_sum += float(self.loss_fn(out, y).item()) * bs
+                    n += bs
+                    if self.metric == "accuracy":
+                        metric_sum += _accuracy_count(out.data, y.data)
+                    elif self.metric is not None:
+                        outs.append(np.array(out.data))
+                        ys.append(np.array(y.data))
+        finally:
+            model.train(was_training)
+        if n == 0:
+            raise ValueError("loader: it yielded no batches")
+        metric = None
+        if self.metric == "accuracy":
+            metric = metric_sum / n
+        elif self.metric is not None:
+            metric = float(self.metric(np.concatenate(outs), np.concatenate(ys)))
+        return {"loss": loss_sum / n, "metric": metric}
+
+    def predict(self, data, batch_size: int = 1024) -> np.ndarray:
+        """The model's outputs, in eval mode under ``gf.no_grad()``, as one numpy array.
+
+        Args:
+            data: an array or Tensor of inputs (run in chunks of ``batch_size`` rows), or an
+                iterable of batches: ``(x, y)`` pairs (``y`` is ignored) or bare ``x``.
+
+        Example::
+
+            >>> trainer.predict(x_test).argmax(axis=1)[:5]
+            array([3, 8, 1, 0, 7])
+        """
+        batch_size = _check_int("batch_size", batch_size, 1)
+        if isinstance(data, (Tensor, np.ndarray)):
+            arr = data.data if isinstance(data, Tensor) else data
+            if arr.ndim == 0:
+                raise ValueError("data: expected an array of inputs with a batch dimension")
+            batches = [arr[i:i + batch_size] for i in range(0, len(arr), batch_size)]
+        else:
+            _check_loader("data", data)
+            batches = data
+        model = self.model
+        was_training = model.training
+        model.eval()
+        outs = []
+        try:
+            with no_grad():
+                for b in batches:
+                    x = b[0] if isinstance(b, (tuple, list)) else b
+                    outs.append(np.array(model(_as_tensor(x, "data x")).data))
+        finally:
+            model.train(was_training)
+        if not outs:
+            raise ValueError("data: no inputs to predict")
+        return np.concatenate(outs)
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue bit for bit: model (parameters and
+        buffers), optimizer and scheduler state, completed epochs and steps, the default
+        random generator's state (dropout), the training loader's shuffle state, the history
+        and the callbacks' states (best values, patience counters)."""
+        return {
+            "format": _checkpoint.FORMAT,
+            "model": dict(self.model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "rng": _random.get_rng_state().data.copy(),
+            "loader": _loader_state(self.train_loader) if self.train_loader is not None
+            else self._pending_loader_state,
+            "history": self.history.to_dict(),
+            "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict()
+                          for i, cb in enumerate(self.callbacks)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output. Everything is checked first (a mismatch
+        raises ValueError and leaves model, optimizer and scheduler as they were)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state: expected a dict, got {type(state).__name__}")
+        if state.get("format", _checkpoint.FORMAT) != _checkpoint.FORMAT:
+            raise ValueError(f"state: format {state['format']!r}, expected {_checkpoint.FORMAT!r}")
+        need = ("model", "optimizer", "scheduler", "epoch", "step", "rng", "history")
+        missing = [k for k in need if k not in state]
+        if missing:
+            raise ValueError(f"state: not a trainer state (missing {missing})")
+        epoch = _check_int("state['epoch']", state["epoch"], 0)
+        step = _check_int("state['step']", state["step"], 0)
+        if (state["scheduler"] is None) != (self.scheduler is None):
+            raise ValueError(
+                "state: the checkpoint was saved " +
+                ("without a scheduler but this trainer has one" if state["scheduler"] is None
+                 else "with a scheduler but this trainer has none"))
+        history = History.from_dict(state["history"])
+        rng = np.asarray(state["rng"])
+        if rng.dtype != np.uint8 or rng.shape != (16,):
+            raise ValueError("state['rng']: expected 16 uint8 values")
+        old_model = self.model.state_dict()
+        old_opt = self.optimizer.state_dict()
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        except Exception:
+            self.model.load_state_dict(old_model)
+            self.optimizer.load_state_dict(old_opt)
+            raise
+        _random.set_rng_state(rng)
+        self.epoch, self.global_step, self.history = epoch, step, history
+        self._pending_loader_state = state.get("loader")
+        self.train_loader = None
+        saved = state.get("callbacks") or {}
+        for i, cb in enumerate(self.callbacks):
+            key = f"{i}:{type(cb).__name__}"
+            if key in saved:
+                cb.load_state_dict(saved[key])
+
+    def save_checkpoint(self, path) -> None:
+        """Write :meth:`state_dict` to ``path`` with :func:`gradfuse.save` (one safetensors
+        file; atomically: temporary file, fsync, rename)."""
+        _checkpoint.save(self.state_dict(), path)
+
+    def load_checkpoint(self, path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` or ModelCheckpoint; the
+        next :meth:`fit` continues from its epoch."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+        self.load_state_dict(_checkpoint.load(path))

@@ -1,0 +1,792 @@
+"""gf.train: Trainer (fit/evaluate/predict, schedules, clipping, resume), History, callbacks,
+and Module.register_forward_hook."""
+
+import io
+import json
+import math
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import gradfuse as gf
+from gradfuse.train import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    GradientMonitor,
+    History,
+    JSONLogger,
+    ModelCheckpoint,
+    NonFiniteGuard,
+    ProgressBar,
+    Trainer,
+)
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = gf.data.load_digits()
+    order = np.random.default_rng(0).permutation(len(X))
+    X, y = X[order], y[order]
+    n_val = 360
+    sc = gf.data.StandardScaler()
+    xtr = sc.fit_transform(X[n_val:])
+    xva = sc.transform(X[:n_val])
+    return (xtr, y[n_val:]), (xva, y[:n_val])
+
+
+def loaders(digits, batch_size=64, n_train=None, seed=0):
+    (xtr, ytr), (xva, yva) = digits
+    if n_train is not None:
+        xtr, ytr = xtr[:n_train], ytr[:n_train]
+    train = gf.data.DataLoader(gf.data.TensorDataset(xtr, ytr), batch_size=batch_size,
+                               shuffle=True, generator=seed)
+    val = gf.data.DataLoader(gf.data.TensorDataset(xva, yva), batch_size=256)
+    return train, val
+
+
+def mlp(seed=0, hidden=64, dropout=0.0, norm=False, width=64):
+    gf.manual_seed(seed)
+    layers = [gf.nn.Linear(width, hidden)]
+    if norm:
+        layers.append(gf.nn.BatchNorm1d(hidden))
+    layers.append(gf.nn.ReLU())
+    if dropout:
+        layers.append(gf.nn.Dropout(dropout))
+    layers.append(gf.nn.Linear(hidden, 10))
+    return gf.nn.Sequential(*layers)
+
+
+def params(model):
+    return {k: v.copy() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------ the issue's acceptance tests
+
+def test_digits_adam_reaches_95_percent_within_20_epochs(digits):
+    train, val = loaders(digits)
+    model = mlp(seed=0, hidden=64)
+    trainer = Trainer(model, gf.optim.Adam(model.parameters(), lr=2e-3),
+                      gf.nn.CrossEntropyLoss(), verbose=0)
+    h = trainer.fit(train, val=val, epochs=20)
+    accs = [e["val_metric"] for e in h.epochs]
+    assert len(h.epochs) == 20 and len(h.steps) == 20 * len(train)
+    assert max(accs) >= 0.95, accs
+    assert accs[-1] >= 0.95, accs
+    assert h.epochs[-1]["train_loss"] < h.epochs[0]["train_loss"]
+    # evaluate() agrees with the last epoch's validation numbers
+    r = trainer.evaluate(val)
+    assert r["metric"] == pytest.approx(accs[-1], abs=0)
+    assert r["loss"] == pytest.approx(h.epochs[-1]["val_loss"], rel=1e-12)
+    # and with a numpy computation of the accuracy from predict()
+    (_, _), (xva, yva) = digits
+    pred = trainer.predict(xva, batch_size=100)
+    assert pred.shape == (len(xva), 10)
+    assert (pred.argmax(1) == yva).mean() == pytest.approx(accs[-1], abs=0)
+
+
+def make_resumable(digits, callbacks=()):
+    gf.manual_seed(0)
+    model = gf.nn.Sequential(gf.nn.Linear(64, 32), gf.nn.BatchNorm1d(32), gf.nn.ReLU(),
+                             gf.nn.Dropout(0.2), gf.nn.Linear(32, 10))
+    opt = gf.optim.AdamW(model.parameters(), lr=3e-3)
+    sched = gf.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=60)
+    train, val = loaders(digits, batch_size=32, n_train=300)
+    trainer = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched,
+                      scheduler_interval="step", callbacks=list(callbacks), grad_clip=1.0,
+                      verbose=0)
+    return trainer, train, val
+
+
+def test_resume_from_checkpoint_is_bitwise_identical(digits, tmp_path):
+    full, train, val = make_resumable(digits)
+    full.fit(train, val=val, epochs=5)
+
+    path = tmp_path / "run.ckpt"
+    first, train, val = make_resumable(digits, [ModelCheckpoint(path, save_best_only=False,
+                                                                every=2)])
+    first.fit(train, val=val, epochs=3)  # saves after epochs 2 and 3 (the last)
+    assert first.callbacks[-1].saved == [(2, str(path)), (3, str(path))]
+    # a fresh process-like start: other seeds, other random state, then resume
+    resumed, train, val = make_resumable(digits)
+    gf.manual_seed(999)
+    gf.rand(7)
+    h = resumed.fit(train, val=val, epochs=5, resume_from=path)
+    for k, v in params(full.model).items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v, err_msg=k)
+    so, sr = full.optimizer.state_dict(), resumed.optimizer.state_dict()
+    for i, st in so["state"].items():
+        for key, arr in st.items():
+            np.testing.assert_array_equal(sr["state"][i][key], arr)
+    assert resumed.scheduler.get_last_lr() == full.scheduler.get_last_lr()
+    assert [e["train_loss"] for e in h.epochs] == [e["train_loss"] for e in full.history.epochs]
+    assert len(h.steps) == len(full.history.steps)
+    assert resumed.epoch == 5 and resumed.global_step == full.global_step
+    assert bytes(gf.get_rng_state().numpy()) == bytes(full_rng_after(digits))
+    assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]  # no temporary files left
+
+
+def full_rng_after(digits):
+    t, train, val = make_resumable(digits)
+    t.fit(train, val=val, epochs=5)
+    return gf.get_rng_state().numpy()
+
+
+def test_resume_with_plateau_scheduler_and_early_stopping_state(digits, tmp_path):
+    def make():
+        model = mlp(seed=1, hidden=32, dropout=0.1)
+        opt = gf.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sched = gf.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+        es = EarlyStopping(patience=10)
+        train, val = loaders(digits, n_train=400, seed=3)
+        return Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched,
+                       callbacks=[es, ModelCheckpoint(tmp_path / "e{epoch}.ckpt",
+                                                      save_best_only=False)],
+                       verbose=0), train, val
+    full, train, val = make()
+    full.fit(train, val=val, epochs=4)
+    resumed, train, val = make()
+    resumed.fit(train, val=val, epochs=4, resume_from=tmp_path / "e2.ckpt")
+    for k, v in params(full.model).items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v, err_msg=k)
+    assert resumed.scheduler.state_dict() == full.scheduler.state_dict()
+    assert resumed.callbacks[0].best == full.callbacks[0].best
+
+
+def absurd_lr_trainer(digits, action, **kw):
+    model = mlp(seed=0)
+    guard = NonFiniteGuard(action=action, **kw)
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=1e12), gf.nn.CrossEntropyLoss(),
+                      callbacks=[guard], verbose=0)
+    return trainer, guard
+
+
+def test_nonfinite_guard_stops_on_absurd_learning_rate(digits):
+    train, val = loaders(digits, n_train=640)
+    trainer, guard = absurd_lr_trainer(digits, "stop")
+    with np.errstate(all="ignore"):  # numpy's overflow warnings in the matmuls
+        h = trainer.fit(train, val=val, epochs=5)
+    assert h.diverged and not h.stopped_early
+    assert len(guard.events) == 1
+    ev = guard.events[0]
+    assert ev["what"] in ("loss", "grad") and ev["step"] == h.steps[-1]["step"]
+    assert ev["layer"] in ("0", "2", "loss_fn")
+    assert f"step {ev['step']}" in ev["message"] and repr(ev["layer"]) in ev["message"]
+    assert ev["step"] < 5 * len(train)  # it stopped
+    assert not math.isfinite(h.steps[-1]["loss"]) or not math.isfinite(h.steps[-1]["grad_norm"])
+    # the non-finite update was not applied: the parameters are finite
+    for v in trainer.model.state_dict().values():
+        assert np.isfinite(v).all()
+
+
+def test_nonfinite_guard_skip_keeps_parameters_finite_and_reports_each_step(digits, capsys):
+    train, _ = loaders(digits, n_train=320)
+    trainer, guard = absurd_lr_trainer(digits, "skip")
+    trainer.verbose = 1  # the guard speaks on stderr
+    with np.errstate(all="ignore"):
+        h = trainer.fit(train, epochs=2)
+    assert not h.diverged
+    assert len(guard.events) >= 2
+    steps = [e["step"] for e in guard.events]
+    assert steps == sorted(set(steps))
+    for v in trainer.model.state_dict().values():
+        assert np.isfinite(v).all()
+    err = capsys.readouterr().err
+    assert f"at step {steps[0]} " in err
+    # max_skips ends the run after that many consecutive skips
+    trainer, guard = absurd_lr_trainer(digits, "skip", max_skips=2)
+    with np.errstate(all="ignore"):
+        h = trainer.fit(train, epochs=2)
+    assert h.diverged and len(guard.events) == 2
+
+
+def test_nonfinite_guard_names_the_layer_with_nonfinite_gradient():
+    model = gf.nn.Sequential(gf.nn.Linear(3, 4), gf.nn.ReLU(), gf.nn.Linear(4, 2))
+    guard = NonFiniteGuard("skip")
+
+    class Poison(Callback):  # a NaN in the second layer's gradient only
+        def on_after_backward(self, trainer, logs):
+            model[2].weight.grad.data[0, 0] = np.nan
+            logs["grad_norm"] = trainer._grad_norm()
+
+    x = np.ones((8, 3), np.float32)
+    y = np.zeros(8, np.int64)
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    before = params(model)
+    Trainer(model, opt, gf.nn.CrossEntropyLoss(), callbacks=[Poison(), guard],
+            verbose=0).fit([(x, y)], epochs=1)
+    assert guard.events == [{"step": 1, "epoch": 1, "what": "grad", "layer": "2",
+                             "message": guard.events[0]["message"]}]
+    for k, v in before.items():  # skipped: nothing moved
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+
+
+def deep_sigmoid(init, norm, seed=0, depth=20, width=32):
+    gf.manual_seed(seed)
+    layers, w = [], 64
+    for _ in range(depth - 1):
+        fc = gf.nn.Linear(w, width)
+        if init == "small":
+            gf.nn.init.normal_(fc.weight, 0.0, 0.01)
+        else:
+            gf.nn.init.xavier_uniform_(fc.weight)
+        gf.nn.init.zeros_(fc.bias)
+        layers.append(fc)
+        if norm:
+            layers.append(gf.nn.BatchNorm1d(width))
+        layers.append(gf.nn.Sigmoid())
+        w = width
+    layers.append(gf.nn.Linear(w, 10))
+    return gf.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("init,norm,vanishes", [("small", False, True), ("xavier", True, False)])
+def test_gradient_monitor_vanishing_gradients(digits, init, norm, vanishes):
+    train, _ = loaders(digits, n_train=256)
+    model = deep_sigmoid(init, norm)
+    mon = GradientMonitor(every=2)
+    Trainer(model, gf.optim.SGD(model.parameters(), lr=0.01), gf.nn.CrossEntropyLoss(),
+            callbacks=[mon], verbose=0).fit(train, epochs=1)
+    n_layers = 20 + (19 if norm else 0)
+    assert len(mon.records) == 2 * n_layers  # steps 1 and 3 of 4
+    assert {r["step"] for r in mon.records} == {1, 3}
+    vanishing = [f for f in mon.flags if f["kind"] == "vanishing"]
+    if vanishes:
+        assert vanishing
+        # the first layers vanish (the gradient shrinks on the way back), not the last
+        assert {f["layer"] for f in vanishing} >= {"0", "2"}
+        assert "38" not in {f["layer"] for f in vanishing}
+    else:
+        assert vanishing == []
+        assert min(r["grad_norm"] for r in mon.records) > 1e-4
+    assert not [f for f in mon.flags if f["kind"] == "exploding"]
+    # the hooks are gone after fit
+    assert all(m.__dict__.get("_forward_hooks") is None for m in model.modules())
+
+
+def test_gradient_monitor_statistics_match_numpy():
+    gf.manual_seed(3)
+    model = gf.nn.Sequential(gf.nn.Linear(5, 7), gf.nn.ReLU(), gf.nn.Linear(7, 3))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 6)
+    w0 = params(model)
+    # numpy reference of the forward: layer outputs and dead units of the ReLU
+    h = x @ w0["0.weight"].T + w0["0.bias"]
+    dead = float((np.maximum(h, 0) == 0).all(axis=0).mean())
+    mon = GradientMonitor(every=1, vanishing=0.0, exploding=1e30)
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    grads = {}
+
+    class Grab(Callback):
+        def on_after_backward(self, trainer, logs):
+            grads.update({k: p.grad.data.copy() for k, p in model.named_parameters()})
+
+    Trainer(model, opt, gf.nn.CrossEntropyLoss(), callbacks=[Grab(), mon], metric=None,
+            verbose=0).fit([(x, y)], epochs=1)
+    r0, r2 = mon.records
+    assert (r0["layer"], r2["layer"]) == ("0", "2")
+    np.testing.assert_allclose(r0["act_mean"], h.mean(), rtol=1e-5)
+    np.testing.assert_allclose(r0["act_std"], h.std(), rtol=1e-5)
+    assert r0["dead_frac"] == dead and r2["dead_frac"] is None
+    g0 = math.sqrt(sum((grads[k].astype(np.float64) ** 2).sum() for k in ("0.weight", "0.bias")))
+    np.testing.assert_allclose(r0["grad_norm"], g0, rtol=1e-6)
+    # update ratio of SGD: lr * ||g|| / ||W||
+    wn = math.sqrt(sum((w0[k].astype(np.float64) ** 2).sum() for k in ("0.weight", "0.bias")))
+    np.testing.assert_allclose(r0["update_ratio"], 0.1 * g0 / wn, rtol=1e-4)
+    assert mon.flags == []
+    s = mon.summary()
+    assert s["0"]["n"] == 1 and s["0"]["grad_norm"] == r0["grad_norm"]
+
+
+def test_gradient_monitor_flags_exploding():
+    gf.manual_seed(0)
+    model = gf.nn.Sequential(gf.nn.Linear(4, 4), gf.nn.Linear(4, 2))
+    x = np.full((4, 4), 1e2, np.float32)
+    y = np.full((4, 2), 1e4, np.float32)
+    mon = GradientMonitor(exploding=10.0)
+    Trainer(model, gf.optim.SGD(model.parameters(), lr=0.0), gf.nn.MSELoss(), metric=None,
+            callbacks=[mon], verbose=0).fit([(x, y)], epochs=1)
+    assert [(f["kind"], f["layer"]) for f in mon.flags] == [("exploding", "0"),
+                                                              ("exploding", "1")]
+    assert [f["value"] for f in mon.flags] == [r["grad_norm"] for r in mon.records]
+
+
+# ------------------------------------------------------------------ the loop itself
+
+def hand_loop(model, opt, batches, epochs, clip=None, sched=None):
+    """The reference: the loop a user would write."""
+    loss_fn = gf.nn.CrossEntropyLoss()
+    losses, norms = [], []
+    for _ in range(epochs):
+        model.train()
+        for x, y in batches:
+            loss = loss_fn(model(gf.from_numpy(x)), gf.from_numpy(y))
+            opt.zero_grad()
+            loss.backward()
+            g = np.concatenate([p.grad.data.ravel().astype(np.float64)
+                                for p in model.parameters()])
+            norms.append(float(np.sqrt((g ** 2).sum())))
+            if clip:
+                opt.clip_grad_norm_(clip)
+            opt.step()
+            losses.append(loss.item())
+        if sched is not None:
+            sched.step()
+    return losses, norms
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_fit_matches_hand_written_loop(digits, clip):
+    (xtr, ytr), _ = digits
+    batches = [(xtr[i:i + 50], ytr[i:i + 50]) for i in range(0, 333, 50)]  # last batch of 33
+    ref = mlp(seed=5, dropout=0.3)
+    ropt = gf.optim.Adam(ref.parameters(), lr=1e-2)
+    rsched = gf.optim.lr_scheduler.StepLR(ropt, step_size=1, gamma=0.5)
+    gf.manual_seed(11)
+    losses, norms = hand_loop(ref, ropt, batches, 3, clip, rsched)
+
+    model = mlp(seed=5, dropout=0.3)
+    opt = gf.optim.Adam(model.parameters(), lr=1e-2)
+    sched = gf.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    gf.manual_seed(11)
+    h = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched, grad_clip=clip,
+                verbose=0).fit(batches, epochs=3)
+    for k, v in params(ref).items():
+        np.testing.assert_array_equal(model.state_dict()[k], v, err_msg=k)
+    assert [s["loss"] for s in h.steps] == losses
+    np.testing.assert_allclose([s["grad_norm"] for s in h.steps], norms, rtol=1e-5)
+    assert [s["step"] for s in h.steps] == list(range(1, 22))
+    assert [s["epoch"] for s in h.steps] == [e for e in (1, 2, 3) for _ in range(7)]
+    assert [e["lr"] for e in h.epochs] == [1e-2, 5e-3, 2.5e-3]
+    assert [s["lr"] for s in h.steps][6:8] == [1e-2, 5e-3]
+    # epoch loss = sample-weighted mean of batch losses
+    w = [len(b[0]) for b in batches]
+    assert h.epochs[0]["train_loss"] == pytest.approx(np.dot(losses[:7], w) / sum(w), rel=1e-12)
+    assert h.epochs[0]["grad_norm"] == pytest.approx(np.mean([s["grad_norm"] for s in
+                                                              h.steps[:7]]), rel=1e-12)
+    e = h.epochs[0]
+    assert set(e) == {"epoch", "train_loss", "train_metric", "val_loss", "val_metric", "lr",
+                      "grad_norm", "time", "samples_per_s"}
+    assert e["val_loss"] is None and e["val_metric"] is None and e["samples_per_s"] > 0
+    assert set(h.steps[0]) == {"step", "epoch", "loss", "lr", "grad_norm"}
+
+
+def test_scheduler_per_step_and_plateau_on_validation_metric(digits):
+    train, val = loaders(digits, n_train=128)
+    model = mlp()
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    sched = gf.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.5, total_iters=4)
+    h = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched,
+                scheduler_interval="step", verbose=0).fit(train, epochs=4)
+    lrs = [s["lr"] for s in h.steps]  # 2 steps per epoch
+    assert lrs[:5] == pytest.approx([0.1, 0.0875, 0.075, 0.0625, 0.05])
+    assert lrs[4:] == pytest.approx([0.05] * 4)
+
+    # ReduceLROnPlateau in mode max follows val_metric: a metric that never improves halves
+    # the lr after every epoch past the first (patience 0)
+    model = mlp()
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    sched = gf.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
+    h = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched, verbose=0,
+                metric=lambda out, y: 0.5, scheduler_interval="step").fit(train, val=val,
+                                                                          epochs=3)
+    assert [e["lr"] for e in h.epochs] == [0.1, 0.1, 0.05]
+    assert [e["val_metric"] for e in h.epochs] == [0.5] * 3
+    assert opt.param_groups[0]["lr"] == 0.025
+
+
+def test_train_eval_modes(digits):
+    (xtr, ytr), _ = digits
+    model = mlp(dropout=0.5, norm=True)
+    modes = []
+
+    class Spy(Callback):
+        def on_after_backward(self, trainer, logs):
+            modes.append(trainer.model[3].training)
+
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.01), gf.nn.CrossEntropyLoss(),
+                      callbacks=[Spy()], verbose=0)
+    batches = [(xtr[:64], ytr[:64])]
+    trainer.fit(batches, val=batches, epochs=2)
+    assert modes == [True, True]
+    # evaluate/predict: dropout off, batch norm on running statistics, no graph; deterministic
+    p1 = trainer.predict(xtr[:64])
+    p2 = trainer.predict(batches)
+    np.testing.assert_array_equal(p1, p2)
+    assert model.training  # the mode is put back
+    model.eval()
+    trainer.evaluate(batches)
+    assert not model.training
+    with gf.no_grad():
+        ref = model(gf.from_numpy(xtr[:64])).numpy()
+    np.testing.assert_array_equal(p1, ref)
+
+
+def test_evaluate_callable_metric_on_whole_set():
+    gf.manual_seed(0)
+    model = gf.nn.Linear(3, 2)
+    x = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)
+    y = np.array([0, 1] * 5)
+    seen = []
+
+    def metric(out, t):
+        seen.append(len(out))
+        return float((out.argmax(1) == t).mean())
+
+    t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.0), gf.nn.CrossEntropyLoss(),
+                metric=metric, verbose=0)
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    r = t.evaluate(batches)
+    assert seen == [10]
+    t2 = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.0), gf.nn.CrossEntropyLoss(),
+                 verbose=0)
+    assert r["metric"] == t2.evaluate(batches)["metric"]
+    with gf.no_grad():
+        out = model(gf.from_numpy(x)).numpy()
+    assert r["metric"] == float((out.argmax(1) == y).mean())
+    t3 = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.0), gf.nn.MSELoss(), metric=None,
+                 verbose=0)
+    r3 = t3.evaluate([(x, out)])
+    assert r3 == {"loss": 0.0, "metric": None}
+
+
+def test_binary_accuracy_from_single_logit():
+    gf.manual_seed(0)
+    model = gf.nn.Linear(2, 1)
+    x = np.random.default_rng(1).standard_normal((9, 2)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.0), gf.nn.MSELoss(), verbose=0)
+    with gf.no_grad():
+        out = model(gf.from_numpy(x)).numpy()
+    assert t.evaluate([(x, y)])["metric"] == float(((out > 0) == (y > 0.5)).mean())
+
+
+def test_early_stopping_and_restore_best(digits):
+    train, val = loaders(digits, n_train=256)
+    model = mlp()
+    # a validation metric that peaks at the second epoch, then never improves
+    values = iter([0.5, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    snapshots = {}
+
+    class Snap(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["val_metric"] = next(values)
+            snapshots[epoch] = params(trainer.model)
+
+    es = EarlyStopping(monitor="val_metric", patience=2, restore_best=True)
+    trainer = Trainer(model, gf.optim.Adam(model.parameters(), lr=1e-3),
+                      gf.nn.CrossEntropyLoss(), callbacks=[Snap(), es], verbose=0)
+    h = trainer.fit(train, val=val, epochs=8)
+    assert len(h.epochs) == 4 and h.stopped_early and not h.diverged
+    assert es.best_epoch == 2 and es.best == 0.9 and es.stopped_epoch == 4
+    assert h.best_epoch == 2  # history follows the monitor of EarlyStopping
+    for k, v in snapshots[2].items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+    # min_delta: improvements smaller than it do not count
+    es = EarlyStopping(monitor="val_loss", patience=2, min_delta=0.05)
+
+    class FakeTrainer:
+        stop_training = False
+        model = mlp()
+
+    ft = FakeTrainer()
+    for epoch, v in enumerate([1.0, 0.99, 0.98, 0.97], 1):
+        es.on_epoch_end(ft, epoch, {"val_loss": v})
+        if ft.stop_training:
+            break
+    assert epoch == 3 and es.best == 1.0
+
+
+def test_model_checkpoint_best_only(digits, tmp_path):
+    train, val = loaders(digits, n_train=256)
+    vals = iter([0.5, 0.4, 0.6, 0.3])
+    ck = ModelCheckpoint(tmp_path / "best.ckpt", monitor="val_loss")
+    model = mlp()
+    opt = gf.optim.Adam(model.parameters(), lr=1e-3)
+
+    class FakeVal(Callback):  # overwrite val_loss before the checkpoint sees it
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["val_loss"] = next(vals)
+            self.snap = getattr(self, "snap", {})
+            self.snap[epoch] = params(trainer.model)
+
+    fv = FakeVal()
+    Trainer(model, opt, gf.nn.CrossEntropyLoss(), callbacks=[fv, ck], verbose=0).fit(
+        train, val=val, epochs=4)
+    assert [e for e, _ in ck.saved] == [1, 2, 4] and ck.best == 0.3 and ck.best_epoch == 4
+    fresh = mlp(seed=9)
+    t = Trainer(fresh, gf.optim.Adam(fresh.parameters(), lr=1e-3), gf.nn.CrossEntropyLoss(),
+                verbose=0)
+    t.load_checkpoint(tmp_path / "best.ckpt")
+    for k, v in fv.snap[4].items():
+        np.testing.assert_array_equal(t.model.state_dict()[k], v)
+    assert t.epoch == 4 and len(t.history.epochs) == 4
+
+
+def test_checkpoint_is_written_atomically(digits, tmp_path, monkeypatch):
+    train, _ = loaders(digits, n_train=64)
+    model = mlp()
+    t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                verbose=0)
+    t.fit(train, epochs=1)
+    path = tmp_path / "c.ckpt"
+    t.save_checkpoint(path)
+    good = path.read_bytes()
+    t.fit(train, epochs=2)
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gf.serialization.os, "replace", crash)  # dies before the rename
+    with pytest.raises(OSError, match="disk full"):
+        t.save_checkpoint(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good  # the previous checkpoint survives
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]
+    # a file that is not a checkpoint is a clear error, and leaves the trainer unchanged
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    before = params(model)
+    with pytest.raises(ValueError, match="bad.ckpt"):
+        t.load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        t.load_checkpoint(tmp_path / "missing.ckpt")
+    gf.save(model.state_dict(), tmp_path / "weights.ckpt")  # a checkpoint, not a trainer's
+    with pytest.raises(ValueError, match="not a gradfuse.train checkpoint"):
+        t.load_checkpoint(tmp_path / "weights.ckpt")
+    (tmp_path / "weights.ckpt").unlink()
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+    assert t.epoch == 2
+
+
+def test_load_state_dict_mismatch_changes_nothing(digits):
+    train, _ = loaders(digits, n_train=64)
+    model = mlp(hidden=16)
+    a = Trainer(model, gf.optim.Adam(model.parameters()), gf.nn.CrossEntropyLoss(), verbose=0)
+    a.fit(train, epochs=1)
+    sd = a.state_dict()
+    other = mlp(hidden=16, seed=3)
+    b = Trainer(other, gf.optim.Adam(other.parameters()), gf.nn.CrossEntropyLoss(), verbose=0)
+    before = params(other)
+    opt_before = b.optimizer.state_dict()
+    bad = dict(sd)
+    bad["optimizer"] = {"state": {}, "param_groups": [{"params": [0]}]}
+    with pytest.raises(ValueError):
+        b.load_state_dict(bad)
+    for k, v in before.items():
+        np.testing.assert_array_equal(other.state_dict()[k], v)
+    assert b.optimizer.state_dict()["state"] == opt_before["state"] == {}
+    assert b.epoch == 0
+    with pytest.raises(ValueError, match="missing"):
+        b.load_state_dict({"model": sd["model"]})
+    with pytest.raises(ValueError, match="scheduler"):
+        b.load_state_dict(dict(sd, scheduler={"last_epoch": 1}))
+    b.load_state_dict(sd)
+    assert b.epoch == 1
+    for k, v in params(model).items():
+        np.testing.assert_array_equal(other.state_dict()[k], v)
+    with pytest.raises(ValueError, match="epochs"):
+        b.fit(train, epochs=0)
+
+
+def test_history_round_trip_and_loggers(digits, tmp_path):
+    train, val = loaders(digits, n_train=128)
+    model = mlp()
+    csv_path, json_path = tmp_path / "log.csv", tmp_path / "sub" / "log.json"
+    t = Trainer(model, gf.optim.Adam(model.parameters()), gf.nn.CrossEntropyLoss(),
+                callbacks=[CSVLogger(csv_path), JSONLogger(json_path)], verbose=0)
+    h = t.fit(train, val=val, epochs=3)
+    d = json.loads(json.dumps(h.to_dict()))
+    h2 = History.from_dict(d)
+    assert h2.epochs == h.epochs and h2.steps == h.steps and h2.best_epoch == h.best_epoch
+    assert d["best_epoch"] == h.best_epoch
+    assert History.from_dict(json.loads(json_path.read_text())).epochs == h.epochs
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].split(",") == list(h.epochs[0])
+    assert len(rows) == 4
+    assert float(rows[2].split(",")[1]) == h.epochs[1]["train_loss"]
+    assert h.column("val_loss") == [e["val_loss"] for e in h.epochs]
+    assert h.column("loss", steps=True) == [s["loss"] for s in h.steps]
+    with pytest.raises(KeyError, match="nope"):
+        h.column("nope")
+    # a resumed fit appends to the CSV
+    t.fit(train, val=val, epochs=4)
+    assert len(csv_path.read_text().splitlines()) == 5
+    with pytest.raises(ValueError, match="d:"):
+        History.from_dict({"epochs": []})
+
+
+def test_history_best_epoch_without_validation():
+    h = History()
+    assert h.best_epoch is None
+    h.epochs = [{"epoch": 1, "train_loss": 2.0, "val_loss": None},
+                {"epoch": 2, "train_loss": float("nan"), "val_loss": None},
+                {"epoch": 3, "train_loss": 1.0, "val_loss": None}]
+    assert h.best_epoch == 3
+    h.monitor, h.mode = "train_loss", "max"
+    assert h.best_epoch == 1
+
+
+# ------------------------------------------------------------------ progress output
+
+def test_progress_output_modes(digits, capsys):
+    train, val = loaders(digits, n_train=128)
+
+    def run(**kw):
+        model = mlp()
+        Trainer(model, gf.optim.Adam(model.parameters()), gf.nn.CrossEntropyLoss(),
+                **kw).fit(train, val=val, epochs=2)
+        return capsys.readouterr().out
+
+    assert run(verbose=0) == ""
+    out = run(verbose=1)  # stdout is not a terminal under pytest: one line per epoch
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2  loss ")
+    assert "val_metric" in lines[1] and "samples/s" in lines[1]
+    assert run(verbose=2).splitlines()[1].startswith("epoch 2/2")
+
+
+def test_progress_bar_uses_tqdm_on_a_terminal(digits):
+    pytest.importorskip("tqdm")
+    train, val = loaders(digits, n_train=128)
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    model = mlp()
+    Trainer(model, gf.optim.Adam(model.parameters()), gf.nn.CrossEntropyLoss(),
+            callbacks=[ProgressBar(file=out)], verbose=0).fit(train, val=val, epochs=2)
+    text = out.getvalue()
+    assert "epoch 1/2" in text and "epoch 2/2" in text
+    assert "val_metric=" in text and "samples/s" in text and "2/2" in text
+
+
+# ------------------------------------------------------------------ argument checks
+
+def test_bad_arguments_are_named(digits):
+    model = mlp()
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    loss = gf.nn.CrossEntropyLoss()
+    cases = [
+        (dict(model=object()), TypeError, "model"),
+        (dict(optimizer=object()), TypeError, "optimizer"),
+        (dict(loss_fn=3), TypeError, "loss_fn"),
+        (dict(metric="f1"), ValueError, "metric"),
+        (dict(scheduler_interval="batch"), ValueError, "scheduler_interval"),
+        (dict(grad_clip=-1.0), ValueError, "grad_clip"),
+        (dict(grad_clip="1"), TypeError, "grad_clip"),
+        (dict(verbose=3), ValueError, "verbose"),
+        (dict(callbacks=[object()]), TypeError, r"callbacks\[0\]"),
+        (dict(callbacks=EarlyStopping()), TypeError, "callbacks"),
+        (dict(scheduler=object()), TypeError, "scheduler"),
+    ]
+    for kw, exc, name in cases:
+        args = dict(model=model, optimizer=opt, loss_fn=loss)
+        args.update(kw)
+        with pytest.raises(exc, match=name):
+            Trainer(args.pop("model"), args.pop("optimizer"), args.pop("loss_fn"), **args)
+    other = gf.optim.SGD(mlp().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="scheduler"):
+        Trainer(model, opt, loss, scheduler=gf.optim.lr_scheduler.StepLR(other, 1))
+    t = Trainer(model, opt, loss, verbose=0)
+    train, _ = loaders(digits, n_train=64)
+    before = params(model)
+    for kw, exc, name in [(dict(epochs=0), ValueError, "epochs"),
+                          (dict(epochs=2.0), TypeError, "epochs"),
+                          (dict(epochs=1, val=3), TypeError, "val")]:
+        with pytest.raises(exc, match=name):
+            t.fit(train, **kw)
+    with pytest.raises(TypeError, match="train"):
+        t.fit(iter(train), epochs=1)
+    with pytest.raises(TypeError, match="train"):
+        t.fit([(1, 2, 3)], epochs=1)
+    with pytest.raises(ValueError, match="train"):
+        t.fit([], epochs=1)
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+    assert t.epoch == 0 and t.history.epochs == []
+    t2 = Trainer(model, opt, lambda out, y: (out * out).mean(), verbose=0)
+    with pytest.raises(ValueError, match="metric 'accuracy'"):
+        t2.evaluate([(np.zeros((3, 64), np.float32), np.zeros((3, 2), np.int64))])
+    with pytest.raises(ValueError, match="batch_size"):
+        t.predict(np.zeros((2, 64), np.float32), batch_size=0)
+    for ctor, kw, exc, name in [
+        (EarlyStopping, dict(patience=-1), ValueError, "patience"),
+        (EarlyStopping, dict(patience=1.5), TypeError, "patience"),
+        (EarlyStopping, dict(min_delta=-0.1), ValueError, "min_delta"),
+        (EarlyStopping, dict(monitor="acc"), ValueError, "monitor"),
+        (EarlyStopping, dict(mode="up"), ValueError, "mode"),
+        (NonFiniteGuard, dict(action="ignore"), ValueError, "action"),
+        (NonFiniteGuard, dict(max_skips=0), ValueError, "max_skips"),
+        (GradientMonitor, dict(every=0), ValueError, "every"),
+        (GradientMonitor, dict(vanishing=-1.0), ValueError, "vanishing"),
+        (GradientMonitor, dict(vanishing=1.0, exploding=0.5), ValueError, "exploding"),
+        (ModelCheckpoint, dict(path=3), TypeError, "path"),
+        (ModelCheckpoint, dict(path="x{step}"), ValueError, "path"),
+        (ModelCheckpoint, dict(path="x", every=0), ValueError, "every"),
+        (ProgressBar, dict(verbose=5), ValueError, "verbose"),
+        (CSVLogger, dict(path=None), TypeError, "path"),
+        (JSONLogger, dict(path="x", steps=1), TypeError, "steps"),
+    ]:
+        with pytest.raises(exc, match=name):
+            ctor(**kw)
+    # a monitor without a value (no validation data, no metric) is named before training
+    for cb, kw in [(EarlyStopping(), {}), (ModelCheckpoint("x.ckpt"), {}),
+                   (EarlyStopping("train_metric"), dict(metric=None))]:
+        t = Trainer(model, opt, loss, callbacks=[cb], verbose=0, **kw)
+        with pytest.raises(ValueError, match=cb.monitor):
+            t.fit(train, epochs=1)
+        assert t.epoch == 0 and t.global_step == 0
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+
+
+# ------------------------------------------------------------------ forward hooks
+
+def test_register_forward_hook():
+    fc = gf.nn.Linear(3, 2)
+    seen = []
+    h = fc.register_forward_hook(lambda m, inp, out: seen.append((m, len(inp), out.shape)))
+    x = gf.ones(4, 3)
+    fc(x)
+    assert seen == [(fc, 1, (4, 2))]
+    # a hook returning a value replaces the output, and gradients flow through it
+    h2 = fc.register_forward_hook(lambda m, inp, out: out * 2.0)
+    w = gf.tensor(np.ones((1, 3), np.float32), requires_grad=True)
+    y = fc(w)
+    with gf.no_grad():
+        ref = (fc.forward(w) * 2.0).numpy()
+    np.testing.assert_array_equal(y.detach().numpy(), ref)
+    y.sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), 2.0 * fc.weight.data.sum(0, keepdims=True))
+    h.remove()
+    h.remove()  # twice is fine
+    h2.remove()
+    fc(x)
+    assert len(seen) == 2  # the second call ran with both hooks; none after removal
+    assert "_forward_hooks" not in fc.__dict__  # back to the hook-free path
+    with fc.register_forward_hook(lambda m, i, o: seen.append(0)):
+        fc(x)
+    fc(x)
+    assert seen[-1] == 0 and len(seen) == 3
+    with pytest.raises(TypeError, match="hook"):
+        fc.register_forward_hook(3)
+    assert "weight" in fc.state_dict() and len(fc.state_dict()) == 2
+
+
+def test_readme_training_loop_section_runs(capsys):
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"## Training loop\n.*?```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README training loop", "exec"), scope)
+    h = scope["history"]
+    assert h.epochs[-1]["val_metric"] >= 0.95
+    assert capsys.readouterr().out.strip().endswith(f"{h.epochs[-1]['val_metric']:.3f}")

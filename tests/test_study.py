@@ -29,7 +29,7 @@ from gradfuse.study import (
 )
 
 TINY = ["--optimizers", "sgd,adam", "--init", "he", "--norm", "batch", "--activation", "relu",
-        "--epochs", "2", "--seeds", "2", "--train-size", "400", "--batch-size", "32"]
+        "--epochs", "2", "--seeds", "2", "--train-size", "400", "--batch-size", "32", "--jobs", "1"]
 
 
 # ---------------------------------------------------------------- grid and builders
@@ -254,8 +254,12 @@ def test_compare_tiny_grid_writes_table_csv_json(tmp_path, capsys):
     for r in runs:
         assert len(r["history"]) == 2 and not r["diverged"]
         assert 0.5 < r["final_val_acc"] <= 1
-        layers = list(r["grad_norms"])
-        assert len(layers) == 3 and all(len(r["grad_norms"][k]) > 0 for k in layers)
+        # the five Linear layers of the default 64-128-128-64-64-10 MLP (BatchNorm layers
+        # are left out), input to output, one norm per step: 13 batches of 32 x 2 epochs
+        assert list(r["grad_norms"]) == ["fc1 (0)", "fc2 (3)", "fc3 (6)", "fc4 (9)", "fc5 (12)"]
+        for series in r["grad_norms"].values():
+            assert [s for s, _ in series] == list(range(1, 27))
+            assert all(0 < g < 1e3 for _, g in series)
     assert not list(out.glob("*.png"))
 
 
@@ -296,6 +300,24 @@ def test_compare_diverged_runs_are_kept_and_ranked_last(tmp_path, capsys):
     assert [r["diverged"] for r in runs] == [True, True, False, False]
 
 
+def test_worker_processes_give_the_same_results(tmp_path, capsys):
+    # each run is seeded on its own: 2 spawned workers reproduce the in-process numbers
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["compare", *TINY, "--out", str(one), "--no-plots", "-q"]) == 0
+    assert main(["compare", *TINY, "--jobs", "2", "--out", str(two), "--no-plots", "-q"]) == 0
+    assert "4 runs on 2 processes" in capsys.readouterr().out
+    a = json.loads((one / "runs.json").read_text())["runs"]
+    b = json.loads((two / "runs.json").read_text())["runs"]
+    assert [r["key"] for r in a] == [r["key"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["seed"] == rb["seed"] and ra["history"][-1]["val_acc"] == rb["history"][-1][
+            "val_acc"]
+        assert [h["train_loss"] for h in ra["history"]] == [h["train_loss"] for h in rb["history"]]
+        assert ra["grad_norms"] == rb["grad_norms"]
+    assert (one / "results.csv").read_text().splitlines()[1].split(",")[:8] == \
+        (two / "results.csv").read_text().splitlines()[1].split(",")[:8]
+
+
 @pytest.mark.parametrize("args,flag", [
     (["--optimizers", "sgd,adm"], "--optimizers"),
     (["--epochs", "0"], "--epochs"),
@@ -305,6 +327,7 @@ def test_compare_diverged_runs_are_kept_and_ranked_last(tmp_path, capsys):
     (["--lr-schedule", "linear"], "--lr-schedule"),
     (["--lr", "-0.1"], "--lr"),
     (["--seeds", "0"], "--seeds"),
+    (["--jobs", "0"], "--jobs"),
     (["--hidden", "64,x"], "--hidden"),
     (["--threshold", "1.5"], "--threshold"),
     (["--dataset", "mnist"], "--dataset"),
@@ -330,7 +353,7 @@ def test_train_one_configuration_and_save(tmp_path, capsys):
     assert [ln.split()[0] for ln in table[1:3]] == ["1", "2"]
     assert "final: val acc" in text
     state = gf.load(str(ckpt))
-    model = build_model(RunConfig(norm="batch"), 64, (128, 64), 10, seed=1)
+    model = build_model(RunConfig(norm="batch"), 64, (128, 128, 64, 64), 10, seed=1)
     model.load_state_dict(state)
     assert set(state) == set(model.state_dict())
 

@@ -5,9 +5,10 @@
 * ``accuracy.png``: validation accuracy per epoch; one panel per varying axis (optimizer,
   init, norm, ...), one line per value of that axis averaged over everything else (the main
   effect of each choice), plus a panel with the three best and the worst configurations.
-* ``grad_norms.png``: per-layer weight-gradient norms over the training steps (log scale) for
-  a few contrasting configurations (best, worst, most vanishing, most exploding, seed of the
-  first run): the vanishing/exploding picture.
+* ``grad_norms.png``: per-layer gradient norms (each Linear layer's weight and bias) over the
+  training steps (log scale) for a few contrasting configurations (best, most vanishing,
+  largest gradients, worst, or the one-choice fix of a bad one; first seed): the
+  vanishing/exploding picture.
 
 Example::
 
@@ -125,8 +126,10 @@ def accuracy(rows, path, threshold=None) -> None:
     named = axes or ["optimizer"]
     picks = rows[:3] + ([rows[-1]] if len(rows) > 3 else [])
     for r in picks:
-        ax.plot(_xs(r["val_acc_curve"]), _arr(r["val_acc_curve"]), lw=1.8,
-                label=f"#{r['rank']} {_short(r, named)}")
+        curve = r["val_acc_curve"]
+        tag = f", {r['n_diverged']}/{r['n_runs']} diverged" if r["n_diverged"] else ""
+        ax.plot(_xs(curve), _arr(curve), lw=1.8, marker="o" if len(curve) < 3 else None,
+                label=f"#{r['rank']} {_short(r, named)}{tag}")
     ax.set_title("best three and worst configurations")
     _acc_axes(ax, threshold)
     for ax in flat[n:]:
@@ -154,28 +157,43 @@ def _acc_axes(ax, threshold):
     ax.grid(alpha=0.3)
 
 
+def _norms(series) -> np.ndarray:
+    """The norms of a ``[[step, norm], ...]`` series as floats (None, as JSON has NaN, -> nan)."""
+    return np.array([np.nan if v is None else v for _, v in series], dtype=float)
+
+
 def _depth_ratio(run):
     """log10 of (first layer's / last layer's) median grad norm: < 0 when gradients shrink on
     the way back to the input (vanishing), > 0 when they grow."""
     series = list(run["grad_norms"].values())
     if len(series) < 2 or not series[0] or not series[-1]:
         return 0.0
-    first = np.nanmedian([v for _, v in series[0]])
-    last = np.nanmedian([v for _, v in series[-1]])
+    first, last = _norms(series[0]), _norms(series[-1])
+    if not (np.isfinite(first).any() and np.isfinite(last).any()):
+        return 0.0
+    first, last = np.nanmedian(first), np.nanmedian(last)
     if not (first > 0 and last > 0):
         return 0.0
     return float(np.log10(first / last))
 
 
 def _peak(run):
-    vals = [v for s in run["grad_norms"].values() for _, v in s if np.isfinite(v)]
-    return max(vals) if vals else 0.0
+    vals = np.concatenate([_norms(s) for s in run["grad_norms"].values()] or [np.zeros(0)])
+    vals = vals[np.isfinite(vals)]
+    return float(vals.max()) if vals.size else 0.0
 
 
-def pick_contrasting(rows, results, k=4) -> list:
-    """Up to ``k`` runs (first seed of their configuration) to show in grad_norms.png: the best
-    configuration, the one whose gradients vanish most towards the input, the one with the
-    largest gradient norms, and the worst; each configuration once."""
+def _differs_in_one(a, b):
+    diff = [k for k in a["config"] if a["config"][k] != b["config"][k]]
+    return diff[0] if len(diff) == 1 else None
+
+
+def pick_contrasting(rows, results, k=6) -> list:
+    """Up to ``k`` ``(why, run)`` pairs (the first seed of a configuration) for grad_norms.png,
+    in pairs: the configuration whose gradients shrink most towards the input (vanishing) and
+    the best one that differs from it in a single choice (what fixes it); the one with the
+    largest gradient norms (exploding) and its fix; the best and the worst. Each configuration
+    appears once."""
     first = {}
     for r in results:
         if r["grad_norms"]:
@@ -183,10 +201,17 @@ def pick_contrasting(rows, results, k=4) -> list:
     if not first:
         return []
     ranked = [first[row["key"]] for row in rows if row["key"] in first]
-    candidates = [("best", ranked[0]),
-                  ("most vanishing", min(ranked, key=_depth_ratio)),
-                  ("largest gradients", max(ranked, key=_peak)),
-                  ("worst", ranked[-1])]
+    candidates = []
+    for why, bad in (("most vanishing", min(ranked, key=_depth_ratio)),
+                     ("largest gradients", max(ranked, key=_peak))):
+        candidates.append((why, bad))
+        for run in ranked:  # best first
+            axis = _differs_in_one(bad, run)
+            if axis is not None:
+                candidates.append((f"{why}, one change: {axis} {bad['config'][axis]} -> "
+                                   f"{run['config'][axis]}", run))
+                break
+    candidates += [("best", ranked[0]), ("worst", ranked[-1])]
     out, seen = [], set()
     for why, run in candidates:
         if run["key"] not in seen:
@@ -201,10 +226,10 @@ def grad_norms(rows, results, path) -> None:
     picks = pick_contrasting(rows, results)
     if not picks:
         raise ValueError("results: no run has gradient norms to plot")
-    nr, nc = _grid(len(picks))
-    nc = min(nc, 2)
+    nc = min(len(picks), 2)
     nr = math.ceil(len(picks) / nc)
-    fig, axs = plt.subplots(nr, nc, figsize=(6 * nc, 3.8 * nr), squeeze=False, sharey=True)
+    # own y range per panel: a vanishing run spans 1e-4..1, an exploding one 1e3..1e20
+    fig, axs = plt.subplots(nr, nc, figsize=(6 * nc, 3.8 * nr), squeeze=False)
     rank = {row["key"]: row["rank"] for row in rows}
     for ax, (why, run) in zip(axs.flat, picks):
         cmap = plt.get_cmap("viridis")
@@ -212,8 +237,7 @@ def grad_norms(rows, results, path) -> None:
         for i, (layer, pts) in enumerate(layers):
             if not pts:
                 continue
-            steps, vals = zip(*pts)
-            vals = np.asarray(vals, dtype=float)
+            steps, vals = [s for s, _ in pts], _norms(pts)
             vals[~(vals > 0)] = np.nan  # log scale: a zero or NaN norm leaves a gap
             ax.plot(steps, vals, lw=1.0, color=cmap(i / max(1, len(layers) - 1)), label=layer)
         ax.set_yscale("log")
@@ -221,12 +245,13 @@ def grad_norms(rows, results, path) -> None:
         ax.set_title(f"{why} (#{rank.get(run['key'], '?')}){tag}\n{run['key']}, seed "
                      f"{run['seed']}", fontsize=9)
         ax.set_xlabel("step")
+        _int_epochs(ax)
         ax.legend(fontsize=7, loc="best", title="input -> output", title_fontsize=7)
         ax.grid(alpha=0.3, which="both")
     for ax in list(axs.flat)[len(picks):]:
         ax.axis("off")
     for row_axes in axs:
-        row_axes[0].set_ylabel("weight gradient norm")
+        row_axes[0].set_ylabel("layer gradient norm")
     fig.suptitle("Per-layer gradient norms over training (log scale)")
     fig.tight_layout()
     _save(fig, path)

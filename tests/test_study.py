@@ -132,6 +132,33 @@ def test_load_dataset_standardizes_on_the_train_split():
         load_dataset("mnist")
 
 
+def _write_idx(path, arr, gz=False):
+    import gzip
+    import struct
+
+    raw = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + \
+        arr.astype(np.uint8).tobytes()
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(raw)
+
+
+def test_load_dataset_idx_files_and_spirals(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (50, 4, 3)), rng.integers(0, 3, 50)
+    _write_idx(tmp_path / "img.idx.gz", images, gz=True)
+    _write_idx(tmp_path / "lab.idx", labels)
+    ds = load_dataset(f"idx:{tmp_path / 'img.idx.gz'},{tmp_path / 'lab.idx'}")
+    assert ds.x_train.shape == (40, 12) and ds.x_val.shape == (10, 12)
+    assert sorted(np.concatenate([ds.y_train, ds.y_val]).tolist()) == sorted(labels.tolist())
+    _write_idx(tmp_path / "short.idx", labels[:7])
+    with pytest.raises(ValueError, match="--dataset: 50 images but 7 labels"):
+        load_dataset(f"idx:{tmp_path / 'img.idx.gz'},{tmp_path / 'short.idx'}")
+    with pytest.raises(ValueError, match="--dataset: expected idx:"):
+        load_dataset("idx:only-one-file")
+    sp = load_dataset("spirals")
+    assert sp.n_features == 2 and sp.n_classes == 3 and len(sp.x_train) == 1200
+
+
 # ---------------------------------------------------------------- aggregation and ranking
 
 

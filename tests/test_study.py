@@ -224,8 +224,9 @@ def test_format_table_rows_and_columns():
     assert lines[-1].split()[1] == "momentum" and "1/2" in lines[-1]  # diverged count
     assert "- (0/2)" in lines[-2]  # adagrad never reached the threshold
     assert len({len(line) for line in lines[:2]}) == 1  # header and rule aligned
-    short = format_table(rows, top=2, axes=["optimizer"]).splitlines()
-    assert [ln.split()[0] for ln in short[2:]] == ["1", "2", "...", "3", "4", "5"]
+    short = format_table(rows, top=1, axes=["optimizer"]).splitlines()
+    assert [ln.split()[0] for ln in short[2:]] == ["1", "...", "3", "4", "5"]
+    assert format_table(rows, top=2, axes=["optimizer"]) == format_table(rows, axes=["optimizer"])
 
 
 def test_varying_axes_and_effects():
@@ -355,6 +356,8 @@ def test_worker_processes_give_the_same_results(tmp_path, capsys):
     (["--lr", "-0.1"], "--lr"),
     (["--seeds", "0"], "--seeds"),
     (["--jobs", "0"], "--jobs"),
+    (["--top", "0"], "--top"),
+    (["--out", __file__], "--out"),
     (["--hidden", "64,x"], "--hidden"),
     (["--threshold", "1.5"], "--threshold"),
     (["--dataset", "mnist"], "--dataset"),

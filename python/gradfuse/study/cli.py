@@ -103,7 +103,7 @@ def build_parsers(sub) -> None:
     trn = sub.add_parser(
         "train", help="train one configuration (the flags of compare, one value each)",
         description="Train one configuration with a progress bar; print the per-epoch table "
-                    "and the final metrics.")
+                    "and the final metrics. Exit status 1 when the run diverged.")
     add_arguments(trn, grid=False)
     trn.add_argument("--save", default=None, metavar="PATH",
                      help="write the trained model's state_dict here (gf.save)")
@@ -157,6 +157,9 @@ def parse_grid(parser, args, grid: bool) -> dict:
     if grid:
         _positive(parser, "--seeds", args.seeds)
         _positive(parser, "--jobs", args.jobs)
+        _positive(parser, "--top", args.top)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            parser.error(f"--out: {args.out!r} exists and is not a folder")
         if args.jobs is None:
             args.jobs = max(1, min(os.cpu_count() or 1, 8))
     if args.seed < 0:
@@ -208,6 +211,10 @@ def compare(parser, args, log=print) -> int:
 
     spec = parse_grid(parser, args, grid=True)
     data = _load(parser, args)
+    try:
+        os.makedirs(args.out, exist_ok=True)  # now, not after an hour of training
+    except OSError as e:
+        parser.error(f"--out: cannot create {args.out!r}: {e}")
     configs, seeds = spec["configs"], spec["seeds"]
     total = len(configs) * len(seeds)
     log(data.describe())
@@ -236,7 +243,6 @@ def compare(parser, args, log=print) -> int:
     log("")
     log(f"{total} runs in {elapsed:.1f} s ({n_div} diverged)")
     out = args.out
-    os.makedirs(out, exist_ok=True)
     meta = {"dataset": data.describe(), "model": _describe_model(data, spec["hidden"]),
             "epochs": args.epochs, "seeds": seeds, "batch_size": args.batch_size,
             "threshold": args.threshold, "grad_clip": args.grad_clip, "seconds": elapsed}

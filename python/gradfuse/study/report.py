@@ -127,8 +127,8 @@ def format_table(rows, threshold: float = 0.9, top=None, axes=None) -> str:
 
     Columns: rank, the axes (all of them unless ``axes`` is given), final validation accuracy
     mean +- std over seeds, mean epochs to reach ``threshold`` (with how many seeds did),
-    final validation loss, diverged runs, mean wall time per run. ``top``: only the first rows
-    (the last rows are still shown after a ``...`` line when some were left out).
+    final validation loss, diverged runs, mean wall time per run. ``top``: only the first
+    ``top`` rows, then a ``...`` line and the last three (all rows when that leaves none out).
     """
     axes = list(AXES) if axes is None else list(axes)
     head = ["#", *axes, "val acc", f"ep>={threshold:g}", "val loss", "diverged", "time/run"]
@@ -143,9 +143,8 @@ def format_table(rows, threshold: float = 0.9, top=None, axes=None) -> str:
                      acc, ett, _fmt(r["val_loss_mean"], ".3f", "nan"),
                      f"{r['n_diverged']}/{r['n_runs']}", f"{r['wall_time_mean']:.2f} s"])
     shown = body
-    if top is not None and len(body) > top:
-        tail = max(0, min(3, len(body) - top))
-        shown = body[:top] + [["..."] + [""] * (len(head) - 1)] + (body[-tail:] if tail else [])
+    if top is not None and len(body) > top + 3:
+        shown = body[:top] + [["..."] + [""] * (len(head) - 1)] + body[-3:]
     widths = [max(len(row[i]) for row in [head] + shown) for i in range(len(head))]
     right = {0, len(head) - 1, len(head) - 2, len(head) - 3, len(head) - 4}
 

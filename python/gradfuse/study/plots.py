@@ -4,7 +4,8 @@
   configuration (mean over seeds), the panel's best configuration drawn bold; log scale.
 * ``accuracy.png``: validation accuracy per epoch; one panel per varying axis (optimizer,
   init, norm, ...), one line per value of that axis averaged over everything else (the main
-  effect of each choice), plus a panel with the three best and the worst configurations.
+  effect of each choice; a configuration that diverged leaves the mean after its last epoch),
+  plus a panel with the three best and the worst configurations.
 * ``grad_norms.png``: per-layer gradient norms (each Linear layer's weight and bias) over the
   training steps (log scale) for a few contrasting configurations (best, most vanishing,
   largest gradients, worst, or the one-choice fix of a bad one; first seed): the
@@ -264,6 +265,7 @@ def write_all(rows, results, out_dir, threshold=None) -> list:
     ok, _ = available()
     if not ok:
         return []
+    os.makedirs(out_dir, exist_ok=True)
     paths = []
     p = os.path.join(out_dir, "loss_curves.png")
     loss_curves(rows, p)

@@ -20,6 +20,7 @@ from gradfuse._config import config
 
 from . import (
     bench_activations,
+    bench_data,
     bench_init,
     bench_loss,
     bench_norms,
@@ -37,6 +38,7 @@ MODULES = [
     bench_init,
     bench_optim,
     bench_scale,
+    bench_data,
 ]
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"

@@ -65,7 +65,14 @@ def permutation(n: int, generator: Generator) -> np.ndarray:
     u = np.empty(int(n), np.float64)
     if n:
         _random._fill_uniform(u, 0.0, 1.0, generator)
-    return np.argsort(u, kind="stable")
+    # With distinct keys every correct sort gives the same order, so the fast unstable argsort
+    # (5-10x quicker than the stable one) is used, and the stable sort only when two keys tie
+    # (probability ~ n^2 / 2^54): the result is always exactly argsort(u, kind="stable").
+    perm = np.argsort(u)
+    s = u[perm]
+    if n > 1 and (s[1:] == s[:-1]).any():
+        perm = np.argsort(u, kind="stable")
+    return perm
 
 
 def _seed_from(gen: Generator) -> int:
@@ -140,9 +147,12 @@ def collate(samples: list):
 
 
 def _wrap(batch):
+    if type(batch) is np.ndarray:
+        return Tensor(batch)
     if isinstance(batch, tuple):
-        return tuple(_wrap(b) for b in batch)
-    if isinstance(batch, Mapping):
+        # the common case (a TensorDataset's arrays) without a recursive call per array
+        return tuple(Tensor(b) if type(b) is np.ndarray else _wrap(b) for b in batch)
+    if isinstance(batch, dict) or isinstance(batch, Mapping):
         return {k: _wrap(v) for k, v in batch.items()}
     return Tensor(_to_numpy(batch))
 
@@ -166,7 +176,9 @@ class DataLoader:
         generator: a gf.Generator (used and advanced in place: share it knowingly), an int seed
             (a new ``gf.Generator(seed)``), or None: with ``shuffle`` a new generator seeded
             from two draws of ``gf.default_generator`` at construction (so ``gf.manual_seed``
-            before building the loader fixes its order), without shuffle no generator.
+            before building the loader fixes its order); without shuffle a
+            ``gf.Generator()`` that nothing draws from (``loader.generator`` is always a
+            Generator, and building a loader never moves the default stream then).
 
     Yields: for a :class:`TensorDataset` a tuple of Tensors of shapes (B, *) per batch (B =
     batch_size, or what is left for the last batch); for other data sets the collated samples
@@ -202,7 +214,7 @@ class DataLoader:
         if n == 0:
             raise ValueError("dataset: is empty (a DataLoader needs at least one sample)")
         if generator is None and not shuffle:
-            gen = None
+            gen = Generator()  # unused unless shuffle is switched on later
         else:
             gen = _as_generator(generator, default=False)
         self.dataset = dataset
@@ -210,7 +222,8 @@ class DataLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.generator = gen
-        self._epoch = None  # (generator state at the epoch's start or None, batches handed out)
+        # (generator state at the epoch's start, None without shuffle; batches handed out)
+        self._epoch = None
         self._resume = None  # what load_state_dict asked the next epoch to continue
 
     def __len__(self) -> int:
@@ -227,8 +240,7 @@ class DataLoader:
         if self._resume is not None:
             state, skip = self._resume
             self._resume = None
-            if state is not None:
-                self.generator.set_state(state)
+            self.generator.set_state(state)
         start = None
         order = None
         if self.shuffle:
@@ -249,8 +261,8 @@ class DataLoader:
 
     # ------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
-        """Where the data order stands: ``{"generator": uint8 (16,) array or None,
-        "batches_done": int}``.
+        """Where the data order stands: ``{"generator": uint8 (16,) array, "batches_done":
+        int}``.
 
         Inside an epoch, ``generator`` is the state the epoch's permutation was drawn from and
         ``batches_done`` the batches handed out so far; between epochs (or after the last
@@ -262,22 +274,26 @@ class DataLoader:
             >>> sd = loader.state_dict(); sorted(sd)
             ['batches_done', 'generator']
         """
-        cur = None if self.generator is None else self.generator.get_state().data
         if self._resume is not None:
             state, done = self._resume
-            return {"generator": cur if state is None else state.copy(), "batches_done": done}
+            return {"generator": state.copy(), "batches_done": done}
         if self._epoch is not None:
             start, done = self._epoch
             if done < len(self):
-                return {"generator": start.copy() if start is not None else cur,
-                        "batches_done": done}
-        return {"generator": cur, "batches_done": 0}
+                state = start if start is not None else self.generator.get_state().data
+                return {"generator": state.copy(), "batches_done": done}
+        return {"generator": self.generator.get_state().data, "batches_done": 0}
 
     def load_state_dict(self, state_dict) -> None:
         """Continue from :meth:`state_dict`: the next ``iter(self)`` resumes that epoch.
 
         The loader must be built like the saved one (data set length, batch_size, shuffle,
         drop_last). Everything is checked before anything changes.
+
+        Example::
+
+            >>> loader2 = gf.data.DataLoader(ds, batch_size=4, shuffle=True)
+            >>> loader2.load_state_dict(loader.state_dict())
         """
         if not isinstance(state_dict, Mapping) or set(state_dict) != {"generator",
                                                                       "batches_done"}:
@@ -296,24 +312,13 @@ class DataLoader:
             )
         state = state_dict["generator"]
         if state is None:
-            if self.shuffle:
-                raise ValueError(
-                    "state_dict['generator']: is None (saved without shuffling) but this "
-                    "loader shuffles"
-                )
-        else:
-            if self.generator is None:
-                raise ValueError(
-                    "state_dict['generator']: this loader has no generator (shuffle=False "
-                    "and no generator given)"
-                )
-            probe = Generator()
-            probe.set_state(_to_numpy(state))  # validates dtype and shape
-            state = probe.get_state().data
+            raise ValueError("state_dict['generator']: expected a generator state, got None")
+        probe = Generator()
+        probe.set_state(_to_numpy(state))  # validates dtype and shape
+        state = probe.get_state().data
         self._resume = (state, int(done))
         self._epoch = None
-        if state is not None:
-            self.generator.set_state(state)
+        self.generator.set_state(state)
 
     def __repr__(self) -> str:
         return (f"DataLoader({self.dataset!r}, batch_size={self.batch_size}, "

@@ -819,10 +819,10 @@ class Optimizer:
 
 
 def _to_numpy(x):
+    if isinstance(x, Tensor):  # first: a gf Tensor has detach() and numpy() too, not cpu()
+        return x.data
     if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor
         return x.detach().cpu().numpy()
-    if isinstance(x, Tensor):
-        return x.data
     return x
 
 

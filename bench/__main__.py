@@ -27,6 +27,7 @@ from . import (
     bench_optim,
     bench_scale,
     bench_tensor,
+    bench_trainer,
 )
 from .harness import copy_bandwidth, format_table, import_torch, run_case, write_json
 
@@ -39,6 +40,7 @@ MODULES = [
     bench_optim,
     bench_scale,
     bench_data,
+    bench_trainer,
 ]
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"

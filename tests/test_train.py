@@ -130,6 +130,56 @@ def test_resume_from_checkpoint_is_bitwise_identical(digits, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]  # no temporary files left
 
 
+class NumpyShuffleLoader:
+    """A loader without state_dict(): a numpy generator draws each epoch's order at iter()."""
+
+    def __init__(self, x, y, batch_size, seed):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator = np.random.default_rng(seed)
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        order = self.generator.permutation(len(self.x))
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+@pytest.mark.parametrize("kind", ["DataLoader", "list", "numpy generator"])
+@pytest.mark.parametrize("at_step", [13, 20])  # inside epoch 2 of 10 steps; its last step
+def test_resume_mid_epoch_is_bitwise_identical(digits, tmp_path, kind, at_step):
+    (xtr, ytr), (xva, yva) = digits
+    xtr, ytr = xtr[:300], ytr[:300]  # 10 batches of 32 (the last of 12)
+
+    def make(callbacks=()):
+        trainer, train, val = make_resumable(digits, callbacks)
+        if kind == "list":
+            train = [(xtr[i:i + 32], ytr[i:i + 32]) for i in range(0, 300, 32)]
+        elif kind == "numpy generator":
+            train = NumpyShuffleLoader(xtr, ytr, 32, seed=1)
+        return trainer, train, val
+
+    full, train, val = make()
+    full.fit(train, val=val, epochs=3)
+    ck = ModelCheckpoint(tmp_path / "s{step}.ckpt", save_best_only=False, every=100,
+                         every_steps=at_step)
+    first, train, val = make([ck])
+    first.fit(train, val=val, epochs=2)
+    assert ck.saved[0] == (2, at_step, str(tmp_path / f"s{at_step}.ckpt"))
+    resumed, train, val = make()
+    gf.manual_seed(5)
+    h = resumed.fit(train, val=val, epochs=3, resume_from=ck.saved[0][2])
+    for k, v in params(full.model).items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v, err_msg=k)
+    assert len(h.steps) == len(full.history.steps) == 30
+    assert [s["loss"] for s in h.steps] == [s["loss"] for s in full.history.steps]
+    for e, ef in zip(h.epochs, full.history.epochs):
+        for key in ("train_loss", "train_metric", "val_loss", "val_metric", "lr", "grad_norm"):
+            assert e[key] == ef[key], (e["epoch"], key)
+
+
 def full_rng_after(digits):
     t, train, val = make_resumable(digits)
     t.fit(train, val=val, epochs=5)
@@ -137,24 +187,28 @@ def full_rng_after(digits):
 
 
 def test_resume_with_plateau_scheduler_and_early_stopping_state(digits, tmp_path):
-    def make():
+    def make(verbose=0):
         model = mlp(seed=1, hidden=32, dropout=0.1)
         opt = gf.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         sched = gf.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
-        es = EarlyStopping(patience=10)
+        es = EarlyStopping(patience=10, restore_best=True)
         train, val = loaders(digits, n_train=400, seed=3)
         return Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched,
                        callbacks=[es, ModelCheckpoint(tmp_path / "e{epoch}.ckpt",
                                                       save_best_only=False)],
-                       verbose=0), train, val
+                       verbose=verbose), train, val
     full, train, val = make()
     full.fit(train, val=val, epochs=4)
-    resumed, train, val = make()
+    resumed, train, val = make(verbose=2)  # with a ProgressBar in front: states still match
     resumed.fit(train, val=val, epochs=4, resume_from=tmp_path / "e2.ckpt")
     for k, v in params(full.model).items():
         np.testing.assert_array_equal(resumed.model.state_dict()[k], v, err_msg=k)
     assert resumed.scheduler.state_dict() == full.scheduler.state_dict()
-    assert resumed.callbacks[0].best == full.callbacks[0].best
+    probe, _, _ = make(verbose=2)
+    probe.load_checkpoint(tmp_path / "e2.ckpt")
+    assert probe.callbacks[1].best == min(e["val_loss"] for e in full.history.epochs[:2])
+    es, es_full = resumed.callbacks[1], full.callbacks[0]
+    assert isinstance(es, EarlyStopping) and (es.best, es.wait) == (es_full.best, es_full.wait)
 
 
 def absurd_lr_trainer(digits, action, **kw):
@@ -666,7 +720,7 @@ def test_progress_bar_uses_tqdm_on_a_terminal(digits):
             callbacks=[ProgressBar(file=out)], verbose=0).fit(train, val=val, epochs=2)
     text = out.getvalue()
     assert "epoch 1/2" in text and "epoch 2/2" in text
-    assert "val_metric=" in text and "samples/s" in text and "2/2" in text
+    assert ", val " in text and "metric " in text and "samples/s" in text and "2/2" in text
 
 
 # ------------------------------------------------------------------ argument checks
@@ -704,9 +758,25 @@ def test_bad_arguments_are_named(digits):
                           (dict(epochs=1, val=3), TypeError, "val")]:
         with pytest.raises(exc, match=name):
             t.fit(train, **kw)
-    with pytest.raises(TypeError, match="train"):
+    with pytest.raises(TypeError, match="train: got a one-shot iterator"):
         t.fit(iter(train), epochs=1)
-    with pytest.raises(TypeError, match="train"):
+    with pytest.raises(TypeError, match="train: got a one-shot iterator"):
+        t.fit((b for b in [(1, 2)]), epochs=1)
+    # checking a loader draws nothing from it (this one draws its order in iter() itself)
+
+    class Eager:
+        def __init__(self):
+            self.draws = 0
+
+        def __iter__(self):
+            self.draws += 1
+            return iter([(np.zeros((2, 64), np.float32), np.zeros(2, np.int64))])
+
+    eager = Eager()
+    with pytest.raises(TypeError, match="val"):
+        t.fit(eager, val=object(), epochs=1)
+    assert eager.draws == 0
+    with pytest.raises(TypeError, match=r"train: each batch must be an \(x, y\) pair, got a tuple of 3"):
         t.fit([(1, 2, 3)], epochs=1)
     with pytest.raises(ValueError, match="train"):
         t.fit([], epochs=1)
@@ -730,7 +800,8 @@ def test_bad_arguments_are_named(digits):
         (GradientMonitor, dict(vanishing=-1.0), ValueError, "vanishing"),
         (GradientMonitor, dict(vanishing=1.0, exploding=0.5), ValueError, "exploding"),
         (ModelCheckpoint, dict(path=3), TypeError, "path"),
-        (ModelCheckpoint, dict(path="x{step}"), ValueError, "path"),
+        (ModelCheckpoint, dict(path="x{batch}"), ValueError, "path"),
+        (ModelCheckpoint, dict(path="x", every_steps=0), ValueError, "every_steps"),
         (ModelCheckpoint, dict(path="x", every=0), ValueError, "every"),
         (ProgressBar, dict(verbose=5), ValueError, "verbose"),
         (CSVLogger, dict(path=None), TypeError, "path"),
@@ -790,3 +861,76 @@ def test_readme_training_loop_section_runs(capsys):
     h = scope["history"]
     assert h.epochs[-1]["val_metric"] >= 0.95
     assert capsys.readouterr().out.strip().endswith(f"{h.epochs[-1]['val_metric']:.3f}")
+
+
+def test_fit_matches_pytorch_loop(digits):
+    torch = pytest.importorskip("torch")
+    (xtr, ytr), (xva, yva) = digits
+    batches = [(xtr[i:i + 64], ytr[i:i + 64]) for i in range(0, 500, 64)]  # last batch of 52
+    model = mlp(seed=2, hidden=32)
+    tmodel = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                 torch.nn.Linear(32, 10)).double()
+    with torch.no_grad():
+        for (_, v), p in zip(model.state_dict().items(), tmodel.parameters()):
+            p.copy_(torch.from_numpy(v.astype(np.float64)))
+    opt = gf.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = gf.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3)
+    h = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched, grad_clip=0.5,
+                verbose=0).fit(batches, val=[(xva, yva)], epochs=3)
+
+    topt = torch.optim.SGD(tmodel.parameters(), lr=0.1, momentum=0.9)
+    tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    losses, norms, val_acc = [], [], []
+    for _ in range(3):
+        for x, y in batches:
+            loss = loss_fn(tmodel(torch.from_numpy(x).double()), torch.from_numpy(y))
+            topt.zero_grad()
+            loss.backward()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 0.5)))
+            topt.step()
+            losses.append(loss.item())
+        tsched.step()
+        with torch.no_grad():
+            out = tmodel(torch.from_numpy(xva).double()).numpy()
+        val_acc.append(float((out.argmax(1) == yva).mean()))
+    np.testing.assert_allclose([s["loss"] for s in h.steps], losses, rtol=2e-4)
+    np.testing.assert_allclose([s["grad_norm"] for s in h.steps], norms, rtol=2e-3)
+    assert [e["val_metric"] for e in h.epochs] == pytest.approx(val_acc, abs=1 / len(yva) + 1e-12)
+    for (k, v), p in zip(model.state_dict().items(), tmodel.parameters()):
+        np.testing.assert_allclose(v, p.detach().numpy(), rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+def test_nonfinite_guard_names_input_and_first_nonfinite_module():
+    gf.manual_seed(0)
+    model = gf.nn.Sequential(gf.nn.Linear(3, 4), gf.nn.BatchNorm1d(4), gf.nn.Dropout(0.5),
+                             gf.nn.Linear(4, 2))
+    y = np.zeros(4, np.int64)
+    x_nan = np.ones((4, 3), np.float32)
+    x_nan[1, 2] = np.nan
+    guard = NonFiniteGuard("skip")
+    t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                callbacks=[guard], verbose=0)
+    with np.errstate(all="ignore"):
+        t.fit([(x_nan, y)], epochs=1)
+    assert [(e["what"], e["layer"]) for e in guard.events] == [("loss", "input")]
+    # an overflow inside the net: the first module whose output is not finite is named, and
+    # the extra forward that finds it leaves the random stream and running statistics alone
+    model[3].weight.data[...] = 3e38
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    rng_before = None
+
+    class Watch(Callback):
+        def on_after_backward(self, trainer, logs):
+            nonlocal rng_before
+            rng_before = (gf.get_rng_state().numpy().copy(),
+                          [b.data.copy() for b in trainer.model.buffers()])
+
+    t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                callbacks=[Watch(), guard], verbose=0)
+    with np.errstate(all="ignore"):
+        t.fit([(x, y)], epochs=1)
+    assert guard.events[-1]["what"] == "loss" and guard.events[-1]["layer"] == "3"
+    np.testing.assert_array_equal(gf.get_rng_state().numpy(), rng_before[0])
+    for b, saved in zip(model.buffers(), rng_before[1]):
+        np.testing.assert_array_equal(b.data, saved)

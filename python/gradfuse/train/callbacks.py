@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import sys
 import tempfile
 
@@ -30,7 +31,7 @@ class Callback:
       ``trainer.skip_step = True`` to skip this update, ``trainer.stop_training = True`` to
       skip it and end the run.
     * ``on_batch_end(trainer, logs)``: after the step; ``logs["skipped"]`` tells whether it
-      was applied.
+      was applied, ``logs["metric"]`` is the batch's metric (when the trainer has one).
     * ``on_epoch_end(trainer, epoch, logs)``: ``logs`` is the epoch's History record; may set
       ``trainer.stop_training``.
     * ``on_fit_end(trainer)``: also after an exception in fit.
@@ -92,7 +93,8 @@ def epoch_line(logs: dict, epochs=None) -> str:
 
 
 class ProgressBar(Callback):
-    """Progress display: a tqdm bar per epoch (batches, loss, metric, samples/s) when
+    """Progress display: a tqdm bar per epoch (batches, running loss, metric, samples/s; at
+    the end of the epoch ``val loss/metric``) when
     ``verbose=1``, the output is a terminal and tqdm is installed (``pip install
     gradfuse[train]``); otherwise one line per epoch (``verbose=1`` or ``2``). ``verbose=0``
     prints nothing. The Trainer adds one by itself when its ``verbose >= 1``.
@@ -136,10 +138,16 @@ class ProgressBar(Callback):
             total = len(trainer.train_loader)
         except TypeError:
             total = None
+        # a fixed 12-column bar leaves the line to the numbers; the size is given because
+        # tqdm prints nothing on a terminal that reports 0 rows (a bare pty)
+        cols, rows = shutil.get_terminal_size((100, 24))
         self._bar = tqdm(total=total, desc=f"epoch {epoch}/{trainer.epochs}", unit="batch",
-                         file=self._out(), leave=True, dynamic_ncols=True)
+                         file=self._out(), leave=True, ncols=cols, nrows=rows,
+                         bar_format="{desc} {percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt}"
+                                    "{postfix}")
         self._n = 0
         self._loss = 0.0
+        self._metric = 0.0
 
     def on_batch_end(self, trainer, logs: dict) -> None:
         bar = self._bar
@@ -147,24 +155,27 @@ class ProgressBar(Callback):
             return
         self._n += logs["batch_size"]
         self._loss += logs["loss"] * logs["batch_size"]
-        bar.update(1)
+        post = f"loss {self._loss / self._n:.4f}"
+        if "metric" in logs:
+            self._metric += logs["metric"] * logs["batch_size"]
+            post += f", metric {self._metric / self._n:.4f}"
         el = bar.format_dict.get("elapsed", 0) or 0
-        post = {"loss": f"{self._loss / self._n:.4f}"}
         if el > 0:
-            post["samples/s"] = f"{self._n / el:.0f}"
-        bar.set_postfix(post, refresh=False)
+            post += f", {self._n / el:.0f} samples/s"
+        bar.set_postfix_str(post, refresh=False)
+        bar.update(1)
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
         if self._bar is not None:
-            post = {"loss": _fmt(logs["train_loss"])}
+            post = f"loss {_fmt(logs['train_loss'])}"
             if logs.get("train_metric") is not None:
-                post["metric"] = _fmt(logs["train_metric"])
+                post += f", metric {_fmt(logs['train_metric'])}"
             if logs.get("val_loss") is not None:
-                post["val_loss"] = _fmt(logs["val_loss"])
-            if logs.get("val_metric") is not None:
-                post["val_metric"] = _fmt(logs["val_metric"])
-            post["samples/s"] = f"{logs['samples_per_s']:.0f}"
-            self._bar.set_postfix(post)
+                post += f", val {_fmt(logs['val_loss'])}"
+                if logs.get("val_metric") is not None:
+                    post += f"/{_fmt(logs['val_metric'])}"
+            post += f", {logs['samples_per_s']:.0f} samples/s"
+            self._bar.set_postfix_str(post)
             self._bar.close()
             self._bar = None
         elif self.verbose:
@@ -298,52 +309,72 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Save the trainer's full state (model, optimizer, scheduler, epoch, random states,
-    history: enough to resume bit for bit with ``fit(..., resume_from=path)``) at epoch ends.
-
-    Every write goes to a temporary file in the same directory and is then renamed over the
-    target, so a crash mid-write keeps the previous checkpoint.
+    """Save the trainer's full state (model, optimizer, scheduler, epoch, step, random states,
+    loader position, history: enough to resume bit for bit with ``fit(..., resume_from=path)``)
+    with :func:`gradfuse.save`: one safetensors file, written to a temporary file and renamed
+    over the target, so a crash mid-write keeps the previous checkpoint.
 
     Args:
-        path: file path; may contain ``{epoch}`` (e.g. ``"ckpt/epoch{epoch:03d}.gf"``).
-        monitor, mode: what "best" means (default ``"val_loss"``, ``"auto"``).
-        save_best_only: save only when ``monitor`` improves (default); False saves every
-            ``every`` epochs.
-        every: with ``save_best_only=False``, save every this many epochs (and the last).
+        path: file path; may contain ``{epoch}`` and ``{step}`` (e.g.
+            ``"ckpt/epoch{epoch:03d}.safetensors"``).
+        monitor, mode: what "best" means (default ``"val_loss"``, ``"auto"``: max for
+            metrics, min for losses).
+        save_best_only: at epoch ends, save only when ``monitor`` improves (default); False
+            saves every ``every`` epochs (and after the last).
+        every: with ``save_best_only=False``, the epoch interval.
+        every_steps: also save every this many optimizer steps, inside epochs (a resumed run
+            continues the epoch where the checkpoint was taken: exactly with a
+            ``gf.data.DataLoader`` or any loader with ``state_dict()``, or with a loader whose
+            order is fixed or drawn from its ``generator`` attribute at each ``iter()``,
+            whose first batches are then drawn again and skipped). None: only at epoch ends.
 
-    Attributes: ``best``, ``best_epoch``, ``saved`` (list of (epoch, path)).
+    Attributes: ``best``, ``best_epoch``, ``saved`` (list of (epoch, path) at epoch ends, (epoch,
+    step, path) inside epochs).
 
     Example::
 
-        >>> ckpt = ModelCheckpoint("best.gf", monitor="val_metric")
+        >>> ckpt = ModelCheckpoint("best.safetensors", monitor="val_metric")
         >>> Trainer(model, opt, loss_fn, callbacks=[ckpt]).fit(train, val=val, epochs=20)
-        >>> Trainer(model, opt, loss_fn).load_checkpoint("best.gf")
+        >>> Trainer(model, opt, loss_fn).load_checkpoint("best.safetensors")
     """
 
     def __init__(self, path, monitor: str = "val_loss", mode: str = "auto",
-                 save_best_only: bool = True, every: int = 1):
+                 save_best_only: bool = True, every: int = 1, every_steps=None):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
         if not isinstance(save_best_only, bool):
             raise TypeError(f"save_best_only: expected a bool, got {save_best_only!r}")
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"every: expected an int >= 1, got {every!r}")
+        if every_steps is not None and (isinstance(every_steps, bool) or
+                                        not isinstance(every_steps, numbers.Integral) or
+                                        every_steps < 1):
+            raise ValueError(f"every_steps: expected an int >= 1 or None, got {every_steps!r}")
         self.path = os.fspath(path)
         try:
-            self.path.format(epoch=1)
+            self.path.format(epoch=1, step=1)
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"path: only {{epoch}} may be formatted into it ({e})") from None
+            raise ValueError(
+                f"path: only {{epoch}} and {{step}} may be formatted into it ({e!r})") from None
         self.monitor = _check_monitor(monitor)
         self.mode = _resolve_mode(mode, monitor)
         self.save_best_only = save_best_only
         self.every = int(every)
+        self.every_steps = None if every_steps is None else int(every_steps)
         self.best = None
         self.best_epoch = None
-        self.saved: list[tuple[int, str]] = []
+        self.saved: list[tuple] = []
 
     def on_fit_start(self, trainer) -> None:
         if self.save_best_only:
             _check_available(self.monitor, trainer, "ModelCheckpoint")
+
+    def on_batch_end(self, trainer, logs: dict) -> None:
+        step = logs["step"]
+        if self.every_steps is not None and step % self.every_steps == 0:
+            path = self.path.format(epoch=logs["epoch"], step=step)
+            trainer.save_checkpoint(path)
+            self.saved.append((logs["epoch"], step, path))
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
         if self.save_best_only:
@@ -355,7 +386,7 @@ class ModelCheckpoint(Callback):
             self.best, self.best_epoch = v, epoch
         elif epoch % self.every != 0 and epoch != trainer.epochs:
             return
-        path = self.path.format(epoch=epoch)
+        path = self.path.format(epoch=epoch, step=trainer.global_step)
         trainer.save_checkpoint(path)
         self.saved.append((epoch, path))
 

@@ -16,6 +16,7 @@ import numpy as np
 from ..nn.activation import ReLU
 from ..random import get_rng_state, set_rng_state
 from ..tensor import Tensor, no_grad
+from ._util import host
 from .callbacks import Callback
 
 __all__ = ["NonFiniteGuard", "GradientMonitor", "layers"]
@@ -41,7 +42,8 @@ class NonFiniteGuard(Callback):
     extra pass) for NaN/inf. When one is found, skip the update (``action="skip"``) or skip it
     and end the run (``action="stop"``: ``history.diverged`` becomes True), and say where: the
     first layer with a non-finite gradient, or for a non-finite loss the first layer with
-    non-finite parameters, else the first module whose output is non-finite (found by running
+    non-finite parameters, else ``"input"`` when the batch holds a NaN/inf, else the first
+    module whose output is non-finite (found by running
     the batch's forward once more with hooks, only then; random and running-statistics state
     are put back), else ``"loss_fn"``.
 
@@ -108,7 +110,7 @@ class NonFiniteGuard(Callback):
     def _grad_layer(model):
         for name, _, ps in layers(model):
             for p in ps:
-                if p.grad is not None and not _finite(p.grad.data):
+                if p.grad is not None and not _finite(host(p.grad)):
                     return name
         return None
 
@@ -116,23 +118,25 @@ class NonFiniteGuard(Callback):
     def _loss_layer(trainer):
         model = trainer.model
         for name, _, ps in layers(model):
-            if not all(_finite(p.data) for p in ps):
+            if not all(_finite(host(p)) for p in ps):
                 return name
         if trainer.batch is None:
             return None
+        if not _finite(host(trainer.batch[0])):
+            return "input"
         # Run the forward again with a hook on every module; the first (innermost-first, in
         # call order) non-finite output names the culprit. Dropout's random state and the
         # norm layers' running statistics are restored, so the run continues unchanged.
         found = []
 
         def hook(m, inputs, out):
-            if not found and isinstance(out, Tensor) and not _finite(out.data):
+            if not found and isinstance(out, Tensor) and not _finite(host(out)):
                 found.append(names[id(m)])
 
         names = {id(m): (n or "model") for n, m in model.named_modules()}
         handles = [m.register_forward_hook(hook) for m in model.modules()]
         rng = get_rng_state()
-        buffers = [(b, b.data.copy()) for b in model.buffers()]
+        buffers = [(b, b.data.copy()) for b in model.buffers()]  # (device arrays copy too)
         try:
             with no_grad():
                 model(trainer.batch[0])
@@ -202,14 +206,14 @@ class GradientMonitor(Callback):
     def _layer_hook(self, name):
         def hook(m, inputs, out):
             if self._active and isinstance(out, Tensor):
-                a = out.data
+                a = host(out)
                 self._act[name] = (float(a.mean()), float(a.std())) if a.size else (0.0, 0.0)
                 self._last = name
         return hook
 
     def _relu_hook(self, m, inputs, out):
         if self._active and self._last is not None and isinstance(out, Tensor):
-            a = out.data
+            a = host(out)
             if a.ndim >= 1 and a.shape[0] > 0:
                 units = a.reshape(a.shape[0], -1)
                 self._dead[self._last] = float((units == 0).all(axis=0).mean())
@@ -237,10 +241,10 @@ class GradientMonitor(Callback):
             sq = 0.0
             for p in ps:
                 if p.grad is not None:
-                    g = p.grad.data
+                    g = host(p.grad)
                     sq += float(np.vdot(g, g).real) if g.size else 0.0
             self._grads[name] = math.sqrt(sq)
-            self._before[name] = [p.data.copy() for p in ps]
+            self._before[name] = [host(p).copy() for p in ps]
 
     def on_batch_end(self, trainer, logs: dict) -> None:
         if not self._active:
@@ -251,7 +255,7 @@ class GradientMonitor(Callback):
             before = self._before[name]
             w2 = sum(float(np.vdot(b, b)) for b in before)
             d2 = 0.0 if logs["skipped"] else sum(
-                float(np.vdot(p.data - b, p.data - b)) for p, b in zip(ps, before))
+                float(np.vdot(host(p) - b, host(p) - b)) for p, b in zip(ps, before))
             ratio = math.sqrt(d2) / math.sqrt(w2) if w2 > 0 else (0.0 if d2 == 0 else math.inf)
             gnorm = self._grads[name]
             mean, std = self._act.get(name, (None, None))

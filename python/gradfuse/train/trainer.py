@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..optim.optimizer import total_norm
 from ..tensor import Tensor, no_grad
 from . import _checkpoint
+from ._util import host, model_device
 from .callbacks import Callback, ProgressBar
 from .history import STEP_KEYS, History
 
@@ -41,16 +43,16 @@ def _check_int(name: str, value, low: int) -> int:
 
 
 def _check_loader(name: str, loader) -> None:
-    try:
-        it = iter(loader)
-    except TypeError:
-        raise TypeError(
-            f"{name}: expected an iterable of (x, y) batches (a DataLoader, a list), got "
-            f"{type(loader).__name__}") from None
-    if it is loader:  # a generator or iterator would be empty from the second epoch on
+    # without calling iter(): a loader may draw its epoch order there (a random draw that
+    # would shift every later epoch and break reproducibility)
+    if isinstance(loader, Iterator):  # a generator or iterator: empty from the 2nd epoch on
         raise TypeError(
             f"{name}: got a one-shot iterator ({type(loader).__name__}); pass something that "
             "can be iterated once per epoch (a DataLoader or a list of batches)")
+    if not isinstance(loader, Iterable) and not hasattr(loader, "__getitem__"):
+        raise TypeError(
+            f"{name}: expected an iterable of (x, y) batches (a DataLoader, a list), got "
+            f"{type(loader).__name__}")
 
 
 def _as_tensor(a, name: str) -> Tensor:
@@ -66,9 +68,9 @@ def _as_tensor(a, name: str) -> Tensor:
 
 def _xy(batch, name: str):
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(
-            f"{name}: each batch must be an (x, y) pair, got "
-            f"{type(batch).__name__}{'' if not isinstance(batch, (tuple, list)) else len(batch)}")
+        what = (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list))
+                else f"a {type(batch).__name__}")
+        raise TypeError(f"{name}: each batch must be an (x, y) pair, got {what}")
     return _as_tensor(batch[0], f"{name} x"), _as_tensor(batch[1], f"{name} y")
 
 
@@ -85,12 +87,24 @@ def _accuracy_count(out: np.ndarray, y: np.ndarray) -> int:
                 f"metric 'accuracy': expected class-index targets of shape ({out.shape[0]},) "
                 f"for outputs of shape {out.shape}, got targets of shape {y.shape} (for "
                 "regression pass metric=None or a callable)")
-        return int((out.argmax(axis=1) == y).sum())
+        return int(np.count_nonzero(out.argmax(axis=1) == y))
     if out.ndim in (1, 2) and out.size == y.size:
-        return int(((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum())
+        return int(np.count_nonzero((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)))
     raise ValueError(
         f"metric 'accuracy': cannot compare outputs of shape {out.shape} with targets of shape "
         f"{y.shape} (for regression pass metric=None or a callable)")
+
+
+def _has_state_dict(loader) -> bool:
+    return callable(getattr(loader, "state_dict", None)) and \
+        callable(getattr(loader, "load_state_dict", None))
+
+
+def _len(loader):
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def _loader_state(loader):
@@ -98,9 +112,8 @@ def _loader_state(loader):
     else the state of its ``generator`` (a gf.Generator or a numpy Generator); None else."""
     if loader is None:
         return None
-    sd = getattr(loader, "state_dict", None)
-    if callable(sd):
-        return {"state_dict": sd()}
+    if _has_state_dict(loader):
+        return {"state_dict": loader.state_dict()}
     gen = getattr(loader, "generator", None)
     if isinstance(gen, _random.Generator):
         return {"gf_generator": gen.get_state().data.copy()}
@@ -159,8 +172,7 @@ class Trainer:
     (optimizer steps taken, skipped ones included), ``stop_training`` (a callback sets it to
     end the run), ``skip_step`` (set in ``on_after_backward`` to skip this batch's update),
     ``batch`` (the ``(x, y)`` Tensors of the step in progress), ``train_loader``,
-    ``val_loader``, ``epochs``
-    (the target of the current fit).
+    ``val_loader``, ``epochs`` (the target of the current fit).
 
     Example::
 
@@ -235,6 +247,11 @@ class Trainer:
         self.train_loader = self.val_loader = None
         self.batch = None  # the (x, y) of the step in progress, for callbacks
         self._pending_loader_state = None
+        self._in_epoch = None  # the epoch being trained, None between epochs
+        self._acc = None  # its running sums
+        self._epoch_loader_start = None
+        self._resume_partial = None  # a partial epoch restored by load_state_dict
+        self._device = "cpu"
 
     # ------------------------------------------------------------ callbacks
     def _hooks(self, name: str) -> list:
@@ -243,6 +260,17 @@ class Trainer:
         base = getattr(Callback, name)
         return [getattr(cb, name) for cb in self.callbacks
                 if getattr(type(cb), name, base) is not base]
+
+    def _callback_keys(self):
+        """``("EarlyStopping:0", cb)``...: a callback's state is found again by its class and
+        its rank among those of its class (not its index: the ProgressBar that verbose adds
+        would shift it)."""
+        seen: dict[str, int] = {}
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            k = seen.get(name, 0)
+            seen[name] = k + 1
+            yield f"{name}:{k}", cb
 
     # ------------------------------------------------------------ helpers
     def _lr(self) -> float:
@@ -262,6 +290,11 @@ class Trainer:
             return float(total_norm(opt._grad_ranges(plans()), 2.0))
         grads = [p.grad.data.reshape(-1) for p in self.model.parameters() if p.grad is not None]
         return float(total_norm([np.ascontiguousarray(g) for g in grads], 2.0))
+
+    def _to_device(self, t: Tensor) -> Tensor:
+        """``t`` on the model's device (batches come from the host; a no-op on the CPU)."""
+        dev = model_device(self.model)
+        return t if str(dev) == "cpu" else t.to(dev)
 
     def _metric_batch(self, out: np.ndarray, y: np.ndarray) -> float:
         """The metric of one batch: a count of correct predictions for accuracy, else the
@@ -314,12 +347,18 @@ class Trainer:
                 f"epochs: the run already has {self.epoch} epochs; pass the total number of "
                 f"epochs (>= {self.epoch})")
         self.train_loader, self.val_loader = train, val
-        if self._pending_loader_state is not None:
+        partial = self._resume_partial
+        if partial is not None and not _has_state_dict(train):
+            # a loader that cannot seek restarts the epoch from its start state; the batches
+            # already trained are drawn again and skipped
+            _set_loader_state(train, partial["loader_start"])
+            partial["skip"] = partial["acc"]["batches"]
+        elif self._pending_loader_state is not None:
             _set_loader_state(train, self._pending_loader_state)
-            self._pending_loader_state = None
+        self._pending_loader_state = None
         self.epochs = epochs
         self.stop_training = False
-        self.history.stopped_early = False
+        self.history.stopped_early = self.history.diverged = False  # of this fit
         started = []  # on_fit_end goes to the callbacks whose on_fit_start ran
         try:
             for cb in self.callbacks:
@@ -345,16 +384,39 @@ class Trainer:
         on_after_backward = self._hooks("on_after_backward")
         on_batch_end = self._hooks("on_batch_end")
         steps = self.history.steps
+        metric = self.metric
+        self._device = model_device(model)
+        device_move = str(self._device) != "cpu"
+        # The epoch's running sums live on the trainer, so that a checkpoint taken inside the
+        # epoch (ModelCheckpoint(every_steps=...)) can resume it mid-way.
+        partial, self._resume_partial = self._resume_partial, None
+        skip = 0
+        if partial is not None and partial["epoch"] != epoch:
+            partial = None
+        if partial is not None:
+            acc = dict(partial["acc"])
+            skip = partial["skip"]
+        else:
+            acc = {"batches": 0, "n": 0, "loss_sum": 0.0, "metric_sum": 0.0, "norm_sum": 0.0,
+                   "norm_n": 0, "lr": self._lr()}
+        self._acc = acc
+        # where a loader without its own state_dict() starts this epoch
+        self._epoch_loader_start = None if _has_state_dict(train) else _loader_state(train)
+        self._in_epoch = epoch
         for hook in self._hooks("on_epoch_start"):
             hook(self, epoch)
         model.train()
         t0 = time.perf_counter()
-        n = 0
-        loss_sum = metric_sum = norm_sum = 0.0
-        norm_n = 0
-        metric = self.metric
-        for batch in train:
+        n0 = acc["n"]
+        n_batches = _len(train)
+        exhausted = partial is not None and n_batches is not None and acc["batches"] >= n_batches
+        for batch in (() if exhausted else train):
+            if skip:  # resuming mid-epoch a loader that cannot seek: replay its order
+                skip -= 1
+                continue
             x, y = _xy(batch, "train")
+            if device_move:
+                x, y = x.to(self._device), y.to(self._device)
             bs = _rows(x)
             step = self.global_step + 1
             self.batch = (x, y)
@@ -381,23 +443,28 @@ class Trainer:
             if step_sched:
                 sched.step()
             steps.append({k: logs[k] for k in STEP_KEYS})
-            n += bs
-            loss_sum += loss_v * bs
+            acc["batches"] += 1
+            acc["n"] += bs
+            acc["loss_sum"] += loss_v * bs
+            acc["lr"] = lr
             if metric is not None:
-                metric_sum += self._metric_batch(out.data, y.data)
+                m = self._metric_batch(host(out), host(y))
+                acc["metric_sum"] += m
+                logs["metric"] = m / bs
             if math.isfinite(gnorm):
-                norm_sum += gnorm
-                norm_n += 1
+                acc["norm_sum"] += gnorm
+                acc["norm_n"] += 1
             logs["skipped"] = skipped
             for hook in on_batch_end:
                 hook(self, logs)
             if self.stop_training:
                 break
+        n = acc["n"]
         if n == 0:
             raise ValueError(f"train: the loader yielded no batches in epoch {epoch}")
         train_time = time.perf_counter() - t0
-        train_loss = loss_sum / n
-        train_metric = metric_sum / n if metric is not None else None
+        train_loss = acc["loss_sum"] / n
+        train_metric = acc["metric_sum"] / n if metric is not None else None
         val_loss = val_metric = None
         if val is not None:
             r = self.evaluate(val)
@@ -408,12 +475,13 @@ class Trainer:
             elif not step_sched:
                 sched.step()
         rec = {"epoch": epoch, "train_loss": train_loss, "train_metric": train_metric,
-               "val_loss": val_loss, "val_metric": val_metric, "lr": lr,
-               "grad_norm": norm_sum / norm_n if norm_n else math.nan,
+               "val_loss": val_loss, "val_metric": val_metric, "lr": acc["lr"],
+               "grad_norm": acc["norm_sum"] / acc["norm_n"] if acc["norm_n"] else math.nan,
                "time": time.perf_counter() - t0,
-               "samples_per_s": n / train_time if train_time > 0 else math.inf}
+               "samples_per_s": (n - n0) / train_time if train_time > 0 else math.inf}
         self.history.epochs.append(rec)
         self.epoch = epoch
+        self._in_epoch = None
         for hook in self._hooks("on_epoch_end"):
             hook(self, epoch, rec)
 
@@ -438,15 +506,16 @@ class Trainer:
             with no_grad():
                 for batch in loader:
                     x, y = _xy(batch, "loader")
+                    x, y = self._to_device(x), self._to_device(y)
                     bs = _rows(x)
                     out = model(x)
                     loss_sum += float(self.loss_fn(out, y).item()) * bs
                     n += bs
                     if self.metric == "accuracy":
-                        metric_sum += _accuracy_count(out.data, y.data)
+                        metric_sum += _accuracy_count(host(out), host(y))
                     elif self.metric is not None:
-                        outs.append(np.array(out.data))
-                        ys.append(np.array(y.data))
+                        outs.append(host(out))
+                        ys.append(host(y))
         finally:
             model.train(was_training)
         if n == 0:
@@ -487,7 +556,7 @@ class Trainer:
             with no_grad():
                 for b in batches:
                     x = b[0] if isinstance(b, (tuple, list)) else b
-                    outs.append(np.array(model(_as_tensor(x, "data x")).data))
+                    outs.append(host(model(self._to_device(_as_tensor(x, "data x")))))
         finally:
             model.train(was_training)
         if not outs:
@@ -511,8 +580,10 @@ class Trainer:
             "loader": _loader_state(self.train_loader) if self.train_loader is not None
             else self._pending_loader_state,
             "history": self.history.to_dict(),
-            "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict()
-                          for i, cb in enumerate(self.callbacks)},
+            "partial": None if self._in_epoch is None else {
+                "epoch": self._in_epoch, "acc": dict(self._acc),
+                "loader_start": self._epoch_loader_start},
+            "callbacks": {key: cb.state_dict() for key, cb in self._callback_keys()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -534,6 +605,13 @@ class Trainer:
                 ("without a scheduler but this trainer has one" if state["scheduler"] is None
                  else "with a scheduler but this trainer has none"))
         history = History.from_dict(state["history"])
+        partial = state.get("partial")
+        if partial is not None:
+            if not isinstance(partial, dict) or set(partial) != {"epoch", "acc", "loader_start"} \
+                    or partial["epoch"] != epoch + 1:
+                raise ValueError("state['partial']: expected the running sums of epoch "
+                                 f"{epoch + 1} (the epoch in progress)")
+            partial = dict(partial, skip=0)
         rng = np.asarray(state["rng"])
         if rng.dtype != np.uint8 or rng.shape != (16,):
             raise ValueError("state['rng']: expected 16 uint8 values")
@@ -551,10 +629,11 @@ class Trainer:
         _random.set_rng_state(rng)
         self.epoch, self.global_step, self.history = epoch, step, history
         self._pending_loader_state = state.get("loader")
+        self._resume_partial = partial
+        self._in_epoch = None
         self.train_loader = None
         saved = state.get("callbacks") or {}
-        for i, cb in enumerate(self.callbacks):
-            key = f"{i}:{type(cb).__name__}"
+        for key, cb in self._callback_keys():
             if key in saved:
                 cb.load_state_dict(saved[key])
 

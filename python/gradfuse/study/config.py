@@ -11,7 +11,7 @@ Example::
     >>> from gradfuse.study import expand_grid
     >>> grid = expand_grid(optimizers=["sgd", "adam"], inits=["he"], norms=["none", "batch"])
     >>> [c.key for c in grid]
-    ['sgd/he/none/relu/none/lr=0.05', 'sgd/he/batch/relu/none/lr=0.05',
+    ['sgd/he/none/relu/none/lr=0.1', 'sgd/he/batch/relu/none/lr=0.1',
      'adam/he/none/relu/none/lr=0.001', 'adam/he/batch/relu/none/lr=0.001']
 """
 
@@ -77,12 +77,24 @@ AXES = ("optimizer", "init", "norm", "activation", "schedule", "lr")
 
 
 def default_lr(optimizer: str) -> float:
-    """The lr a configuration uses for ``optimizer`` when none is given."""
+    """The lr a configuration uses for ``optimizer`` when none is given.
+
+    Example::
+
+        >>> default_lr("momentum")
+        0.01
+    """
     return OPTIMIZERS[optimizer][2]
 
 
 def init_spec(name: str) -> tuple:
-    """``(gf.nn.init scheme name, kwargs)`` for an ``--init`` value (study alias or gf name)."""
+    """``(gf.nn.init scheme name, kwargs)`` for an ``--init`` value (study alias or gf name).
+
+    Example::
+
+        >>> init_spec("normal"), init_spec("orthogonal"), init_spec("kaiming_uniform")
+        (('normal', {'std': 1.0}), ('orthogonal', {}), ('kaiming_uniform', {}))
+    """
     if name in INITS:
         return INITS[name]
     return name, {}
@@ -115,6 +127,11 @@ def expand_grid(optimizers=("adam",), inits=("he",), norms=("none",), activation
 
     ``lrs``: ``None`` (each optimizer's :func:`default_lr`) or a list of learning rates, which
     becomes one more axis. Names must already be valid (see :func:`check_choices`).
+
+    Example::
+
+        >>> len(expand_grid(["sgd", "adam"], ["he", "xavier"], lrs=[0.1, 0.01]))
+        8
     """
     out = []
     for opt, init, norm, act, sched in itertools.product(optimizers, inits, norms, activations,
@@ -126,7 +143,15 @@ def expand_grid(optimizers=("adam",), inits=("he",), norms=("none",), activation
 
 def check_choices(flag: str, values, known) -> list:
     """``values`` as a list of names if each is one of ``known``; else ``ValueError`` naming
-    ``flag``, the bad value and the choices. Empty lists and duplicates are refused too."""
+    ``flag``, the bad value and the choices. Empty lists and duplicates are refused too.
+
+    Example::
+
+        >>> check_choices("--norm", ["batch"], NORMS)
+        ['batch']
+        >>> check_choices("--norm", ["bacth"], NORMS)
+        ValueError: --norm: unknown value 'bacth'; choose from none, batch, layer, rms
+    """
     values = list(values)
     if not values:
         raise ValueError(f"{flag}: expected at least one value")

@@ -36,6 +36,13 @@ def build_model(cfg: RunConfig, n_in: int, hidden=(128, 64), n_out: int = 10, se
     generator seeded with ``seed``, so the same seed gives the same weights for every config.
 
     Shapes: input (batch, n_in) -> logits (batch, n_out).
+
+    Example::
+
+        >>> cfg = RunConfig(init="he", norm="layer", activation="tanh")
+        >>> model = build_model(cfg, 64, (32,), 10)
+        >>> [type(m).__name__ for m in model]
+        ['Linear', 'LayerNorm', 'Tanh', 'Linear']
     """
     scheme, kwargs = init_spec(cfg.init)
     init = gf.nn.init.get(scheme, **kwargs)
@@ -61,18 +68,38 @@ def _linear(n_in, n_out, init, gen):
 
 
 def linear_layer_names(model) -> list:
-    """Names of the Linear modules of ``model`` in order (``"0"``, ``"3"``, ...)."""
+    """Names of the Linear modules of ``model`` in order.
+
+    Example::
+
+        >>> linear_layer_names(build_model(RunConfig(norm="batch"), 64, (32,), 10))
+        ['0', '3']
+    """
     return [name for name, m in model.named_modules() if isinstance(m, gf.nn.Linear)]
 
 
 def build_optimizer(cfg: RunConfig, params):
-    """The ``gf.optim`` optimizer named by ``cfg.optimizer`` with lr ``cfg.lr``."""
+    """The ``gf.optim`` optimizer named by ``cfg.optimizer`` with lr ``cfg.lr``.
+
+    Example::
+
+        >>> opt = build_optimizer(RunConfig(optimizer="nesterov", lr=0.01), model.parameters())
+        >>> type(opt).__name__, opt.param_groups[0]["nesterov"]
+        ('SGD', True)
+    """
     cls_name, kwargs, _ = OPTIMIZERS[cfg.optimizer]
     return getattr(gf.optim, cls_name)(params, lr=cfg.lr, **kwargs)
 
 
 def build_scheduler(cfg: RunConfig, optimizer, epochs: int, steps_per_epoch: int):
-    """The lr schedule of ``cfg.schedule``, to be stepped once per batch (None for "none")."""
+    """The lr schedule of ``cfg.schedule``, to be stepped once per batch (None for "none").
+
+    Example::
+
+        >>> sched = build_scheduler(RunConfig(schedule="onecycle", lr=0.1), opt, 20, 23)
+        >>> type(sched).__name__
+        'OneCycleLR'
+    """
     total = epochs * steps_per_epoch
     sched = gf.optim.lr_scheduler
     if cfg.schedule == "none":

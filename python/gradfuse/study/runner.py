@@ -44,7 +44,14 @@ def make_loaders(data, batch_size: int, seed: int, norm: str = "none"):
     """(train, validation) ``gf.data.DataLoader`` s; the train order is drawn from ``seed``.
 
     A last training batch of one sample is dropped when ``norm == "batch"`` (BatchNorm cannot
-    normalize a single sample)."""
+    normalize a single sample).
+
+    Example::
+
+        >>> train, val = make_loaders(load_dataset("digits"), batch_size=64, seed=0)
+        >>> len(train), len(val)
+        (23, 1)
+    """
     n = len(data.x_train)
     drop_last = norm == "batch" and n % batch_size == 1
     train = gf.data.DataLoader(gf.data.TensorDataset(data.x_train, data.y_train),
@@ -63,6 +70,11 @@ def blas_threads(n: int | None = 1):
     pay. Measured here (OpenBLAS 0.3.31, 2 cores): a 20-epoch digits run took 0.35-0.5 s with
     1 BLAS thread, the same with 2 on an idle machine, and 5-18 s with 2 while other processes
     kept the cores busy (the BLAS threads wait for each other).
+
+    Example::
+
+        >>> with blas_threads(1):
+        ...     r = run_one(cfg, data, blas=None)   # run_one limits the threads by itself
     """
     if n is None:
         return contextlib.nullcontext()

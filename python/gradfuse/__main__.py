@@ -1,4 +1,5 @@
-"""Command line: ``gradfuse info`` and ``gradfuse demo``."""
+"""Command line: ``gradfuse compare`` (the optimization study), ``gradfuse train`` (one
+configuration), ``gradfuse info`` (the build configuration) and ``gradfuse demo``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="gradfuse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from .study import cli as study_cli
+
+    study_cli.build_parsers(sub)
     sub.add_parser("info", help="print the build configuration (= gf.show_config())")
     demo = sub.add_parser(
         "demo", help="train an MLP (or softmax regression) on scikit-learn's bundled 8x8 digits"
@@ -29,6 +33,10 @@ def main(argv=None) -> int:
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        return study_cli.compare(sub.choices["compare"], args)
+    if args.command == "train":
+        return study_cli.train(sub.choices["train"], args)
     if args.command == "info":
         from ._config import show_config
 

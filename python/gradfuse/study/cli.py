@@ -1,0 +1,308 @@
+"""``gradfuse compare`` and ``gradfuse train``: argument parsing and the commands.
+
+Every flag is checked before anything is trained; a bad one stops the command with exit code 2
+and a message naming the flag (``--optimizers: unknown value 'adm'; choose from ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from . import config as C
+
+# The default grid of a plain `gradfuse compare`: 5 optimizers x 3 inits x 2 norms x
+# 2 activations = 60 configurations x 3 seeds = 180 runs of 20 epochs on the digits, with
+# four hidden layers: deep enough that sigmoid without normalization visibly starves the first
+# layers of gradient and N(0, 1) weights blow up under SGD (with 128,64 every configuration
+# ends above 80%), and about 80 s of CPU in all (README, "Study tool").
+DEFAULTS = {
+    "optimizers": "sgd,momentum,rmsprop,adagrad,adam",
+    "init": "xavier,he,normal",
+    "norm": "none,batch",
+    "activation": "relu,sigmoid",
+    "lr_schedule": "none",
+    "epochs": 20,
+    "seeds": 3,
+    "hidden": "128,128,64,64",
+}
+
+
+def _csv(text):
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser, grid: bool) -> None:
+    """The flags shared by ``compare`` (``grid=True``: comma-separated lists) and ``train``
+    (one value each)."""
+    many = "comma-separated list" if grid else "one value"
+    p.add_argument("--dataset", default="digits",
+                   help="digits (default), spirals, classification, or "
+                        "idx:<images.idx[.gz]>,<labels.idx[.gz]> (MNIST IDX files)")
+    p.add_argument("--optimizers", "--optimizer", dest="optimizers",
+                   default=DEFAULTS["optimizers"] if grid else "adam",
+                   help=f"{many} of: {', '.join(C.OPTIMIZERS)} (momentum: SGD with momentum "
+                        f"0.9; default %(default)s)")
+    p.add_argument("--init", default=DEFAULTS["init"] if grid else "he",
+                   help=f"{many} of: {', '.join(C.INITS)} (normal: N(0, 1); small: "
+                        "N(0, 0.01^2)), or any gf.nn.init name (default %(default)s)")
+    p.add_argument("--norm", default=DEFAULTS["norm"] if grid else "batch",
+                   help=f"{many} of: {', '.join(C.NORMS)} (default %(default)s)")
+    p.add_argument("--activation", default=DEFAULTS["activation"] if grid else "relu",
+                   help=f"{many} of: {', '.join(C.ACTIVATIONS)} (default %(default)s)")
+    p.add_argument("--lr-schedule", "--schedule", dest="lr_schedule",
+                   default=DEFAULTS["lr_schedule"] if grid else "cosine",
+                   help=f"{many} of: {', '.join(C.SCHEDULES)} (default %(default)s)")
+    p.add_argument("--lr", default=None,
+                   help=("learning rate(s), comma-separated: one more grid axis; "
+                         if grid else "learning rate; ") + "default per optimizer: "
+                   + ", ".join(f"{k} {v[2]:g}" for k, v in C.OPTIMIZERS.items()))
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"] if grid else 20,
+                   help="epochs per run (default %(default)s)")
+    if grid:
+        p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"],
+                       help="runs per configuration, seeds --seed, --seed+1, ... "
+                            "(default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="default %(default)s")
+    p.add_argument("--hidden", default=DEFAULTS["hidden"],
+                   help="hidden layer widths, e.g. 128,64 or 256-128-64 (default %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.9,
+                   help="validation accuracy whose first epoch is reported (default "
+                        "%(default)s)")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the global gradient norm to this (default: no clipping, so "
+                        "exploding gradients show)")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="use at most this many training samples (default: all)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="held-out fraction for validation (default %(default)s)")
+    p.add_argument("--monitor-every", type=int, default=1,
+                   help="record per-layer gradient norms every N steps (default %(default)s)")
+
+
+def build_parsers(sub) -> None:
+    """Add the ``compare`` and ``train`` sub-commands to an argparse ``sub``-parsers object."""
+    cmp_ = sub.add_parser(
+        "compare", help="train a grid of optimizers x inits x norms x activations x lr "
+                        "schedules over seeds; ranked table, CSV/JSON, plots",
+        description="Train every combination of the given techniques from several seeds, print "
+                    "a ranked table and write results.csv, runs.csv, runs.json, results.json and "
+                    "PNG plots (loss_curves, accuracy, grad_norms) into --out.")
+    add_arguments(cmp_, grid=True)
+    cmp_.add_argument("--out", default="results", help="output folder (default %(default)s/)")
+    cmp_.add_argument("--top", type=int, default=None,
+                      help="print only the best N rows (and the worst three) of the table")
+    cmp_.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    cmp_.add_argument("--jobs", type=int, default=None,
+                      help="runs trained at once in worker processes (default: the number "
+                           "of cores, at most 8; 1 trains in this process). The results do not "
+                           "depend on it")
+    cmp_.add_argument("-q", "--quiet", action="store_true", help="no per-run progress lines")
+    trn = sub.add_parser(
+        "train", help="train one configuration (the flags of compare, one value each)",
+        description="Train one configuration with a progress bar; print the per-epoch table "
+                    "and the final metrics. Exit status 1 when the run diverged.")
+    add_arguments(trn, grid=False)
+    trn.add_argument("--save", default=None, metavar="PATH",
+                     help="write the trained model's state_dict here (gf.save)")
+
+
+def _positive(parser, flag, v, minimum=1):
+    if v is not None and v < minimum:
+        parser.error(f"{flag}: expected an integer >= {minimum}, got {v}")
+
+
+def _hidden(parser, text):
+    parts = [t for t in str(text).replace("-", ",").split(",") if t.strip()]
+    try:
+        widths = [int(t) for t in parts]
+    except ValueError:
+        parser.error(f"--hidden: expected widths like 128,64, got {text!r}")
+    if any(w < 1 for w in widths):
+        parser.error(f"--hidden: widths must be >= 1, got {text!r}")
+    return tuple(widths)
+
+
+def parse_grid(parser, args, grid: bool) -> dict:
+    """Check every flag; returns ``{"configs", "seeds", "hidden", "lrs"}`` or exits (code 2)
+    through ``parser.error`` naming the bad flag."""
+    try:
+        opts = C.check_choices("--optimizers", _csv(args.optimizers), list(C.OPTIMIZERS))
+        inits = C.check_choices("--init", _csv(args.init), _init_names())
+        norms = C.check_choices("--norm", _csv(args.norm), list(C.NORMS))
+        acts = C.check_choices("--activation", _csv(args.activation), list(C.ACTIVATIONS))
+        scheds = C.check_choices("--lr-schedule", _csv(args.lr_schedule), list(C.SCHEDULES))
+    except ValueError as e:
+        parser.error(str(e))
+    lrs = None
+    if args.lr is not None:
+        try:
+            lrs = [float(t) for t in _csv(args.lr)]
+        except ValueError:
+            parser.error(f"--lr: expected a number{'s' if grid else ''}, got {args.lr!r}")
+        if not lrs or not all(lr > 0 and lr < float("inf") for lr in lrs):
+            parser.error(f"--lr: expected positive finite learning rates, got {args.lr!r}")
+    if not grid:
+        for flag, values in (("--optimizer", opts), ("--init", inits), ("--norm", norms),
+                             ("--activation", acts), ("--lr-schedule", scheds),
+                             ("--lr", lrs or [None])):
+            if len(values) != 1:
+                parser.error(f"{flag}: train takes one value, got {len(values)} (use compare)")
+    _positive(parser, "--epochs", args.epochs)
+    _positive(parser, "--batch-size", args.batch_size)
+    _positive(parser, "--monitor-every", args.monitor_every)
+    _positive(parser, "--train-size", args.train_size, minimum=2)
+    if grid:
+        _positive(parser, "--seeds", args.seeds)
+        _positive(parser, "--jobs", args.jobs)
+        _positive(parser, "--top", args.top)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            parser.error(f"--out: {args.out!r} exists and is not a folder")
+        if args.jobs is None:
+            args.jobs = max(1, min(os.cpu_count() or 1, 8))
+    if args.seed < 0:
+        parser.error(f"--seed: expected an integer >= 0, got {args.seed}")
+    if not 0 <= args.threshold <= 1:
+        parser.error(f"--threshold: expected an accuracy in [0, 1], got {args.threshold}")
+    if not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction: expected a number in (0, 1), got {args.val_fraction}")
+    if args.grad_clip is not None and not args.grad_clip > 0:
+        parser.error(f"--grad-clip: expected a positive norm, got {args.grad_clip}")
+    hidden = _hidden(parser, args.hidden)
+    configs = C.expand_grid(opts, inits, norms, acts, scheds, lrs)
+    n_seeds = args.seeds if grid else 1
+    return {"configs": configs, "seeds": list(range(args.seed, args.seed + n_seeds)),
+            "hidden": hidden}
+
+
+def _init_names():
+    import gradfuse as gf
+
+    return list(C.INITS) + [n for n in gf.nn.init.names() if n not in C.INITS]
+
+
+def _load(parser, args):
+    from .datasets import load_dataset
+
+    try:
+        return load_dataset(args.dataset, val_fraction=args.val_fraction,
+                            train_size=args.train_size)
+    except (ValueError, OSError) as e:
+        msg = str(e)
+        parser.error(msg if msg.startswith("--dataset") else f"--dataset: {msg}")
+
+
+def _run_kwargs(args, spec):
+    return dict(epochs=args.epochs, batch_size=args.batch_size, hidden=spec["hidden"],
+                threshold=args.threshold, grad_clip=args.grad_clip,
+                monitor_every=args.monitor_every)
+
+
+def _describe_model(data, hidden):
+    return "MLP " + "-".join(str(w) for w in (data.n_features, *hidden, data.n_classes))
+
+
+def compare(parser, args, log=print) -> int:
+    """The ``gradfuse compare`` command."""
+    from . import plots, report
+    from .runner import run_grid
+
+    spec = parse_grid(parser, args, grid=True)
+    data = _load(parser, args)
+    try:
+        os.makedirs(args.out, exist_ok=True)  # now, not after an hour of training
+    except OSError as e:
+        parser.error(f"--out: cannot create {args.out!r}: {e}")
+    configs, seeds = spec["configs"], spec["seeds"]
+    total = len(configs) * len(seeds)
+    log(data.describe())
+    log(f"{_describe_model(data, spec['hidden'])}, batch {args.batch_size}, {args.epochs} epochs"
+        f"{'' if args.grad_clip is None else f', grad clip {args.grad_clip:g}'}; "
+        f"{len(configs)} configurations x {len(seeds)} seeds = {total} runs on "
+        f"{min(args.jobs, total)} process{'es' if min(args.jobs, total) > 1 else ''} "
+        f"(the ETA follows each run)")
+    t0 = time.perf_counter()
+    results = run_grid(configs, data, seeds=seeds, jobs=args.jobs,
+                       log=(lambda s: None) if args.quiet else log, **_run_kwargs(args, spec))
+    elapsed = time.perf_counter() - t0
+    rows = report.rank(report.aggregate(results))
+    axes = report.varying_axes(rows) or ["optimizer"]
+    if "lr" not in axes:
+        axes.append("lr")  # the lr each optimizer used, even when it is not an axis
+    log("")
+    log(f"Ranked by final validation accuracy (mean +- std over {len(seeds)} seed"
+        f"{'s' if len(seeds) > 1 else ''}); diverged configurations last:")
+    log(report.format_table(rows, threshold=args.threshold, top=args.top, axes=axes))
+    effects = report.format_effects(rows, args.threshold)
+    if effects:
+        log("")
+        log(effects)
+    n_div = sum(r["diverged"] for r in results)
+    log("")
+    log(f"{total} runs in {elapsed:.1f} s ({n_div} diverged)")
+    out = args.out
+    meta = {"dataset": data.describe(), "model": _describe_model(data, spec["hidden"]),
+            "epochs": args.epochs, "seeds": seeds, "batch_size": args.batch_size,
+            "threshold": args.threshold, "grad_clip": args.grad_clip, "seconds": elapsed}
+    report.write_results_csv(rows, os.path.join(out, "results.csv"))
+    report.write_json({"meta": meta, "results": rows}, os.path.join(out, "results.json"))
+    report.write_runs_csv(results, os.path.join(out, "runs.csv"))
+    report.write_json({"meta": meta, "runs": results}, os.path.join(out, "runs.json"))
+    written = ["results.csv", "results.json", "runs.csv", "runs.json"]
+    log(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
+    if args.no_plots:
+        log("plots skipped (--no-plots)")
+    else:
+        ok, why = plots.available()
+        if ok:
+            paths = plots.write_all(rows, results, out, threshold=args.threshold)
+            log(f"plots: {', '.join(paths)}")
+        else:
+            log(f"plots skipped: {why}")
+    return 0
+
+
+def train(parser, args, log=print) -> int:
+    """The ``gradfuse train`` command."""
+    from .runner import run_one
+
+    spec = parse_grid(parser, args, grid=False)
+    if args.save is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+        parser.error(f"--save: folder of {args.save!r} does not exist")
+    data = _load(parser, args)
+    cfg = spec["configs"][0]
+    log(data.describe())
+    log(f"{_describe_model(data, spec['hidden'])}: {cfg.key}, batch {args.batch_size}, "
+        f"{args.epochs} epochs, seed {args.seed}")
+    models = []
+    r = run_one(cfg, data, seed=args.seed, verbose=1, model_out=models, **_run_kwargs(args, spec))
+    log("")
+    log(" epoch  train loss  train acc  val loss  val acc        lr    time")
+    for h in r["history"]:
+        log(f"{h['epoch']:6d}  {_f(h['train_loss'], '10.4f')}  {_f(h['train_acc'], '9.3f')}  "
+            f"{_f(h['val_loss'], '8.4f')}  {_f(h['val_acc'], '7.3f')}  {_f(h['lr'], '8.2e')}  "
+            f"{_f(h['time'], '5.2f')} s")
+    reached = r["epochs_to_threshold"]
+    log("")
+    log(f"final: val acc {_f(r['final_val_acc'], '.4f')}, val loss "
+        f"{_f(r['final_val_loss'], '.4f')}, train loss {_f(r['final_train_loss'], '.4f')}; "
+        f"val acc >= {args.threshold:g} "
+        f"{'at epoch ' + str(reached) if reached else 'not reached'}; "
+        f"{'DIVERGED at epoch ' + str(r['stopped_epoch']) if r['diverged'] else 'finite'}; "
+        f"{r['wall_time']:.2f} s")
+    flags = r["grad_flags"]
+    if flags["vanishing"] or flags["exploding"]:
+        log(f"gradient monitor: {flags['vanishing']} vanishing and {flags['exploding']} "
+            "exploding layer-steps flagged")
+    if args.save is not None:
+        import gradfuse as gf
+
+        gf.save(models[0].state_dict(), args.save)
+        log(f"saved the model's state_dict to {args.save}")
+    return 1 if r["diverged"] else 0
+
+
+def _f(x, spec):
+    return "nan" if x is None else format(x, spec)

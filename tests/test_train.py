@@ -934,3 +934,37 @@ def test_nonfinite_guard_names_input_and_first_nonfinite_module():
     np.testing.assert_array_equal(gf.get_rng_state().numpy(), rng_before[0])
     for b, saved in zip(model.buffers(), rng_before[1]):
         np.testing.assert_array_equal(b.data, saved)
+
+
+# ------------------------------------------------------------------ review round: regressions
+
+def small_data(n=100, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 5)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def small_mlp(seed=0):
+    gf.manual_seed(seed)
+    return gf.nn.Sequential(gf.nn.Linear(5, 8), gf.nn.ReLU(), gf.nn.Linear(8, 3))
+
+
+def small_loader(x, y, batch_size=16, n=None):
+    n = len(x) if n is None else n
+    return gf.data.DataLoader(gf.data.TensorDataset(x[:n], y[:n]), batch_size=batch_size,
+                              shuffle=True, generator=0)
+
+
+def test_plateau_on_metric_without_metric_fails_before_training():
+    x, y = small_data()
+    model = small_mlp()
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    sched = gf.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max")
+    trainer = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched, metric=None,
+                      verbose=0)
+    before = params(model)
+    with pytest.raises(ValueError, match="scheduler.*metric=None"):
+        trainer.fit(small_loader(x, y), epochs=2)
+    # nothing was trained: the error comes before the first step, not after an epoch
+    assert trainer.global_step == 0 and trainer.history.steps == []
+    after = params(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)

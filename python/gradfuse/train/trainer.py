@@ -340,6 +340,12 @@ class Trainer:
         _check_loader("train", train)
         if val is not None:
             _check_loader("val", val)
+        if isinstance(self.scheduler, ReduceLROnPlateau) and self.metric is None and \
+                getattr(self.scheduler, "mode", "min") == "max":
+            # checked here, not when the first epoch ends and its steps are already taken
+            raise ValueError(
+                "scheduler: ReduceLROnPlateau in mode 'max' follows the metric, but the "
+                "trainer has metric=None")
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         if self.epoch > epochs:

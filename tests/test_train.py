@@ -968,3 +968,30 @@ def test_plateau_on_metric_without_metric_fails_before_training():
     assert trainer.global_step == 0 and trainer.history.steps == []
     after = params(model)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_model_checkpoint_failed_write_does_not_count_as_best(tmp_path):
+    x, y = small_data()
+    model = small_mlp()
+    blocker = tmp_path / "ckpt"
+    blocker.write_text("a file where the checkpoint directory should be")
+    ck = ModelCheckpoint(str(blocker / "best.safetensors"), monitor="train_loss")
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=[ck], verbose=0)
+    with pytest.raises(OSError):
+        trainer.fit(small_loader(x, y), epochs=3)
+    # the epoch is recorded, but no file was written: it is not "the best checkpoint"
+    assert trainer.epoch == 1 and ck.saved == []
+    assert ck.best is None and ck.best_epoch is None
+    blocker.unlink()
+    blocker.mkdir()
+    # once the directory can be written, the next epoch is saved even if it is not better
+    # than the epoch whose write failed
+    class Worse(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["train_loss"] = 10.0 + epoch
+
+    trainer.callbacks.insert(0, Worse())
+    trainer.fit(small_loader(x, y), epochs=2)
+    assert [s[0] for s in ck.saved] == [2] and ck.best == 12.0
+    assert (blocker / "best.safetensors").exists()

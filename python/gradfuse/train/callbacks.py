@@ -383,11 +383,19 @@ class ModelCheckpoint(Callback):
                 self.best is None or (v < self.best if self.mode == "min" else v > self.best))
             if not better:
                 return
+            # set before the write, so that the checkpoint holds it; put back when the write
+            # fails, so that a best without a file does not block the next save
+            old = self.best, self.best_epoch
             self.best, self.best_epoch = v, epoch
         elif epoch % self.every != 0 and epoch != trainer.epochs:
             return
         path = self.path.format(epoch=epoch, step=trainer.global_step)
-        trainer.save_checkpoint(path)
+        try:
+            trainer.save_checkpoint(path)
+        except BaseException:
+            if self.save_best_only:
+                self.best, self.best_epoch = old
+            raise
         self.saved.append((epoch, path))
 
     def state_dict(self) -> dict:

@@ -995,3 +995,25 @@ def test_model_checkpoint_failed_write_does_not_count_as_best(tmp_path):
     trainer.fit(small_loader(x, y), epochs=2)
     assert [s[0] for s in ck.saved] == [2] and ck.best == 12.0
     assert (blocker / "best.safetensors").exists()
+
+
+def test_model_checkpoint_creates_its_directory(tmp_path):
+    # the docstring's "ckpt/epoch{epoch:03d}.safetensors" with no ckpt/ yet (as CSVLogger and
+    # JSONLogger do for their files)
+    x, y = small_data()
+    model = small_mlp()
+    ck = ModelCheckpoint(str(tmp_path / "ckpt" / "run1" / "epoch{epoch:03d}.safetensors"),
+                         save_best_only=False)
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=[ck], verbose=0)
+    trainer.fit(small_loader(x, y), epochs=2)
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "run1").iterdir()) == \
+        ["epoch001.safetensors", "epoch002.safetensors"]
+    trainer.save_checkpoint(tmp_path / "other" / "last.safetensors")
+    model2 = small_mlp(seed=1)
+    other = Trainer(model2, gf.optim.SGD(model2.parameters(), lr=0.1),
+                    gf.nn.CrossEntropyLoss(), verbose=0)
+    other.load_checkpoint(tmp_path / "other" / "last.safetensors")
+    assert other.epoch == 2
+    for k, v in params(model).items():
+        np.testing.assert_array_equal(params(model2)[k], v)

@@ -1017,3 +1017,49 @@ def test_model_checkpoint_creates_its_directory(tmp_path):
     assert other.epoch == 2
     for k, v in params(model).items():
         np.testing.assert_array_equal(params(model2)[k], v)
+
+
+class _SaveAndInterrupt(Callback):
+    def __init__(self, step, path):
+        self.step, self.path = step, path
+
+    def on_batch_end(self, trainer, logs):
+        if logs["step"] == self.step:
+            trainer.save_checkpoint(self.path)
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("kind", ["dataloader", "list"])
+def test_resume_mid_epoch_with_another_loader_size_is_refused(tmp_path, kind):
+    x, y = small_data()
+    path = str(tmp_path / "mid.safetensors")
+
+    def make(batch_size=16, n=100):
+        model = small_mlp()
+        if kind == "dataloader":
+            train = small_loader(x, y, batch_size=batch_size, n=n)
+        else:
+            train = [(x[i:i + batch_size], y[i:i + batch_size])
+                     for i in range(0, n, batch_size)]
+        return Trainer(model, gf.optim.Adam(model.parameters(), lr=1e-2),
+                       gf.nn.CrossEntropyLoss(), verbose=0), train
+
+    trainer, train = make()
+    trainer.callbacks.append(_SaveAndInterrupt(3, path))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(train, epochs=2)
+    for bs, n in ((32, 100), (16, 40)):
+        trainer, train = make(bs, n)
+        with pytest.raises(ValueError, match="train:.*(batches|batch_size|samples)"):
+            trainer.fit(train, epochs=2, resume_from=path)
+        assert trainer.global_step == 3  # the checkpoint is loaded, nothing trained
+        # the same loader still resumes: the refusal left the partial epoch in place
+        _, good = make()
+        trainer.fit(good, epochs=2)
+        assert trainer.epoch == 2
+    # the run resumed with the right loader matches the uninterrupted one
+    ref, train = make()
+    ref.fit(train, epochs=2)
+    assert params(trainer.model).keys() == params(ref.model).keys()
+    for k, v in params(ref.model).items():
+        np.testing.assert_array_equal(params(trainer.model)[k], v)

@@ -326,7 +326,8 @@ class ModelCheckpoint(Callback):
             continues the epoch where the checkpoint was taken: exactly with a
             ``gf.data.DataLoader`` or any loader with ``state_dict()``, or with a loader whose
             order is fixed or drawn from its ``generator`` attribute at each ``iter()``,
-            whose first batches are then drawn again and skipped). None: only at epoch ends.
+            whose first batches are then drawn again and skipped; a loader with another
+            batch count, batch size or data set length is refused). None: only at epoch ends.
 
     Attributes: ``best``, ``best_epoch``, ``saved`` (list of (epoch, path) at epoch ends, (epoch,
     step, path) inside epochs).

@@ -107,6 +107,35 @@ def _len(loader):
         return None
 
 
+def _loader_size(loader) -> dict:
+    """What a partial epoch's position depends on: the number of batches, and for a DataLoader
+    its batch size and data set length (None where the loader does not tell)."""
+    bs = getattr(loader, "batch_size", None)
+    try:
+        samples = len(loader.dataset)
+    except (AttributeError, TypeError):
+        samples = None
+    return {"batches": _len(loader),
+            "batch_size": bs if isinstance(bs, numbers.Integral) and not isinstance(bs, bool)
+            else None,
+            "samples": samples}
+
+
+def _check_loader_size(loader, saved) -> None:
+    """A partial epoch resumes by batch count: refuse a loader that cuts the epoch otherwise
+    (resuming would silently skip or repeat samples)."""
+    if not saved:
+        return
+    now = _loader_size(loader)
+    for key in ("samples", "batch_size", "batches"):
+        a, b = saved.get(key), now[key]
+        if a is not None and b is not None and a != b:
+            raise ValueError(
+                f"train: the checkpoint was taken inside an epoch of a loader with {key} = "
+                f"{a}, this one has {b}; resume a partial epoch with the same loader (or "
+                "resume from a checkpoint taken at an epoch end)")
+
+
 def _loader_state(loader):
     """Whatever makes ``loader``'s next epoch reproducible: its state_dict() when it has one,
     else the state of its ``generator`` (a gf.Generator or a numpy Generator); None else."""
@@ -250,6 +279,7 @@ class Trainer:
         self._in_epoch = None  # the epoch being trained, None between epochs
         self._acc = None  # its running sums
         self._epoch_loader_start = None
+        self._epoch_loader_size = None
         self._resume_partial = None  # a partial epoch restored by load_state_dict
         self._device = "cpu"
 
@@ -352,8 +382,10 @@ class Trainer:
             raise ValueError(
                 f"epochs: the run already has {self.epoch} epochs; pass the total number of "
                 f"epochs (>= {self.epoch})")
-        self.train_loader, self.val_loader = train, val
         partial = self._resume_partial
+        if partial is not None:
+            _check_loader_size(train, partial.get("loader_size"))
+        self.train_loader, self.val_loader = train, val
         if partial is not None and not _has_state_dict(train):
             # a loader that cannot seek restarts the epoch from its start state; the batches
             # already trained are drawn again and skipped
@@ -408,6 +440,7 @@ class Trainer:
         self._acc = acc
         # where a loader without its own state_dict() starts this epoch
         self._epoch_loader_start = None if _has_state_dict(train) else _loader_state(train)
+        self._epoch_loader_size = _loader_size(train)
         self._in_epoch = epoch
         for hook in self._hooks("on_epoch_start"):
             hook(self, epoch)
@@ -588,7 +621,8 @@ class Trainer:
             "history": self.history.to_dict(),
             "partial": None if self._in_epoch is None else {
                 "epoch": self._in_epoch, "acc": dict(self._acc),
-                "loader_start": self._epoch_loader_start},
+                "loader_start": self._epoch_loader_start,
+                "loader_size": self._epoch_loader_size},
             "callbacks": {key: cb.state_dict() for key, cb in self._callback_keys()},
         }
 
@@ -613,7 +647,8 @@ class Trainer:
         history = History.from_dict(state["history"])
         partial = state.get("partial")
         if partial is not None:
-            if not isinstance(partial, dict) or set(partial) != {"epoch", "acc", "loader_start"} \
+            keys = {"epoch", "acc", "loader_start"}
+            if not isinstance(partial, dict) or set(partial) - {"loader_size"} != keys \
                     or partial["epoch"] != epoch + 1:
                 raise ValueError("state['partial']: expected the running sums of epoch "
                                  f"{epoch + 1} (the epoch in progress)")

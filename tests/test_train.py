@@ -1063,3 +1063,23 @@ def test_resume_mid_epoch_with_another_loader_size_is_refused(tmp_path, kind):
     assert params(trainer.model).keys() == params(ref.model).keys()
     for k, v in params(ref.model).items():
         np.testing.assert_array_equal(params(trainer.model)[k], v)
+
+
+def test_gradient_monitor_does_not_flag_frozen_layers():
+    x, y = small_data()
+    model = small_mlp()
+    for p in model[0].parameters():
+        p.requires_grad = False
+    mon = GradientMonitor()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    Trainer(model, gf.optim.SGD(trainable, lr=0.1), gf.nn.CrossEntropyLoss(),
+            callbacks=[mon], verbose=0).fit(small_loader(x, y), epochs=1)
+    assert not [f for f in mon.flags if f["layer"] == "0"]
+    frozen = [r for r in mon.records if r["layer"] == "0"]
+    assert frozen and all(r["grad_norm"] == 0.0 and r["update_ratio"] == 0.0 for r in frozen)
+    # a trainable layer with a tiny gradient is still flagged
+    mon = GradientMonitor(vanishing=1e9, exploding=1e10)
+    model = small_mlp()
+    Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+            callbacks=[mon], verbose=0).fit(small_loader(x, y), epochs=1)
+    assert {f["layer"] for f in mon.flags} == {"0", "2"}

@@ -1083,3 +1083,33 @@ def test_gradient_monitor_does_not_flag_frozen_layers():
     Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
             callbacks=[mon], verbose=0).fit(small_loader(x, y), epochs=1)
     assert {f["layer"] for f in mon.flags} == {"0", "2"}
+
+
+@pytest.mark.parametrize("early_stopping_first", [True, False])
+def test_model_checkpoint_every_saves_the_last_epoch_of_an_early_stopped_run(
+        tmp_path, early_stopping_first):
+    x, y = small_data()
+    model = small_mlp()
+
+    class Losses(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["train_loss"] = [3.0, 1.0, 2.0, 2.0, 2.0, 2.0][epoch - 1]
+
+    ck = ModelCheckpoint(str(tmp_path / "e{epoch}.safetensors"), save_best_only=False, every=5)
+    es = EarlyStopping("train_loss", patience=2, restore_best=True)
+    cbs = [Losses(), es, ck] if early_stopping_first else [Losses(), ck, es]
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=cbs, verbose=0)
+    h = trainer.fit(small_loader(x, y), epochs=6)
+    assert h.stopped_early and trainer.epoch == 4
+    assert ck.saved == [(4, str(tmp_path / "e4.safetensors"))]
+    # the checkpoint is the state the run ended in (resumable), not the restored best weights
+    state = gf.train._checkpoint.load(str(tmp_path / "e4.safetensors"))
+    assert state["epoch"] == 4 and state["step"] == trainer.global_step
+    assert not all(np.array_equal(state["model"][k], v) for k, v in params(model).items())
+    # a run that ends normally is saved once at its last epoch (not again by on_fit_end)
+    ck2 = ModelCheckpoint(str(tmp_path / "n{epoch}.safetensors"), save_best_only=False, every=5)
+    model = small_mlp()
+    Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+            callbacks=[ck2], verbose=0).fit(small_loader(x, y), epochs=3)
+    assert [s[0] for s in ck2.saved] == [3]

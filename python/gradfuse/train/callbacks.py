@@ -320,7 +320,8 @@ class ModelCheckpoint(Callback):
         monitor, mode: what "best" means (default ``"val_loss"``, ``"auto"``: max for
             metrics, min for losses).
         save_best_only: at epoch ends, save only when ``monitor`` improves (default); False
-            saves every ``every`` epochs (and after the last).
+            saves every ``every`` epochs and after the last (also when the run stopped
+            early).
         every: with ``save_best_only=False``, the epoch interval.
         every_steps: also save every this many optimizer steps, inside epochs (a resumed run
             continues the epoch where the checkpoint was taken: exactly with a
@@ -388,7 +389,7 @@ class ModelCheckpoint(Callback):
             # fails, so that a best without a file does not block the next save
             old = self.best, self.best_epoch
             self.best, self.best_epoch = v, epoch
-        elif epoch % self.every != 0 and epoch != trainer.epochs:
+        elif epoch % self.every != 0 and epoch != trainer.epochs and not trainer.stop_training:
             return
         path = self.path.format(epoch=epoch, step=trainer.global_step)
         try:
@@ -398,6 +399,19 @@ class ModelCheckpoint(Callback):
                 self.best, self.best_epoch = old
             raise
         self.saved.append((epoch, path))
+
+    def on_fit_end(self, trainer) -> None:
+        # "after the last" epoch also when a callback ended the run before ``epochs`` and ran
+        # after this one at that epoch's end (before it, on_epoch_end saw stop_training).
+        # Callbacks end in their order: this runs before a later EarlyStopping(restore_best)
+        # puts back older weights, so the checkpoint is the state the run ended in.
+        if self.save_best_only or not trainer.stop_training or trainer.epoch < 1:
+            return
+        if any(len(s) == 2 and s[0] == trainer.epoch for s in self.saved):
+            return
+        path = self.path.format(epoch=trainer.epoch, step=trainer.global_step)
+        trainer.save_checkpoint(path)
+        self.saved.append((trainer.epoch, path))
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}

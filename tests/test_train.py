@@ -1113,3 +1113,46 @@ def test_model_checkpoint_every_saves_the_last_epoch_of_an_early_stopped_run(
     Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
             callbacks=[ck2], verbose=0).fit(small_loader(x, y), epochs=3)
     assert [s[0] for s in ck2.saved] == [3]
+
+
+class _NaNGrads(Callback):
+    """Makes the gradients of the given steps NaN (as a diverging step would)."""
+
+    def __init__(self, steps):
+        self.steps = set(steps)
+
+    def on_after_backward(self, trainer, logs):
+        if logs["step"] in self.steps:
+            for p in trainer.model.parameters():
+                p.grad.data[...] = np.nan
+            logs["grad_norm"] = math.nan
+
+
+def test_nonfinite_guard_consecutive_skips_survive_resume(tmp_path):
+    # steps 5..7 are NaN; max_skips=3 ends the run at step 7. A checkpoint taken after step 6
+    # (two skips in a row) must resume into the same ending.
+    x, y = small_data()
+    path = str(tmp_path / "mid.safetensors")
+
+    def make(extra=()):
+        model = small_mlp()
+        guard = NonFiniteGuard("skip", max_skips=3)
+        t = Trainer(model, gf.optim.Adam(model.parameters(), lr=1e-2),
+                    gf.nn.CrossEntropyLoss(), callbacks=[_NaNGrads({5, 6, 7}), guard,
+                                                         *extra], verbose=0)
+        return t, guard
+
+    ref, g_ref = make()
+    h = ref.fit(small_loader(x, y), epochs=2)
+    assert h.diverged and ref.global_step == 7 and len(g_ref.events) == 3
+    t, _ = make([_SaveAndInterrupt(6, path)])
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(small_loader(x, y), epochs=2)
+    t, g = make()
+    h = t.fit(small_loader(x, y), epochs=2, resume_from=path)
+    assert h.diverged and t.global_step == 7 and [e["step"] for e in g.events] == [7]
+    # a new fit of a guard that was not loaded starts counting afresh
+    t2, g2 = make()
+    t2.callbacks[0].steps = {1, 2}
+    g2._run = 2
+    assert not t2.fit(small_loader(x, y), epochs=1).diverged

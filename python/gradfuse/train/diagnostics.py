@@ -79,9 +79,14 @@ class NonFiniteGuard(Callback):
         self.max_skips = max_skips
         self.events: list[dict] = []
         self._run = 0
+        self._loaded = False
 
     def on_fit_start(self, trainer) -> None:
-        self._run = 0
+        # a new fit counts consecutive skips afresh; a resumed one goes on with the count of
+        # the checkpoint (else max_skips would end the resumed run later than the original)
+        if not self._loaded:
+            self._run = 0
+        self._loaded = False
 
     def on_after_backward(self, trainer, logs: dict) -> None:
         loss_ok = math.isfinite(logs["loss"])
@@ -153,6 +158,7 @@ class NonFiniteGuard(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self._run = int(state.get("run", 0))
+        self._loaded = True
 
 
 class GradientMonitor(Callback):

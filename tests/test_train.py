@@ -1156,3 +1156,32 @@ def test_nonfinite_guard_consecutive_skips_survive_resume(tmp_path):
     t2.callbacks[0].steps = {1, 2}
     g2._run = 2
     assert not t2.fit(small_loader(x, y), epochs=1).diverged
+
+
+def test_early_stopping_load_state_without_best_weights_drops_stale_ones():
+    x, y = small_data()
+    model = small_mlp()
+    es = EarlyStopping("train_loss", restore_best=True)
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=[es], verbose=0)
+    fresh = trainer.state_dict()  # before any epoch: no best yet, no best weights
+    assert "best_state" not in fresh["callbacks"]["EarlyStopping:0"]
+    trainer.fit(small_loader(x, y), epochs=2)
+    assert es._best_state is not None
+    trainer.load_state_dict(fresh)
+    assert es.best is None and es._best_state is None
+    # an epoch without a finite value is no improvement: fit ends with the weights this
+    # timeline trained, not the stale best weights of the other one put back
+
+    class NaNLoss(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["train_loss"] = math.nan
+
+        def on_fit_end(self, trainer):
+            self.trained = params(trainer.model)
+
+    nan = NaNLoss()
+    trainer.callbacks.insert(0, nan)
+    trainer.fit(small_loader(x, y), epochs=1)
+    for k, v in nan.trained.items():
+        np.testing.assert_array_equal(params(model)[k], v)

@@ -304,8 +304,8 @@ class EarlyStopping(Callback):
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
         self.wait = int(state.get("wait", 0))
-        if "best_state" in state:
-            self._best_state = state["best_state"]
+        # None when the saved run had no best yet: weights kept from another run must go
+        self._best_state = state.get("best_state")
 
 
 class ModelCheckpoint(Callback):

@@ -1185,3 +1185,34 @@ def test_early_stopping_load_state_without_best_weights_drops_stale_ones():
     trainer.fit(small_loader(x, y), epochs=1)
     for k, v in nan.trained.items():
         np.testing.assert_array_equal(params(model)[k], v)
+
+
+def test_checkpoint_holds_the_epoch_state_of_callbacks_listed_after_it(tmp_path):
+    # ModelCheckpoint listed before EarlyStopping: its epoch-2 checkpoint must hold
+    # EarlyStopping's state after epoch 2 (not after epoch 1), or the resumed run stops at
+    # another epoch than the uninterrupted one
+    x, y = small_data()
+    losses = [3.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+
+    class Losses(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["train_loss"] = losses[epoch - 1]
+
+    def make():
+        model = small_mlp()
+        es = EarlyStopping("train_loss", patience=2)
+        ck = ModelCheckpoint(str(tmp_path / "e{epoch}.safetensors"), save_best_only=False)
+        return Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                       gf.nn.CrossEntropyLoss(), callbacks=[Losses(), ck, es], verbose=0), es
+
+    full, es_full = make()
+    h = full.fit(small_loader(x, y), epochs=6)
+    assert h.stopped_early and full.epoch == 4
+    state = gf.train._checkpoint.load(str(tmp_path / "e2.safetensors"))
+    assert state["callbacks"]["EarlyStopping:0"]["best"] == 1.0
+    resumed, es = make()
+    h = resumed.fit(small_loader(x, y), epochs=6, resume_from=str(tmp_path / "e2.safetensors"))
+    assert h.stopped_early and resumed.epoch == 4
+    assert (es.best, es.best_epoch, es.wait) == (es_full.best, es_full.best_epoch, es_full.wait)
+    for k, v in params(full.model).items():
+        np.testing.assert_array_equal(params(resumed.model)[k], v)

@@ -36,6 +36,9 @@ class Callback:
       ``trainer.stop_training``.
     * ``on_fit_end(trainer)``: also after an exception in fit.
 
+    Callbacks run in list order, except that :class:`ModelCheckpoint`'s ``on_batch_end`` and
+    ``on_epoch_end`` run after all others (its checkpoint holds their state of that step).
+
     ``state_dict()``/``load_state_dict()`` carry what a resumed run needs (saved in the
     trainer's checkpoint).
 
@@ -390,7 +393,7 @@ class ModelCheckpoint(Callback):
             old = self.best, self.best_epoch
             self.best, self.best_epoch = v, epoch
         elif epoch % self.every != 0 and epoch != trainer.epochs and not trainer.stop_training:
-            return
+            return  # (the trainer runs this after the other callbacks' on_epoch_end)
         path = self.path.format(epoch=epoch, step=trainer.global_step)
         try:
             trainer.save_checkpoint(path)
@@ -399,19 +402,6 @@ class ModelCheckpoint(Callback):
                 self.best, self.best_epoch = old
             raise
         self.saved.append((epoch, path))
-
-    def on_fit_end(self, trainer) -> None:
-        # "after the last" epoch also when a callback ended the run before ``epochs`` and ran
-        # after this one at that epoch's end (before it, on_epoch_end saw stop_training).
-        # Callbacks end in their order: this runs before a later EarlyStopping(restore_best)
-        # puts back older weights, so the checkpoint is the state the run ended in.
-        if self.save_best_only or not trainer.stop_training or trainer.epoch < 1:
-            return
-        if any(len(s) == 2 and s[0] == trainer.epoch for s in self.saved):
-            return
-        path = self.path.format(epoch=trainer.epoch, step=trainer.global_step)
-        trainer.save_checkpoint(path)
-        self.saved.append((trainer.epoch, path))
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}

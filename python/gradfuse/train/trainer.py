@@ -25,7 +25,7 @@ from ..optim.optimizer import total_norm
 from ..tensor import Tensor, no_grad
 from . import _checkpoint
 from ._util import host, model_device
-from .callbacks import Callback, ProgressBar
+from .callbacks import Callback, ModelCheckpoint, ProgressBar
 from .history import STEP_KEYS, History
 
 __all__ = ["Trainer"]
@@ -286,10 +286,15 @@ class Trainer:
     # ------------------------------------------------------------ callbacks
     def _hooks(self, name: str) -> list:
         """The bound hook ``name`` of every callback that overrides it (the per-batch loop
-        calls only those)."""
+        calls only those), in list order, except that ModelCheckpoint's step and epoch ends
+        come last: its checkpoint then holds the other callbacks' state of that step or
+        epoch (an EarlyStopping listed after it would resume one epoch behind) and it sees
+        their ``stop_training``."""
         base = getattr(Callback, name)
-        return [getattr(cb, name) for cb in self.callbacks
-                if getattr(type(cb), name, base) is not base]
+        cbs = [cb for cb in self.callbacks if getattr(type(cb), name, base) is not base]
+        if name in ("on_batch_end", "on_epoch_end"):
+            cbs.sort(key=lambda cb: isinstance(cb, ModelCheckpoint))  # stable
+        return [getattr(cb, name) for cb in cbs]
 
     def _callback_keys(self):
         """``("EarlyStopping:0", cb)``...: a callback's state is found again by its class and

@@ -1216,3 +1216,14 @@ def test_checkpoint_holds_the_epoch_state_of_callbacks_listed_after_it(tmp_path)
     assert (es.best, es.best_epoch, es.wait) == (es_full.best, es_full.best_epoch, es_full.wait)
     for k, v in params(full.model).items():
         np.testing.assert_array_equal(params(resumed.model)[k], v)
+
+
+def test_model_checkpoint_best_only_with_every_steps_needs_a_step_in_the_path(tmp_path):
+    # the mid-epoch saves would overwrite the best checkpoint with whatever state the run is in
+    with pytest.raises(ValueError, match="path.*every_steps"):
+        ModelCheckpoint(str(tmp_path / "best.safetensors"), every_steps=5)
+    with pytest.raises(ValueError, match="path.*every_steps"):
+        ModelCheckpoint(str(tmp_path / "best{epoch}.safetensors"), every_steps=5)
+    ModelCheckpoint(str(tmp_path / "c{epoch}-{step}.safetensors"), every_steps=5)
+    ModelCheckpoint(str(tmp_path / "last.safetensors"), save_best_only=False, every_steps=5)
+    ModelCheckpoint(str(tmp_path / "best.safetensors"))

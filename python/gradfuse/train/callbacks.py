@@ -332,6 +332,8 @@ class ModelCheckpoint(Callback):
             order is fixed or drawn from its ``generator`` attribute at each ``iter()``,
             whose first batches are then drawn again and skipped; a loader with another
             batch count, batch size or data set length is refused). None: only at epoch ends.
+            With ``save_best_only``, ``path`` must contain ``{step}`` (the step saves must
+            not overwrite the best one).
 
     Attributes: ``best``, ``best_epoch``, ``saved`` (list of (epoch, path) at epoch ends, (epoch,
     step, path) inside epochs).
@@ -361,6 +363,11 @@ class ModelCheckpoint(Callback):
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(
                 f"path: only {{epoch}} and {{step}} may be formatted into it ({e!r})") from None
+        if save_best_only and every_steps is not None and \
+                self.path.format(epoch=1, step=1) == self.path.format(epoch=1, step=2):
+            raise ValueError(
+                "path: with save_best_only and every_steps, the step saves would overwrite "
+                "the best checkpoint; put {step} in the path, or pass save_best_only=False")
         self.monitor = _check_monitor(monitor)
         self.mode = _resolve_mode(mode, monitor)
         self.save_best_only = save_best_only

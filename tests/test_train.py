@@ -1227,3 +1227,36 @@ def test_model_checkpoint_best_only_with_every_steps_needs_a_step_in_the_path(tm
     ModelCheckpoint(str(tmp_path / "c{epoch}-{step}.safetensors"), every_steps=5)
     ModelCheckpoint(str(tmp_path / "last.safetensors"), save_best_only=False, every_steps=5)
     ModelCheckpoint(str(tmp_path / "best.safetensors"))
+
+
+def test_model_checkpoint_sets_the_history_monitor(tmp_path):
+    # History's docstring: EarlyStopping and ModelCheckpoint set the monitor best_epoch uses
+    x, y = small_data()
+    vals = [0.2, 0.9, 0.5]
+
+    class Metric(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["val_metric"] = vals[epoch - 1]
+            logs["val_loss"] = 1.0 - epoch * 0.1  # best loss at the last epoch
+
+    def run(callbacks):
+        model = small_mlp()
+        t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                    callbacks=[Metric(), *callbacks], verbose=0)
+        return t.fit(small_loader(x, y), val=small_loader(x, y), epochs=3)
+
+    ck = ModelCheckpoint(tmp_path / "best.safetensors", monitor="val_metric")
+    h = run([ck])
+    assert ck.best_epoch == 2 and (h.monitor, h.mode) == ("val_metric", "max")
+    assert h.best_epoch == 2
+    # EarlyStopping's monitor wins over ModelCheckpoint's whatever the order
+    for cbs in ([ModelCheckpoint(tmp_path / "b.safetensors", monitor="val_metric"),
+                 EarlyStopping("val_loss", patience=5)],
+                [EarlyStopping("val_loss", patience=5),
+                 ModelCheckpoint(tmp_path / "b.safetensors", monitor="val_metric")]):
+        h = run(cbs)
+        assert (h.monitor, h.best_epoch) == ("val_loss", 3)
+    # save_best_only=False does not monitor anything
+    h = run([ModelCheckpoint(tmp_path / "l.safetensors", monitor="val_metric",
+                             save_best_only=False)])
+    assert h.monitor is None and h.best_epoch == 3

@@ -380,6 +380,9 @@ class ModelCheckpoint(Callback):
     def on_fit_start(self, trainer) -> None:
         if self.save_best_only:
             _check_available(self.monitor, trainer, "ModelCheckpoint")
+            # history.best_epoch follows this monitor, unless an EarlyStopping sets its own
+            if not any(isinstance(cb, EarlyStopping) for cb in getattr(trainer, "callbacks", ())):
+                trainer.history.monitor, trainer.history.mode = self.monitor, self.mode
 
     def on_batch_end(self, trainer, logs: dict) -> None:
         step = logs["step"]

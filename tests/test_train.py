@@ -1260,3 +1260,27 @@ def test_model_checkpoint_sets_the_history_monitor(tmp_path):
     h = run([ModelCheckpoint(tmp_path / "l.safetensors", monitor="val_metric",
                              save_best_only=False)])
     assert h.monitor is None and h.best_epoch == 3
+
+
+def test_rejected_fit_does_not_restore_early_stopping_weights():
+    # a fit refused by a callback's on_fit_start trains nothing, so EarlyStopping(restore_best)
+    # must not put its best weights back in its on_fit_end
+    x, y = small_data()
+    model = small_mlp()
+    es = EarlyStopping("train_loss", restore_best=True)
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=[es], verbose=0)
+    trainer.fit(small_loader(x, y), epochs=2)
+    for p in model.parameters():  # the user changes the weights after the run
+        p.data[...] += 1.0
+    before = params(model)
+    trainer.callbacks.append(ModelCheckpoint("never.safetensors", monitor="val_loss"))
+    with pytest.raises(ValueError, match="ModelCheckpoint.*validation"):
+        trainer.fit(small_loader(x, y), epochs=3)  # no val: refused at fit start
+    for k, v in before.items():
+        np.testing.assert_array_equal(params(model)[k], v)
+    # a fit with nothing left to train does not restore either
+    trainer.callbacks.pop()
+    trainer.fit(small_loader(x, y), epochs=2)
+    for k, v in before.items():
+        np.testing.assert_array_equal(params(model)[k], v)

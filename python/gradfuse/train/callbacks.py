@@ -235,7 +235,7 @@ class EarlyStopping(Callback):
         min_delta: an improvement must exceed this (>= 0).
         mode: ``"min"``, ``"max"`` or ``"auto"`` (max for metrics, min for losses).
         restore_best: at the end of the run, put back the parameters and buffers of the best
-            epoch (kept as a copy in memory).
+            epoch (kept as a copy in memory); not after a fit that trained no epoch.
 
     Attributes: ``best``, ``best_epoch``, ``wait``, ``stopped_epoch``.
 
@@ -267,6 +267,7 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch = None
         self._best_state = None
+        self._trained = False  # whether this fit started an epoch (then on_fit_end restores)
 
     def _improved(self, v: float) -> bool:
         if not math.isfinite(v):
@@ -280,6 +281,10 @@ class EarlyStopping(Callback):
     def on_fit_start(self, trainer) -> None:
         _check_available(self.monitor, trainer, "EarlyStopping")
         trainer.history.monitor, trainer.history.mode = self.monitor, self.mode
+        self._trained = False
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        self._trained = True
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
         v = _monitored(self.monitor, logs, "EarlyStopping")
@@ -294,8 +299,11 @@ class EarlyStopping(Callback):
             trainer.stop_training = True
 
     def on_fit_end(self, trainer) -> None:
-        if self.restore_best and self._best_state is not None:
+        # not after a fit that trained nothing (refused by a later callback's on_fit_start,
+        # or with no epoch left): the weights are the caller's, not this run's last ones
+        if self.restore_best and self._best_state is not None and self._trained:
             trainer.model.load_state_dict(self._best_state)
+        self._trained = False
 
     def state_dict(self) -> dict:
         st = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}

@@ -1284,3 +1284,30 @@ def test_rejected_fit_does_not_restore_early_stopping_weights():
     trainer.fit(small_loader(x, y), epochs=2)
     for k, v in before.items():
         np.testing.assert_array_equal(params(model)[k], v)
+
+
+def test_review_edge_cases_that_hold(tmp_path):
+    x, y = small_data()
+    model = small_mlp()
+    ck = ModelCheckpoint(tmp_path / "e{epoch}.safetensors", save_best_only=False, every=10)
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                      callbacks=[ck], verbose=0)
+    h = trainer.fit(small_loader(x, y), epochs=3)
+    assert ck.saved == [(3, str(tmp_path / "e3.safetensors"))]  # every > epochs: the last
+    # NaN / inf survive History's JSON round trip and the checkpoint's metadata
+    h.epochs[0]["grad_norm"], h.epochs[1]["samples_per_s"] = math.nan, math.inf
+    h.steps[0]["loss"] = -math.inf
+    h2 = History.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert math.isnan(h2.epochs[0]["grad_norm"]) and h2.epochs[1]["samples_per_s"] == math.inf
+    assert h2.steps[0]["loss"] == -math.inf
+    trainer.save_checkpoint(tmp_path / "nan.safetensors")
+    state = gf.train._checkpoint.load(str(tmp_path / "nan.safetensors"))
+    h3 = History.from_dict(state["history"])
+    assert math.isnan(h3.epochs[0]["grad_norm"]) and h3.steps[0]["loss"] == -math.inf
+    # predict: one sample, a 1-row Tensor, a loader of (x, y), a list of bare x
+    ref = model(gf.from_numpy(x)).data
+    np.testing.assert_allclose(trainer.predict(x[:1]), ref[:1], rtol=1e-6)
+    np.testing.assert_allclose(trainer.predict(gf.from_numpy(x[3:4])), ref[3:4], rtol=1e-6)
+    batches = [(x[i:i + 7], y[i:i + 7]) for i in range(0, 100, 7)]
+    np.testing.assert_allclose(trainer.predict(batches), ref, rtol=1e-6)
+    np.testing.assert_allclose(trainer.predict([b for b, _ in batches]), ref, rtol=1e-6)

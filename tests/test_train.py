@@ -1262,7 +1262,7 @@ def test_model_checkpoint_sets_the_history_monitor(tmp_path):
     assert h.monitor is None and h.best_epoch == 3
 
 
-def test_rejected_fit_does_not_restore_early_stopping_weights():
+def test_rejected_fit_does_not_restore_early_stopping_weights(tmp_path):
     # a fit refused by a callback's on_fit_start trains nothing, so EarlyStopping(restore_best)
     # must not put its best weights back in its on_fit_end
     x, y = small_data()
@@ -1274,7 +1274,8 @@ def test_rejected_fit_does_not_restore_early_stopping_weights():
     for p in model.parameters():  # the user changes the weights after the run
         p.data[...] += 1.0
     before = params(model)
-    trainer.callbacks.append(ModelCheckpoint("never.safetensors", monitor="val_loss"))
+    trainer.callbacks.append(ModelCheckpoint(tmp_path / "never.safetensors",
+                                                      monitor="val_loss"))
     with pytest.raises(ValueError, match="ModelCheckpoint.*validation"):
         trainer.fit(small_loader(x, y), epochs=3)  # no val: refused at fit start
     for k, v in before.items():

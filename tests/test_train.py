@@ -934,3 +934,381 @@ def test_nonfinite_guard_names_input_and_first_nonfinite_module():
     np.testing.assert_array_equal(gf.get_rng_state().numpy(), rng_before[0])
     for b, saved in zip(model.buffers(), rng_before[1]):
         np.testing.assert_array_equal(b.data, saved)
+
+
+# ------------------------------------------------------------------ review round: regressions
+
+def small_data(n=100, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 5)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def small_mlp(seed=0):
+    gf.manual_seed(seed)
+    return gf.nn.Sequential(gf.nn.Linear(5, 8), gf.nn.ReLU(), gf.nn.Linear(8, 3))
+
+
+def small_loader(x, y, batch_size=16, n=None):
+    n = len(x) if n is None else n
+    return gf.data.DataLoader(gf.data.TensorDataset(x[:n], y[:n]), batch_size=batch_size,
+                              shuffle=True, generator=0)
+
+
+def test_plateau_on_metric_without_metric_fails_before_training():
+    x, y = small_data()
+    model = small_mlp()
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    sched = gf.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max")
+    trainer = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched, metric=None,
+                      verbose=0)
+    before = params(model)
+    with pytest.raises(ValueError, match="scheduler.*metric=None"):
+        trainer.fit(small_loader(x, y), epochs=2)
+    # nothing was trained: the error comes before the first step, not after an epoch
+    assert trainer.global_step == 0 and trainer.history.steps == []
+    after = params(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_model_checkpoint_failed_write_does_not_count_as_best(tmp_path):
+    x, y = small_data()
+    model = small_mlp()
+    blocker = tmp_path / "ckpt"
+    blocker.write_text("a file where the checkpoint directory should be")
+    ck = ModelCheckpoint(str(blocker / "best.safetensors"), monitor="train_loss")
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=[ck], verbose=0)
+    with pytest.raises(OSError):
+        trainer.fit(small_loader(x, y), epochs=3)
+    # the epoch is recorded, but no file was written: it is not "the best checkpoint"
+    assert trainer.epoch == 1 and ck.saved == []
+    assert ck.best is None and ck.best_epoch is None
+    blocker.unlink()
+    blocker.mkdir()
+    # once the directory can be written, the next epoch is saved even if it is not better
+    # than the epoch whose write failed
+    class Worse(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["train_loss"] = 10.0 + epoch
+
+    trainer.callbacks.insert(0, Worse())
+    trainer.fit(small_loader(x, y), epochs=2)
+    assert [s[0] for s in ck.saved] == [2] and ck.best == 12.0
+    assert (blocker / "best.safetensors").exists()
+
+
+def test_model_checkpoint_creates_its_directory(tmp_path):
+    # the docstring's "ckpt/epoch{epoch:03d}.safetensors" with no ckpt/ yet (as CSVLogger and
+    # JSONLogger do for their files)
+    x, y = small_data()
+    model = small_mlp()
+    ck = ModelCheckpoint(str(tmp_path / "ckpt" / "run1" / "epoch{epoch:03d}.safetensors"),
+                         save_best_only=False)
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=[ck], verbose=0)
+    trainer.fit(small_loader(x, y), epochs=2)
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "run1").iterdir()) == \
+        ["epoch001.safetensors", "epoch002.safetensors"]
+    trainer.save_checkpoint(tmp_path / "other" / "last.safetensors")
+    model2 = small_mlp(seed=1)
+    other = Trainer(model2, gf.optim.SGD(model2.parameters(), lr=0.1),
+                    gf.nn.CrossEntropyLoss(), verbose=0)
+    other.load_checkpoint(tmp_path / "other" / "last.safetensors")
+    assert other.epoch == 2
+    for k, v in params(model).items():
+        np.testing.assert_array_equal(params(model2)[k], v)
+
+
+class _SaveAndInterrupt(Callback):
+    def __init__(self, step, path):
+        self.step, self.path = step, path
+
+    def on_batch_end(self, trainer, logs):
+        if logs["step"] == self.step:
+            trainer.save_checkpoint(self.path)
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("kind", ["dataloader", "list"])
+def test_resume_mid_epoch_with_another_loader_size_is_refused(tmp_path, kind):
+    x, y = small_data()
+    path = str(tmp_path / "mid.safetensors")
+
+    def make(batch_size=16, n=100):
+        model = small_mlp()
+        if kind == "dataloader":
+            train = small_loader(x, y, batch_size=batch_size, n=n)
+        else:
+            train = [(x[i:i + batch_size], y[i:i + batch_size])
+                     for i in range(0, n, batch_size)]
+        return Trainer(model, gf.optim.Adam(model.parameters(), lr=1e-2),
+                       gf.nn.CrossEntropyLoss(), verbose=0), train
+
+    trainer, train = make()
+    trainer.callbacks.append(_SaveAndInterrupt(3, path))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(train, epochs=2)
+    for bs, n in ((32, 100), (16, 40)):
+        trainer, train = make(bs, n)
+        with pytest.raises(ValueError, match="train:.*(batches|batch_size|samples)"):
+            trainer.fit(train, epochs=2, resume_from=path)
+        assert trainer.global_step == 3  # the checkpoint is loaded, nothing trained
+        # the same loader still resumes: the refusal left the partial epoch in place
+        _, good = make()
+        trainer.fit(good, epochs=2)
+        assert trainer.epoch == 2
+    # the run resumed with the right loader matches the uninterrupted one
+    ref, train = make()
+    ref.fit(train, epochs=2)
+    assert params(trainer.model).keys() == params(ref.model).keys()
+    for k, v in params(ref.model).items():
+        np.testing.assert_array_equal(params(trainer.model)[k], v)
+
+
+def test_gradient_monitor_does_not_flag_frozen_layers():
+    x, y = small_data()
+    model = small_mlp()
+    for p in model[0].parameters():
+        p.requires_grad = False
+    mon = GradientMonitor()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    Trainer(model, gf.optim.SGD(trainable, lr=0.1), gf.nn.CrossEntropyLoss(),
+            callbacks=[mon], verbose=0).fit(small_loader(x, y), epochs=1)
+    assert not [f for f in mon.flags if f["layer"] == "0"]
+    frozen = [r for r in mon.records if r["layer"] == "0"]
+    assert frozen and all(r["grad_norm"] == 0.0 and r["update_ratio"] == 0.0 for r in frozen)
+    # a trainable layer with a tiny gradient is still flagged
+    mon = GradientMonitor(vanishing=1e9, exploding=1e10)
+    model = small_mlp()
+    Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+            callbacks=[mon], verbose=0).fit(small_loader(x, y), epochs=1)
+    assert {f["layer"] for f in mon.flags} == {"0", "2"}
+
+
+@pytest.mark.parametrize("early_stopping_first", [True, False])
+def test_model_checkpoint_every_saves_the_last_epoch_of_an_early_stopped_run(
+        tmp_path, early_stopping_first):
+    x, y = small_data()
+    model = small_mlp()
+
+    class Losses(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["train_loss"] = [3.0, 1.0, 2.0, 2.0, 2.0, 2.0][epoch - 1]
+
+    ck = ModelCheckpoint(str(tmp_path / "e{epoch}.safetensors"), save_best_only=False, every=5)
+    es = EarlyStopping("train_loss", patience=2, restore_best=True)
+    cbs = [Losses(), es, ck] if early_stopping_first else [Losses(), ck, es]
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=cbs, verbose=0)
+    h = trainer.fit(small_loader(x, y), epochs=6)
+    assert h.stopped_early and trainer.epoch == 4
+    assert ck.saved == [(4, str(tmp_path / "e4.safetensors"))]
+    # the checkpoint is the state the run ended in (resumable), not the restored best weights
+    state = gf.train._checkpoint.load(str(tmp_path / "e4.safetensors"))
+    assert state["epoch"] == 4 and state["step"] == trainer.global_step
+    assert not all(np.array_equal(state["model"][k], v) for k, v in params(model).items())
+    # a run that ends normally is saved once at its last epoch (not again by on_fit_end)
+    ck2 = ModelCheckpoint(str(tmp_path / "n{epoch}.safetensors"), save_best_only=False, every=5)
+    model = small_mlp()
+    Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+            callbacks=[ck2], verbose=0).fit(small_loader(x, y), epochs=3)
+    assert [s[0] for s in ck2.saved] == [3]
+
+
+class _NaNGrads(Callback):
+    """Makes the gradients of the given steps NaN (as a diverging step would)."""
+
+    def __init__(self, steps):
+        self.steps = set(steps)
+
+    def on_after_backward(self, trainer, logs):
+        if logs["step"] in self.steps:
+            for p in trainer.model.parameters():
+                p.grad.data[...] = np.nan
+            logs["grad_norm"] = math.nan
+
+
+def test_nonfinite_guard_consecutive_skips_survive_resume(tmp_path):
+    # steps 5..7 are NaN; max_skips=3 ends the run at step 7. A checkpoint taken after step 6
+    # (two skips in a row) must resume into the same ending.
+    x, y = small_data()
+    path = str(tmp_path / "mid.safetensors")
+
+    def make(extra=()):
+        model = small_mlp()
+        guard = NonFiniteGuard("skip", max_skips=3)
+        t = Trainer(model, gf.optim.Adam(model.parameters(), lr=1e-2),
+                    gf.nn.CrossEntropyLoss(), callbacks=[_NaNGrads({5, 6, 7}), guard,
+                                                         *extra], verbose=0)
+        return t, guard
+
+    ref, g_ref = make()
+    h = ref.fit(small_loader(x, y), epochs=2)
+    assert h.diverged and ref.global_step == 7 and len(g_ref.events) == 3
+    t, _ = make([_SaveAndInterrupt(6, path)])
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(small_loader(x, y), epochs=2)
+    t, g = make()
+    h = t.fit(small_loader(x, y), epochs=2, resume_from=path)
+    assert h.diverged and t.global_step == 7 and [e["step"] for e in g.events] == [7]
+    # a new fit of a guard that was not loaded starts counting afresh
+    t2, g2 = make()
+    t2.callbacks[0].steps = {1, 2}
+    g2._run = 2
+    assert not t2.fit(small_loader(x, y), epochs=1).diverged
+
+
+def test_early_stopping_load_state_without_best_weights_drops_stale_ones():
+    x, y = small_data()
+    model = small_mlp()
+    es = EarlyStopping("train_loss", restore_best=True)
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=[es], verbose=0)
+    fresh = trainer.state_dict()  # before any epoch: no best yet, no best weights
+    assert "best_state" not in fresh["callbacks"]["EarlyStopping:0"]
+    trainer.fit(small_loader(x, y), epochs=2)
+    assert es._best_state is not None
+    trainer.load_state_dict(fresh)
+    assert es.best is None and es._best_state is None
+    # an epoch without a finite value is no improvement: fit ends with the weights this
+    # timeline trained, not the stale best weights of the other one put back
+
+    class NaNLoss(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["train_loss"] = math.nan
+
+        def on_fit_end(self, trainer):
+            self.trained = params(trainer.model)
+
+    nan = NaNLoss()
+    trainer.callbacks.insert(0, nan)
+    trainer.fit(small_loader(x, y), epochs=1)
+    for k, v in nan.trained.items():
+        np.testing.assert_array_equal(params(model)[k], v)
+
+
+def test_checkpoint_holds_the_epoch_state_of_callbacks_listed_after_it(tmp_path):
+    # ModelCheckpoint listed before EarlyStopping: its epoch-2 checkpoint must hold
+    # EarlyStopping's state after epoch 2 (not after epoch 1), or the resumed run stops at
+    # another epoch than the uninterrupted one
+    x, y = small_data()
+    losses = [3.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+
+    class Losses(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["train_loss"] = losses[epoch - 1]
+
+    def make():
+        model = small_mlp()
+        es = EarlyStopping("train_loss", patience=2)
+        ck = ModelCheckpoint(str(tmp_path / "e{epoch}.safetensors"), save_best_only=False)
+        return Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                       gf.nn.CrossEntropyLoss(), callbacks=[Losses(), ck, es], verbose=0), es
+
+    full, es_full = make()
+    h = full.fit(small_loader(x, y), epochs=6)
+    assert h.stopped_early and full.epoch == 4
+    state = gf.train._checkpoint.load(str(tmp_path / "e2.safetensors"))
+    assert state["callbacks"]["EarlyStopping:0"]["best"] == 1.0
+    resumed, es = make()
+    h = resumed.fit(small_loader(x, y), epochs=6, resume_from=str(tmp_path / "e2.safetensors"))
+    assert h.stopped_early and resumed.epoch == 4
+    assert (es.best, es.best_epoch, es.wait) == (es_full.best, es_full.best_epoch, es_full.wait)
+    for k, v in params(full.model).items():
+        np.testing.assert_array_equal(params(resumed.model)[k], v)
+
+
+def test_model_checkpoint_best_only_with_every_steps_needs_a_step_in_the_path(tmp_path):
+    # the mid-epoch saves would overwrite the best checkpoint with whatever state the run is in
+    with pytest.raises(ValueError, match="path.*every_steps"):
+        ModelCheckpoint(str(tmp_path / "best.safetensors"), every_steps=5)
+    with pytest.raises(ValueError, match="path.*every_steps"):
+        ModelCheckpoint(str(tmp_path / "best{epoch}.safetensors"), every_steps=5)
+    ModelCheckpoint(str(tmp_path / "c{epoch}-{step}.safetensors"), every_steps=5)
+    ModelCheckpoint(str(tmp_path / "last.safetensors"), save_best_only=False, every_steps=5)
+    ModelCheckpoint(str(tmp_path / "best.safetensors"))
+
+
+def test_model_checkpoint_sets_the_history_monitor(tmp_path):
+    # History's docstring: EarlyStopping and ModelCheckpoint set the monitor best_epoch uses
+    x, y = small_data()
+    vals = [0.2, 0.9, 0.5]
+
+    class Metric(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            logs["val_metric"] = vals[epoch - 1]
+            logs["val_loss"] = 1.0 - epoch * 0.1  # best loss at the last epoch
+
+    def run(callbacks):
+        model = small_mlp()
+        t = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                    callbacks=[Metric(), *callbacks], verbose=0)
+        return t.fit(small_loader(x, y), val=small_loader(x, y), epochs=3)
+
+    ck = ModelCheckpoint(tmp_path / "best.safetensors", monitor="val_metric")
+    h = run([ck])
+    assert ck.best_epoch == 2 and (h.monitor, h.mode) == ("val_metric", "max")
+    assert h.best_epoch == 2
+    # EarlyStopping's monitor wins over ModelCheckpoint's whatever the order
+    for cbs in ([ModelCheckpoint(tmp_path / "b.safetensors", monitor="val_metric"),
+                 EarlyStopping("val_loss", patience=5)],
+                [EarlyStopping("val_loss", patience=5),
+                 ModelCheckpoint(tmp_path / "b.safetensors", monitor="val_metric")]):
+        h = run(cbs)
+        assert (h.monitor, h.best_epoch) == ("val_loss", 3)
+    # save_best_only=False does not monitor anything
+    h = run([ModelCheckpoint(tmp_path / "l.safetensors", monitor="val_metric",
+                             save_best_only=False)])
+    assert h.monitor is None and h.best_epoch == 3
+
+
+def test_rejected_fit_does_not_restore_early_stopping_weights(tmp_path):
+    # a fit refused by a callback's on_fit_start trains nothing, so EarlyStopping(restore_best)
+    # must not put its best weights back in its on_fit_end
+    x, y = small_data()
+    model = small_mlp()
+    es = EarlyStopping("train_loss", restore_best=True)
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1),
+                      gf.nn.CrossEntropyLoss(), callbacks=[es], verbose=0)
+    trainer.fit(small_loader(x, y), epochs=2)
+    for p in model.parameters():  # the user changes the weights after the run
+        p.data[...] += 1.0
+    before = params(model)
+    trainer.callbacks.append(ModelCheckpoint(tmp_path / "never.safetensors",
+                                                      monitor="val_loss"))
+    with pytest.raises(ValueError, match="ModelCheckpoint.*validation"):
+        trainer.fit(small_loader(x, y), epochs=3)  # no val: refused at fit start
+    for k, v in before.items():
+        np.testing.assert_array_equal(params(model)[k], v)
+    # a fit with nothing left to train does not restore either
+    trainer.callbacks.pop()
+    trainer.fit(small_loader(x, y), epochs=2)
+    for k, v in before.items():
+        np.testing.assert_array_equal(params(model)[k], v)
+
+
+def test_review_edge_cases_that_hold(tmp_path):
+    x, y = small_data()
+    model = small_mlp()
+    ck = ModelCheckpoint(tmp_path / "e{epoch}.safetensors", save_best_only=False, every=10)
+    trainer = Trainer(model, gf.optim.SGD(model.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                      callbacks=[ck], verbose=0)
+    h = trainer.fit(small_loader(x, y), epochs=3)
+    assert ck.saved == [(3, str(tmp_path / "e3.safetensors"))]  # every > epochs: the last
+    # NaN / inf survive History's JSON round trip and the checkpoint's metadata
+    h.epochs[0]["grad_norm"], h.epochs[1]["samples_per_s"] = math.nan, math.inf
+    h.steps[0]["loss"] = -math.inf
+    h2 = History.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert math.isnan(h2.epochs[0]["grad_norm"]) and h2.epochs[1]["samples_per_s"] == math.inf
+    assert h2.steps[0]["loss"] == -math.inf
+    trainer.save_checkpoint(tmp_path / "nan.safetensors")
+    state = gf.train._checkpoint.load(str(tmp_path / "nan.safetensors"))
+    h3 = History.from_dict(state["history"])
+    assert math.isnan(h3.epochs[0]["grad_norm"]) and h3.steps[0]["loss"] == -math.inf
+    # predict: one sample, a 1-row Tensor, a loader of (x, y), a list of bare x
+    ref = model(gf.from_numpy(x)).data
+    np.testing.assert_allclose(trainer.predict(x[:1]), ref[:1], rtol=1e-6)
+    np.testing.assert_allclose(trainer.predict(gf.from_numpy(x[3:4])), ref[3:4], rtol=1e-6)
+    batches = [(x[i:i + 7], y[i:i + 7]) for i in range(0, 100, 7)]
+    np.testing.assert_allclose(trainer.predict(batches), ref, rtol=1e-6)
+    np.testing.assert_allclose(trainer.predict([b for b, _ in batches]), ref, rtol=1e-6)

@@ -14,7 +14,10 @@ FORMAT = "gradfuse.train/1"  # the "format" entry of Trainer.state_dict()
 
 
 def save(state: dict, path) -> None:
-    """Write a trainer state atomically (see :func:`gradfuse.save`)."""
+    """Write a trainer state atomically (see :func:`gradfuse.save`), creating the directory
+    (ModelCheckpoint paths like ``"ckpt/epoch{epoch:03d}.safetensors"``)."""
+    if isinstance(path, (str, os.PathLike)):  # else gf.save names the bad argument
+        os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
     serialization.save(state, path)
 
 

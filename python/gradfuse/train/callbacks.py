@@ -36,6 +36,9 @@ class Callback:
       ``trainer.stop_training``.
     * ``on_fit_end(trainer)``: also after an exception in fit.
 
+    Callbacks run in list order, except that :class:`ModelCheckpoint`'s ``on_batch_end`` and
+    ``on_epoch_end`` run after all others (its checkpoint holds their state of that step).
+
     ``state_dict()``/``load_state_dict()`` carry what a resumed run needs (saved in the
     trainer's checkpoint).
 
@@ -232,7 +235,7 @@ class EarlyStopping(Callback):
         min_delta: an improvement must exceed this (>= 0).
         mode: ``"min"``, ``"max"`` or ``"auto"`` (max for metrics, min for losses).
         restore_best: at the end of the run, put back the parameters and buffers of the best
-            epoch (kept as a copy in memory).
+            epoch (kept as a copy in memory); not after a fit that trained no epoch.
 
     Attributes: ``best``, ``best_epoch``, ``wait``, ``stopped_epoch``.
 
@@ -264,6 +267,7 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch = None
         self._best_state = None
+        self._trained = False  # whether this fit started an epoch (then on_fit_end restores)
 
     def _improved(self, v: float) -> bool:
         if not math.isfinite(v):
@@ -277,6 +281,10 @@ class EarlyStopping(Callback):
     def on_fit_start(self, trainer) -> None:
         _check_available(self.monitor, trainer, "EarlyStopping")
         trainer.history.monitor, trainer.history.mode = self.monitor, self.mode
+        self._trained = False
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        self._trained = True
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
         v = _monitored(self.monitor, logs, "EarlyStopping")
@@ -291,8 +299,11 @@ class EarlyStopping(Callback):
             trainer.stop_training = True
 
     def on_fit_end(self, trainer) -> None:
-        if self.restore_best and self._best_state is not None:
+        # not after a fit that trained nothing (refused by a later callback's on_fit_start,
+        # or with no epoch left): the weights are the caller's, not this run's last ones
+        if self.restore_best and self._best_state is not None and self._trained:
             trainer.model.load_state_dict(self._best_state)
+        self._trained = False
 
     def state_dict(self) -> dict:
         st = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
@@ -304,8 +315,8 @@ class EarlyStopping(Callback):
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
         self.wait = int(state.get("wait", 0))
-        if "best_state" in state:
-            self._best_state = state["best_state"]
+        # None when the saved run had no best yet: weights kept from another run must go
+        self._best_state = state.get("best_state")
 
 
 class ModelCheckpoint(Callback):
@@ -320,13 +331,17 @@ class ModelCheckpoint(Callback):
         monitor, mode: what "best" means (default ``"val_loss"``, ``"auto"``: max for
             metrics, min for losses).
         save_best_only: at epoch ends, save only when ``monitor`` improves (default); False
-            saves every ``every`` epochs (and after the last).
+            saves every ``every`` epochs and after the last (also when the run stopped
+            early).
         every: with ``save_best_only=False``, the epoch interval.
         every_steps: also save every this many optimizer steps, inside epochs (a resumed run
             continues the epoch where the checkpoint was taken: exactly with a
             ``gf.data.DataLoader`` or any loader with ``state_dict()``, or with a loader whose
             order is fixed or drawn from its ``generator`` attribute at each ``iter()``,
-            whose first batches are then drawn again and skipped). None: only at epoch ends.
+            whose first batches are then drawn again and skipped; a loader with another
+            batch count, batch size or data set length is refused). None: only at epoch ends.
+            With ``save_best_only``, ``path`` must contain ``{step}`` (the step saves must
+            not overwrite the best one).
 
     Attributes: ``best``, ``best_epoch``, ``saved`` (list of (epoch, path) at epoch ends, (epoch,
     step, path) inside epochs).
@@ -356,6 +371,11 @@ class ModelCheckpoint(Callback):
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(
                 f"path: only {{epoch}} and {{step}} may be formatted into it ({e!r})") from None
+        if save_best_only and every_steps is not None and \
+                self.path.format(epoch=1, step=1) == self.path.format(epoch=1, step=2):
+            raise ValueError(
+                "path: with save_best_only and every_steps, the step saves would overwrite "
+                "the best checkpoint; put {step} in the path, or pass save_best_only=False")
         self.monitor = _check_monitor(monitor)
         self.mode = _resolve_mode(mode, monitor)
         self.save_best_only = save_best_only
@@ -368,6 +388,9 @@ class ModelCheckpoint(Callback):
     def on_fit_start(self, trainer) -> None:
         if self.save_best_only:
             _check_available(self.monitor, trainer, "ModelCheckpoint")
+            # history.best_epoch follows this monitor, unless an EarlyStopping sets its own
+            if not any(isinstance(cb, EarlyStopping) for cb in getattr(trainer, "callbacks", ())):
+                trainer.history.monitor, trainer.history.mode = self.monitor, self.mode
 
     def on_batch_end(self, trainer, logs: dict) -> None:
         step = logs["step"]
@@ -383,11 +406,19 @@ class ModelCheckpoint(Callback):
                 self.best is None or (v < self.best if self.mode == "min" else v > self.best))
             if not better:
                 return
+            # set before the write, so that the checkpoint holds it; put back when the write
+            # fails, so that a best without a file does not block the next save
+            old = self.best, self.best_epoch
             self.best, self.best_epoch = v, epoch
-        elif epoch % self.every != 0 and epoch != trainer.epochs:
-            return
+        elif epoch % self.every != 0 and epoch != trainer.epochs and not trainer.stop_training:
+            return  # (the trainer runs this after the other callbacks' on_epoch_end)
         path = self.path.format(epoch=epoch, step=trainer.global_step)
-        trainer.save_checkpoint(path)
+        try:
+            trainer.save_checkpoint(path)
+        except BaseException:
+            if self.save_best_only:
+                self.best, self.best_epoch = old
+            raise
         self.saved.append((epoch, path))
 
     def state_dict(self) -> dict:

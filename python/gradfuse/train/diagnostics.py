@@ -79,9 +79,14 @@ class NonFiniteGuard(Callback):
         self.max_skips = max_skips
         self.events: list[dict] = []
         self._run = 0
+        self._loaded = False
 
     def on_fit_start(self, trainer) -> None:
-        self._run = 0
+        # a new fit counts consecutive skips afresh; a resumed one goes on with the count of
+        # the checkpoint (else max_skips would end the resumed run later than the original)
+        if not self._loaded:
+            self._run = 0
+        self._loaded = False
 
     def on_after_backward(self, trainer, logs: dict) -> None:
         loss_ok = math.isfinite(logs["loss"])
@@ -153,6 +158,7 @@ class NonFiniteGuard(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self._run = int(state.get("run", 0))
+        self._loaded = True
 
 
 class GradientMonitor(Callback):
@@ -163,7 +169,8 @@ class GradientMonitor(Callback):
     when the step was skipped), the mean and std of its output, and, when a ReLU module runs
     after it (before the next layer), the fraction of that ReLU's units that are 0 for every
     sample of the batch ("dead"; None otherwise). A gradient norm below ``vanishing`` or above
-    ``exploding`` (or NaN) is flagged. The per-layer work (a Python loop over parameters, a
+    ``exploding`` (or NaN) is flagged (not "vanishing" for a frozen layer, whose parameters
+    all have ``requires_grad=False``). The per-layer work (a Python loop over parameters, a
     copy of the weights for the update ratio, forward hooks) is done only on monitored steps.
 
     Args:
@@ -263,6 +270,8 @@ class GradientMonitor(Callback):
                                  "update_ratio": ratio, "act_mean": mean, "act_std": std,
                                  "dead_frac": self._dead.get(name)})
             if gnorm < self.vanishing:
+                if not any(p.requires_grad for p in ps):
+                    continue  # frozen: no gradient is expected, none is not "vanishing"
                 self.flags.append({"step": step, "layer": name, "kind": "vanishing",
                                    "value": gnorm})
             elif not gnorm <= self.exploding:  # NaN counts as exploded

@@ -28,8 +28,8 @@ class History:
         stopped_early: True when a callback (EarlyStopping) ended the run before ``epochs``.
         diverged: True when :class:`NonFiniteGuard` stopped the run on a NaN/inf.
         monitor, mode: the quantity ``best_epoch`` is chosen by (``"val_loss"``, ``"min"`` by
-            default, ``"train_loss"`` when there is no validation; EarlyStopping and
-            ModelCheckpoint set their own).
+            default, ``"train_loss"`` when there is no validation; EarlyStopping sets its own,
+            else a ModelCheckpoint with ``save_best_only`` its own).
 
     Example::
 

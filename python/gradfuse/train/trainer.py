@@ -25,7 +25,7 @@ from ..optim.optimizer import total_norm
 from ..tensor import Tensor, no_grad
 from . import _checkpoint
 from ._util import host, model_device
-from .callbacks import Callback, ProgressBar
+from .callbacks import Callback, ModelCheckpoint, ProgressBar
 from .history import STEP_KEYS, History
 
 __all__ = ["Trainer"]
@@ -105,6 +105,35 @@ def _len(loader):
         return len(loader)
     except TypeError:
         return None
+
+
+def _loader_size(loader) -> dict:
+    """What a partial epoch's position depends on: the number of batches, and for a DataLoader
+    its batch size and data set length (None where the loader does not tell)."""
+    bs = getattr(loader, "batch_size", None)
+    try:
+        samples = len(loader.dataset)
+    except (AttributeError, TypeError):
+        samples = None
+    return {"batches": _len(loader),
+            "batch_size": bs if isinstance(bs, numbers.Integral) and not isinstance(bs, bool)
+            else None,
+            "samples": samples}
+
+
+def _check_loader_size(loader, saved) -> None:
+    """A partial epoch resumes by batch count: refuse a loader that cuts the epoch otherwise
+    (resuming would silently skip or repeat samples)."""
+    if not saved:
+        return
+    now = _loader_size(loader)
+    for key in ("samples", "batch_size", "batches"):
+        a, b = saved.get(key), now[key]
+        if a is not None and b is not None and a != b:
+            raise ValueError(
+                f"train: the checkpoint was taken inside an epoch of a loader with {key} = "
+                f"{a}, this one has {b}; resume a partial epoch with the same loader (or "
+                "resume from a checkpoint taken at an epoch end)")
 
 
 def _loader_state(loader):
@@ -250,16 +279,22 @@ class Trainer:
         self._in_epoch = None  # the epoch being trained, None between epochs
         self._acc = None  # its running sums
         self._epoch_loader_start = None
+        self._epoch_loader_size = None
         self._resume_partial = None  # a partial epoch restored by load_state_dict
         self._device = "cpu"
 
     # ------------------------------------------------------------ callbacks
     def _hooks(self, name: str) -> list:
         """The bound hook ``name`` of every callback that overrides it (the per-batch loop
-        calls only those)."""
+        calls only those), in list order, except that ModelCheckpoint's step and epoch ends
+        come last: its checkpoint then holds the other callbacks' state of that step or
+        epoch (an EarlyStopping listed after it would resume one epoch behind) and it sees
+        their ``stop_training``."""
         base = getattr(Callback, name)
-        return [getattr(cb, name) for cb in self.callbacks
-                if getattr(type(cb), name, base) is not base]
+        cbs = [cb for cb in self.callbacks if getattr(type(cb), name, base) is not base]
+        if name in ("on_batch_end", "on_epoch_end"):
+            cbs.sort(key=lambda cb: isinstance(cb, ModelCheckpoint))  # stable
+        return [getattr(cb, name) for cb in cbs]
 
     def _callback_keys(self):
         """``("EarlyStopping:0", cb)``...: a callback's state is found again by its class and
@@ -340,14 +375,22 @@ class Trainer:
         _check_loader("train", train)
         if val is not None:
             _check_loader("val", val)
+        if isinstance(self.scheduler, ReduceLROnPlateau) and self.metric is None and \
+                getattr(self.scheduler, "mode", "min") == "max":
+            # checked here, not when the first epoch ends and its steps are already taken
+            raise ValueError(
+                "scheduler: ReduceLROnPlateau in mode 'max' follows the metric, but the "
+                "trainer has metric=None")
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         if self.epoch > epochs:
             raise ValueError(
                 f"epochs: the run already has {self.epoch} epochs; pass the total number of "
                 f"epochs (>= {self.epoch})")
-        self.train_loader, self.val_loader = train, val
         partial = self._resume_partial
+        if partial is not None:
+            _check_loader_size(train, partial.get("loader_size"))
+        self.train_loader, self.val_loader = train, val
         if partial is not None and not _has_state_dict(train):
             # a loader that cannot seek restarts the epoch from its start state; the batches
             # already trained are drawn again and skipped
@@ -402,6 +445,7 @@ class Trainer:
         self._acc = acc
         # where a loader without its own state_dict() starts this epoch
         self._epoch_loader_start = None if _has_state_dict(train) else _loader_state(train)
+        self._epoch_loader_size = _loader_size(train)
         self._in_epoch = epoch
         for hook in self._hooks("on_epoch_start"):
             hook(self, epoch)
@@ -582,7 +626,8 @@ class Trainer:
             "history": self.history.to_dict(),
             "partial": None if self._in_epoch is None else {
                 "epoch": self._in_epoch, "acc": dict(self._acc),
-                "loader_start": self._epoch_loader_start},
+                "loader_start": self._epoch_loader_start,
+                "loader_size": self._epoch_loader_size},
             "callbacks": {key: cb.state_dict() for key, cb in self._callback_keys()},
         }
 
@@ -607,7 +652,8 @@ class Trainer:
         history = History.from_dict(state["history"])
         partial = state.get("partial")
         if partial is not None:
-            if not isinstance(partial, dict) or set(partial) != {"epoch", "acc", "loader_start"} \
+            keys = {"epoch", "acc", "loader_start"}
+            if not isinstance(partial, dict) or set(partial) - {"loader_size"} != keys \
                     or partial["epoch"] != epoch + 1:
                 raise ValueError("state['partial']: expected the running sums of epoch "
                                  f"{epoch + 1} (the epoch in progress)")

@@ -1052,10 +1052,10 @@ def test_resume_mid_epoch_with_another_loader_size_is_refused(tmp_path, kind):
         trainer, train = make(bs, n)
         with pytest.raises(ValueError, match="train:.*(batches|batch_size|samples)"):
             trainer.fit(train, epochs=2, resume_from=path)
-        assert trainer.global_step == 3  # the checkpoint is loaded, nothing trained
-        # the same loader still resumes: the refusal left the partial epoch in place
+        assert trainer.global_step == 0  # refused before the checkpoint is restored
+        # a retry with the right loader resumes
         _, good = make()
-        trainer.fit(good, epochs=2)
+        trainer.fit(good, epochs=2, resume_from=path)
         assert trainer.epoch == 2
     # the run resumed with the right loader matches the uninterrupted one
     ref, train = make()
@@ -1312,3 +1312,19 @@ def test_review_edge_cases_that_hold(tmp_path):
     batches = [(x[i:i + 7], y[i:i + 7]) for i in range(0, 100, 7)]
     np.testing.assert_allclose(trainer.predict(batches), ref, rtol=1e-6)
     np.testing.assert_allclose(trainer.predict([b for b, _ in batches]), ref, rtol=1e-6)
+
+
+def test_resume_with_too_few_epochs_is_refused_before_anything_is_restored(digits, tmp_path):
+    path = tmp_path / "run.ckpt"
+    first, train, val = make_resumable(digits, [ModelCheckpoint(path, save_best_only=False,
+                                                                every=3)])
+    first.fit(train, val=val, epochs=3)
+    fresh, train, val = make_resumable(digits)
+    before = {k: v.copy() for k, v in params(fresh.model).items()}
+    with pytest.raises(ValueError, match="epochs: the checkpoint already has 3 epochs"):
+        fresh.fit(train, val=val, epochs=2, resume_from=path)
+    assert fresh.epoch == 0 and fresh.global_step == 0 and not fresh.history.epochs
+    for k, v in params(fresh.model).items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    with pytest.raises(TypeError, match="resume_from"):
+        fresh.fit(train, val=val, epochs=4, resume_from=3)

@@ -382,7 +382,20 @@ class Trainer:
                 "scheduler: ReduceLROnPlateau in mode 'max' follows the metric, but the "
                 "trainer has metric=None")
         if resume_from is not None:
-            self.load_checkpoint(resume_from)
+            if not isinstance(resume_from, (str, os.PathLike)):
+                raise TypeError("resume_from: expected a str or os.PathLike, got "
+                                f"{type(resume_from).__name__}")
+            state = _checkpoint.load(resume_from)
+            # refused before anything is restored: a rejected call leaves the trainer as it was
+            done = state.get("epoch") if isinstance(state, dict) else None
+            if isinstance(done, int) and done > epochs:
+                raise ValueError(
+                    f"epochs: the checkpoint already has {done} epochs; pass the total number "
+                    f"of epochs (>= {done})")
+            partial = state.get("partial") if isinstance(state, dict) else None
+            if isinstance(partial, dict):
+                _check_loader_size(train, partial.get("loader_size"))
+            self.load_state_dict(state)
         if self.epoch > epochs:
             raise ValueError(
                 f"epochs: the run already has {self.epoch} epochs; pass the total number of "

@@ -42,6 +42,10 @@ def _ascontig(a, dtype=None):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
+def _arr(x):
+    return x if type(x) is DeviceArray else np.asarray(x)
+
+
 def _zeros(shape, dtype, like):
     """Zeros on the device of ``like``."""
     if type(like) is DeviceArray:
@@ -198,11 +202,11 @@ class PowTensor(Function):
         with np.errstate(divide="ignore", invalid="ignore"):
             if na:
                 ga = g * (b * np.power(a, b - 1))
-                ga = np.where(np.asarray(b) == 0, 0.0, ga)  # d/da a^0 = 0, also at a = 0
+                ga = np.where(_arr(b) == 0, 0.0, ga)  # d/da a^0 = 0, also at a = 0
             if nb:
                 # d/db a^b = a^b log a; PyTorch takes it as 0 where a == 0 and b >= 0
                 gb = g * (out * np.log(a))
-                gb = np.where((np.asarray(a) == 0) & (np.asarray(b) >= 0), 0.0, gb)
+                gb = np.where((_arr(a) == 0) & (_arr(b) >= 0), 0.0, gb)
         return ga, gb
 
 

@@ -299,8 +299,8 @@ class DeviceArray:
                            strides, self.dtype, self._root())
 
     def transpose(self, *axes) -> DeviceArray:
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list, np.ndarray)):
+            axes = tuple(int(a) for a in axes[0])
         if not axes:
             axes = tuple(reversed(range(self.ndim)))
         axes = tuple(_axis(a, self.ndim) for a in axes)

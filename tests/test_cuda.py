@@ -18,8 +18,9 @@ import pytest
 
 import gradfuse as gf
 from gradfuse import _backend
-tensor_mod = importlib.import_module("gradfuse.tensor")
 from gradfuse.cuda import DeviceArray
+
+tensor_mod = importlib.import_module("gradfuse.tensor")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -529,7 +529,8 @@ def from_numpy(a) -> DeviceArray:
 
 
 def _axis(a, ndim) -> int:
-    if not isinstance(a, (int, np.integer)) or not -builtins.max(ndim, 1) <= a < builtins.max(ndim, 1):
+    top = builtins.max(ndim, 1)
+    if not isinstance(a, (int, np.integer)) or not -top <= a < top:
         raise ValueError(f"axis {a} is out of bounds for array of dimension {ndim}")
     return int(a) % builtins.max(ndim, 1)
 
@@ -713,11 +714,6 @@ def _strides_for(x, shape):
 
 def _complex(v):
     raise TypeError("cuda: complex numbers are not supported")
-
-
-def _scalar_fits(v, dt):
-    # an int scalar promotes an int array when it does not fit (numpy raises for uint8 + 300)
-    return True
 
 
 def _cast_operand(x, dt):
@@ -963,7 +959,7 @@ def _batch_stride(x, bshape):
         return 0
     if all(t == 0 for _, t in nz):
         return 0
-    for (s0, t0), (s1, t1) in zip(nz, nz[1:]):
+    for (_, t0), (s1, t1) in zip(nz, nz[1:]):
         if t0 != t1 * s1:
             return None
     return nz[-1][1]

@@ -1661,6 +1661,329 @@ void register_cuda(py::module_& m) {
 
 }  // namespace
 
+// ---------------------------------------------------------------- cuda kernels (cudakern)
+// The kernel families of csrc/cuda/*.cu in the `_C.cuda` submodule. Arguments are DEVICE
+// pointers as integers (DeviceArray.ptr, or CuPy's a.data.ptr in tests; 0 for None) plus sizes
+// and hyperparameters, and `itemsize` (4: float32, 8: float64) picks the dtype. Shapes, dtypes
+// and contiguity are checked by the Python layer (gradfuse/cuda/ops.py), which also allocates
+// the outputs. Every call releases the GIL; none synchronizes except where it returns a value
+// computed on the device (cross_entropy_forward, arena_norm_reduce, arena_all_finite).
+#ifdef GRADFUSE_WITH_CUDA
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
+
+namespace {
+
+template <typename T>
+T* dptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// fn(T{}) with T = float (itemsize 4) or double (8).
+template <typename F>
+auto by_dtype(int itemsize, F&& fn) {
+  if (itemsize == 4) return fn(float{});
+  if (itemsize == 8) return fn(double{});
+  throw py::type_error("itemsize: expected 4 (float32) or 8 (float64), got " +
+                       std::to_string(itemsize));
+}
+
+void add_cuda_kernels(py::module_& m) {
+  py::module_ cu = py::hasattr(m, "cuda") ? m.attr("cuda").cast<py::module_>()
+                                          : m.def_submodule("cuda", "gradfuse CUDA backend");
+  using U = std::uintptr_t;
+  namespace C = gf::cuda;
+
+  cu.def("activation_forward", [](int op, int isz, U x, int64_t n, double a, double b, U y) {
+    if (op < 0 || op > int(Activation::Softplus)) throw py::value_error("op: unknown activation");
+    ActivationArgs args{Activation(op), a, b};
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::activation_forward<T>(dptr<const T>(x), n, args, dptr<T>(y));
+    });
+  });
+  cu.def("activation_backward",
+         [](int op, int isz, U g, U s, int64_t n, double a, double b, U dx) {
+           if (op < 0 || op > int(Activation::Softplus)) {
+             throw py::value_error("op: unknown activation");
+           }
+           ActivationArgs args{Activation(op), a, b};
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::activation_backward<T>(dptr<const T>(g), dptr<const T>(s), n, args, dptr<T>(dx));
+           });
+         });
+  cu.def("softmax_forward",
+         [](int isz, U x, int64_t outer, int64_t dim, int64_t inner, bool log, U y) {
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::softmax_forward<T>(dptr<const T>(x), outer, dim, inner, log, dptr<T>(y));
+           });
+         });
+  cu.def("softmax_backward",
+         [](int isz, U g, U y, int64_t outer, int64_t dim, int64_t inner, bool log, U dx) {
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::softmax_backward<T>(dptr<const T>(g), dptr<const T>(y), outer, dim, inner, log,
+                                    dptr<T>(dx));
+           });
+         });
+
+  cu.def("cross_entropy_forward",
+         [](int isz, U x, U target, U w, int64_t n, int64_t c, int64_t ignore, double ls,
+            U row_loss, U lse) {
+           CrossEntropyArgs a{n, c, ignore, ls};
+           CrossEntropySums s;
+           {
+             py::gil_scoped_release nogil;
+             s = by_dtype(isz, [&](auto t) {
+               using T = decltype(t);
+               return C::cross_entropy_forward<T>(dptr<const T>(x), dptr<const int64_t>(target),
+                                                  dptr<const T>(w), a, dptr<T>(row_loss),
+                                                  dptr<T>(lse));
+             });
+           }
+           return py::make_tuple(s.loss, s.weight);
+         },
+         "-> (loss_sum, weight_sum); synchronizes (reads the sums and the target check back)");
+  cu.def("cross_entropy_backward",
+         [](int isz, U x, U target, U w, U lse, U grad_rows, double grad_scale, int64_t n,
+            int64_t c, int64_t ignore, double ls, U dx) {
+           CrossEntropyArgs a{n, c, ignore, ls};
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::cross_entropy_backward<T>(dptr<const T>(x), dptr<const int64_t>(target),
+                                          dptr<const T>(w), dptr<const T>(lse),
+                                          dptr<const T>(grad_rows), grad_scale, a, dptr<T>(dx));
+           });
+         });
+
+  cu.def("row_norm_forward",
+         [](int isz, U x, U w, U b, int64_t rows, int64_t cols, double eps, bool rms, U y, U mean,
+            U rstd) {
+           RowNormArgs a;
+           a.rows = rows; a.cols = cols; a.eps = eps; a.rms = rms;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::row_norm_forward<T>(dptr<const T>(x), dptr<const T>(w), dptr<const T>(b), a,
+                                    dptr<T>(y), dptr<T>(mean), dptr<T>(rstd));
+           });
+         });
+  cu.def("row_norm_backward",
+         [](int isz, U x, U dy, U w, U mean, U rstd, int64_t rows, int64_t cols, bool rms, U dx,
+            U dw, U db) {
+           RowNormArgs a;
+           a.rows = rows; a.cols = cols; a.rms = rms;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::row_norm_backward<T>(dptr<const T>(x), dptr<const T>(dy), dptr<const T>(w),
+                                     dptr<const T>(mean), dptr<const T>(rstd), a, dptr<T>(dx),
+                                     dptr<T>(dw), dptr<T>(db));
+           });
+         });
+  cu.def("batch_norm_forward",
+         [](int isz, U x, U w, U b, U rm, U rv, int64_t n, int64_t c, int64_t l, double eps,
+            bool training, bool update_running, double factor, U y, U mean, U rstd) {
+           BatchNormArgs a;
+           a.n = n; a.c = c; a.l = l; a.eps = eps; a.training = training;
+           a.update_running = update_running; a.factor = factor;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::batch_norm_forward<T>(dptr<const T>(x), dptr<const T>(w), dptr<const T>(b),
+                                      dptr<T>(rm), dptr<T>(rv), a, dptr<T>(y), dptr<T>(mean),
+                                      dptr<T>(rstd));
+           });
+         });
+  cu.def("batch_norm_backward",
+         [](int isz, U x, U dy, U w, U mean, U rstd, int64_t n, int64_t c, int64_t l,
+            bool training, U dx, U dw, U db) {
+           BatchNormArgs a;
+           a.n = n; a.c = c; a.l = l; a.training = training;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::batch_norm_backward<T>(dptr<const T>(x), dptr<const T>(dy), dptr<const T>(w),
+                                       dptr<const T>(mean), dptr<const T>(rstd), a, dptr<T>(dx),
+                                       dptr<T>(dw), dptr<T>(db));
+           });
+         });
+  cu.def("group_norm_forward",
+         [](int isz, U x, U w, U b, int64_t n, int64_t c, int64_t s, int64_t groups, double eps,
+            U y, U mean, U rstd) {
+           if (groups <= 0 || c % groups != 0) throw py::value_error("num_groups: must divide C");
+           GroupNormArgs a;
+           a.n = n; a.c = c; a.s = s; a.groups = groups; a.eps = eps;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::group_norm_forward<T>(dptr<const T>(x), dptr<const T>(w), dptr<const T>(b), a,
+                                      dptr<T>(y), dptr<T>(mean), dptr<T>(rstd));
+           });
+         });
+  cu.def("group_norm_backward",
+         [](int isz, U x, U dy, U w, U mean, U rstd, int64_t n, int64_t c, int64_t s,
+            int64_t groups, U dx, U dw, U db) {
+           if (groups <= 0 || c % groups != 0) throw py::value_error("num_groups: must divide C");
+           GroupNormArgs a;
+           a.n = n; a.c = c; a.s = s; a.groups = groups;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::group_norm_backward<T>(dptr<const T>(x), dptr<const T>(dy), dptr<const T>(w),
+                                       dptr<const T>(mean), dptr<const T>(rstd), a, dptr<T>(dx),
+                                       dptr<T>(dw), dptr<T>(db));
+           });
+         });
+
+  cu.def("uniform_fill", [](int isz, U out, int64_t n, uint64_t seed, uint64_t offset, double a,
+                            double b) {
+    py::gil_scoped_release nogil;
+    return by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      return C::uniform_fill<T>(dptr<T>(out), n, PhiloxStream{seed, offset}, a, b);
+    });
+  }, "-> Philox blocks consumed");
+  cu.def("normal_fill", [](int isz, U out, int64_t n, uint64_t seed, uint64_t offset, double mean,
+                           double std) {
+    py::gil_scoped_release nogil;
+    return by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      return C::normal_fill<T>(dptr<T>(out), n, PhiloxStream{seed, offset}, mean, std);
+    });
+  }, "-> Philox blocks consumed");
+  cu.def("bernoulli_fill",
+         [](int isz, U out, int64_t n, uint64_t seed, uint64_t offset, double p) {
+           py::gil_scoped_release nogil;
+           return by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             return C::bernoulli_fill<T>(dptr<T>(out), n, PhiloxStream{seed, offset}, p);
+           });
+         }, "-> Philox blocks consumed");
+  cu.def("dropout_forward",
+         [](int isz, U x, int64_t n, uint64_t seed, uint64_t offset, double p, U out, U mask) {
+           py::gil_scoped_release nogil;
+           return by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             return C::dropout_forward<T>(dptr<const T>(x), n, PhiloxStream{seed, offset}, p,
+                                          dptr<T>(out), dptr<uint8_t>(mask));
+           });
+         }, "-> Philox blocks consumed");
+  cu.def("dropout_backward", [](int isz, U g, U mask, int64_t n, double scale, U dx) {
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::dropout_backward<T>(dptr<const T>(g), dptr<const uint8_t>(mask), n, scale, dptr<T>(dx));
+    });
+  });
+  cu.def("philox_words", [](uint64_t seed, uint64_t offset, int64_t n_blocks, U out) {
+    py::gil_scoped_release nogil;
+    C::philox_words(seed, offset, n_blocks, dptr<uint32_t>(out));
+  });
+
+  cu.def("affine_columns",
+         [](int isz, U x, U shift, U mul, U add, int64_t n, int64_t d, bool clip, double lo,
+            double hi, U out, U nonfinite) {
+           AffineArgs a;
+           a.n = n; a.d = d; a.clip = clip; a.lo = lo; a.hi = hi;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::affine_columns<T>(dptr<const T>(x), dptr<const double>(shift),
+                                  dptr<const double>(mul), dptr<const double>(add), a,
+                                  dptr<T>(out), dptr<int>(nonfinite));
+           });
+         });
+  cu.def("image_affine", [](U x, int64_t outer, int64_t channels, int64_t inner, U shift, U mul,
+                            U add, U out) {
+    ImageLayout l;
+    l.outer = outer; l.channels = channels; l.inner = inner;
+    py::gil_scoped_release nogil;
+    C::image_affine(dptr<const uint8_t>(x), l, dptr<const double>(shift), dptr<const double>(mul),
+                    dptr<const double>(add), dptr<float>(out));
+  });
+
+  cu.def("optim_step",
+         [](int kind, int isz, U p, U g, U s0, U s1, U s2, int64_t n,
+            const std::vector<double>& sc, int64_t flags, U skip, U scale) {
+           const OptimHyper h = make_hyper(kind, sc, flags);
+           check_state_present(h, s0 != 0, s1 != 0, s2 != 0);
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::optim_step<T>(h, dptr<T>(p), dptr<const T>(g), dptr<T>(s0), dptr<T>(s1),
+                              dptr<T>(s2), n, dptr<const int>(skip), dptr<const double>(scale));
+           });
+         },
+         "one fused update of an arena on the device; skip (int*) / scale (double*) device "
+         "pointers or 0");
+  cu.def("arena_nonfinite_flag", [](int isz, U x, int64_t n, U flag) {
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::arena_nonfinite_flag<T>(dptr<const T>(x), n, dptr<int>(flag));
+    });
+  });
+  cu.def("arena_norm_reduce_dev",
+         [](int isz, U x, int64_t n, double norm_type, U out, bool accumulate) {
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::arena_norm_reduce_dev<T>(dptr<const T>(x), n, norm_type, dptr<double>(out),
+                                         accumulate);
+           });
+         });
+  cu.def("arena_norm_reduce", [](int isz, U x, int64_t n, double norm_type) {
+    py::gil_scoped_release nogil;
+    return by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      return C::arena_norm_reduce<T>(dptr<const T>(x), n, norm_type);
+    });
+  }, "synchronizes");
+  cu.def("arena_all_finite", [](int isz, U x, int64_t n) {
+    py::gil_scoped_release nogil;
+    return by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      return C::arena_all_finite<T>(dptr<const T>(x), n);
+    });
+  }, "synchronizes");
+  cu.def("arena_scale", [](int isz, U x, int64_t n, double s) {
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::arena_scale<T>(dptr<T>(x), n, s);
+    });
+  });
+  cu.def("arena_clamp", [](int isz, U x, int64_t n, double lo, double hi) {
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::arena_clamp<T>(dptr<T>(x), n, lo, hi);
+    });
+  });
+  cu.def("clip_coef", [](U total, double norm_type, double max_norm, U coef, U norm_out) {
+    py::gil_scoped_release nogil;
+    C::clip_coef(dptr<const double>(total), norm_type, max_norm, dptr<double>(coef),
+                 dptr<double>(norm_out));
+  });
+  if (!py::hasattr(cu, "stream_synchronize")) {
+    cu.def("stream_synchronize", [] {
+      py::gil_scoped_release nogil;
+      GF_CUDA_CHECK(cudaStreamSynchronize(gf::cuda::stream()));
+    }, "waits for every kernel queued on gradfuse's stream");
+  }
+}
+
+}  // namespace
+#endif  // GRADFUSE_WITH_CUDA (cuda kernels)
+
 PYBIND11_MODULE(_C, m) {
   if (_import_array() < 0) throw py::error_already_set();
   m.doc() = "gradfuse compiled kernels; import through gradfuse._backend only";
@@ -1787,6 +2110,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &py_set_num_threads, py::arg("n"));
 
 #ifdef GRADFUSE_WITH_CUDA
-  register_cuda(m);  // the `_C.cuda` submodule; the cuda kernels' section adds to it after
+  register_cuda(m);  // the `_C.cuda` submodule (runtime and arrays)
+  add_cuda_kernels(m);  // cuda kernels (cudakern): after cudacore's `_C.cuda` section
 #endif
 }

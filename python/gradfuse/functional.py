@@ -732,9 +732,13 @@ class CrossEntropy(Function):
                 return loss_sum.astype(x.dtype, copy=False).reshape(())
             return (loss_sum / weight_sum).astype(x.dtype, copy=False).reshape(())
         if reduction == "sum":
+            if type(x2) is DeviceArray:
+                return DeviceArray.from_numpy(np.asarray(loss_sum, dtype=x.dtype))
             return np.asarray(loss_sum, dtype=x.dtype)
         # every row ignored: nan, as PyTorch (plain floats: np.errstate costs a microsecond)
         mean = loss_sum / weight_sum if weight_sum else float("nan")
+        if type(x2) is DeviceArray:  # the loss stays on the input's device
+            return DeviceArray.from_numpy(np.asarray(mean, dtype=x.dtype))
         return np.asarray(mean, dtype=x.dtype)
 
     @staticmethod

@@ -1488,9 +1488,9 @@ void py_set_num_threads(int n) {
 
 namespace {
 
-using dptr = std::uintptr_t;
+using devaddr = std::uintptr_t;
 template <typename T = void>
-T* as_dev(dptr p) {
+T* as_dev(devaddr p) {
   return reinterpret_cast<T*>(p);
 }
 
@@ -1504,7 +1504,7 @@ struct DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 };
 
-gf::cuda::Operand operand(dptr ptr, std::vector<int64_t> strides, double value) {
+gf::cuda::Operand operand(devaddr ptr, std::vector<int64_t> strides, double value) {
   gf::cuda::Operand o;
   o.ptr = as_dev<const void>(ptr);
   o.strides = std::move(strides);
@@ -1553,7 +1553,7 @@ py::dict cuda_memory_stats() {
   return d;
 }
 
-void cuda_upload(dptr dst, const py::array& src) {
+void cuda_upload(devaddr dst, const py::array& src) {
   if (!(src.flags() & py::array::c_style))
     throw py::value_error("src: expected a C-contiguous array");
   const std::size_t n = static_cast<std::size_t>(src.nbytes());
@@ -1563,7 +1563,7 @@ void cuda_upload(dptr dst, const py::array& src) {
   GF_CUDA_CHECK(cudaMemcpyAsync(as_dev(dst), h, n, cudaMemcpyHostToDevice, gf::cuda::stream()));
 }
 
-void cuda_download(py::array& dst, dptr src) {
+void cuda_download(py::array& dst, devaddr src) {
   if (!(dst.flags() & py::array::c_style) || !dst.writeable())
     throw py::value_error("dst: expected a writeable C-contiguous array");
   const std::size_t n = static_cast<std::size_t>(dst.nbytes());
@@ -1587,20 +1587,20 @@ void register_cuda(py::module_& m) {
     py::gil_scoped_release nogil;
     gf::cuda::empty_cache();
   });
-  cu.def("stream", [] { return reinterpret_cast<dptr>(gf::cuda::stream()); },
+  cu.def("stream", [] { return reinterpret_cast<devaddr>(gf::cuda::stream()); },
          "gradfuse's stream as an integer handle (for CuPy/PyTorch interop)");
   py::class_<DeviceBuffer>(cu, "DeviceBuffer", "nbytes of device memory from the caching allocator")
       .def(py::init<std::size_t>(), py::arg("nbytes"))
-      .def_property_readonly("ptr", [](const DeviceBuffer& b) { return reinterpret_cast<dptr>(b.p); })
+      .def_property_readonly("ptr", [](const DeviceBuffer& b) { return reinterpret_cast<devaddr>(b.p); })
       .def_property_readonly("nbytes", [](const DeviceBuffer& b) { return b.nbytes; });
   cu.def("upload", &cuda_upload, py::arg("dst"), py::arg("src"));
   cu.def("download", &cuda_download, py::arg("dst"), py::arg("src"));
-  cu.def("memcpy", [](dptr dst, dptr src, std::size_t n) {
+  cu.def("memcpy", [](devaddr dst, devaddr src, std::size_t n) {
     py::gil_scoped_release nogil;
     GF_CUDA_CHECK(cudaMemcpyAsync(as_dev(dst), as_dev<const void>(src), n,
                                   cudaMemcpyDeviceToDevice, gf::cuda::stream()));
   }, py::arg("dst"), py::arg("src"), py::arg("nbytes"));
-  cu.def("copy", [](dptr dst, int dst_dtype, std::vector<int64_t> dst_strides, dptr src,
+  cu.def("copy", [](devaddr dst, int dst_dtype, std::vector<int64_t> dst_strides, devaddr src,
                     int src_dtype, std::vector<int64_t> src_strides, double value,
                     std::vector<int64_t> shape) {
     const auto s = operand(src, std::move(src_strides), value);
@@ -1609,23 +1609,23 @@ void register_cuda(py::module_& m) {
   }, py::arg("dst"), py::arg("dst_dtype"), py::arg("dst_strides"), py::arg("src"),
      py::arg("src_dtype"), py::arg("src_strides"), py::arg("value"), py::arg("shape"),
      "dst[i] = cast(src[i]) over shape (src 0: the scalar value)");
-  cu.def("unary", [](int op, int dtype, dptr out, std::vector<int64_t> out_strides, dptr a,
+  cu.def("unary", [](int op, int dtype, devaddr out, std::vector<int64_t> out_strides, devaddr a,
                      std::vector<int64_t> a_strides, double av, std::vector<int64_t> shape) {
     const auto A = operand(a, std::move(a_strides), av);
     py::gil_scoped_release nogil;
     gf::cuda::unary(op, dtype, as_dev(out), out_strides, A, shape);
   });
-  cu.def("binary", [](int op, int dtype, dptr out, std::vector<int64_t> out_strides, dptr a,
-                      std::vector<int64_t> a_strides, double av, dptr b,
+  cu.def("binary", [](int op, int dtype, devaddr out, std::vector<int64_t> out_strides, devaddr a,
+                      std::vector<int64_t> a_strides, double av, devaddr b,
                       std::vector<int64_t> b_strides, double bv, std::vector<int64_t> shape) {
     const auto A = operand(a, std::move(a_strides), av);
     const auto B = operand(b, std::move(b_strides), bv);
     py::gil_scoped_release nogil;
     gf::cuda::binary(op, dtype, as_dev(out), out_strides, A, B, shape);
   });
-  cu.def("where", [](int dtype, dptr out, std::vector<int64_t> out_strides, dptr c,
-                     std::vector<int64_t> c_strides, double cv, dptr a,
-                     std::vector<int64_t> a_strides, double av, dptr b,
+  cu.def("where", [](int dtype, devaddr out, std::vector<int64_t> out_strides, devaddr c,
+                     std::vector<int64_t> c_strides, double cv, devaddr a,
+                     std::vector<int64_t> a_strides, double av, devaddr b,
                      std::vector<int64_t> b_strides, double bv, std::vector<int64_t> shape) {
     const auto C = operand(c, std::move(c_strides), cv);
     const auto A = operand(a, std::move(a_strides), av);
@@ -1633,12 +1633,12 @@ void register_cuda(py::module_& m) {
     py::gil_scoped_release nogil;
     gf::cuda::where(dtype, as_dev(out), out_strides, C, A, B, shape);
   });
-  cu.def("reduce", [](int op, int dtype, dptr out, dptr in, int64_t outer, int64_t n,
+  cu.def("reduce", [](int op, int dtype, devaddr out, devaddr in, int64_t outer, int64_t n,
                       int64_t inner) {
     py::gil_scoped_release nogil;
     gf::cuda::reduce(op, dtype, as_dev(out), as_dev<const void>(in), outer, n, inner);
   });
-  cu.def("take", [](int kind, int dtype, dptr out, dptr in, dptr index, int64_t outer, int64_t n,
+  cu.def("take", [](int kind, int dtype, devaddr out, devaddr in, devaddr index, int64_t outer, int64_t n,
                     int64_t inner, int64_t m) {
     py::gil_scoped_release nogil;
     const auto* idx = as_dev<const int64_t>(index);
@@ -1649,8 +1649,8 @@ void register_cuda(py::module_& m) {
       default: gf::cuda::put_along(dtype, as_dev(out), as_dev<const void>(in), idx, outer, n, inner, m);
     }
   }, "kind 0 take, 1 index_add (into out), 2 take_along, 3 put_along (into out)");
-  cu.def("gemm", [](int dtype, bool ta, bool tb, int64_t m_, int64_t n, int64_t k, dptr a,
-                    int64_t lda, int64_t sa, dptr b, int64_t ldb, int64_t sb, dptr c, int64_t ldc,
+  cu.def("gemm", [](int dtype, bool ta, bool tb, int64_t m_, int64_t n, int64_t k, devaddr a,
+                    int64_t lda, int64_t sa, devaddr b, int64_t ldb, int64_t sb, devaddr c, int64_t ldc,
                     int64_t sc, int64_t batch) {
     py::gil_scoped_release nogil;
     gf::cuda::gemm(dtype, ta, tb, m_, n, k, as_dev<const void>(a), lda, sa,

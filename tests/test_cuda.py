@@ -126,6 +126,18 @@ def test_round_trip(dev, dtype, shape):
     np.testing.assert_array_equal(d.copy().numpy(), a)
 
 
+def test_uint32_is_held_and_copied_but_not_computed_on(dev):
+    a = np.array([[0, 1, 2**32 - 1], [7, 2**31, 5]], np.uint32)
+    d = up(a)
+    np.testing.assert_array_equal(d.numpy(), a)
+    np.testing.assert_array_equal(d.T.copy().numpy(), a.T)
+    np.testing.assert_array_equal(d[:, ::2].astype(np.uint32).numpy(), a[:, ::2])
+    with pytest.raises(TypeError, match="uint32 is not supported"):
+        d + 1
+    with pytest.raises(TypeError, match="uint32 is not supported"):
+        d.astype(np.float32)
+
+
 def test_array_protocol_is_explicit(dev):
     d = up(np.ones(3, np.float32))
     with pytest.raises(TypeError, match=r"\.numpy\(\)"):

@@ -81,6 +81,11 @@ def mixed_device_error(op: str, *devices) -> ValueError:
     )
 
 
+# Held and moved (upload, download, views, same-dtype copies) but not computed on: the Philox
+# counter words of gradfuse.cuda.ops are uint32.
+_STORAGE_ONLY = {np.dtype(np.uint32): 3}  # copied as int32, bit for bit
+
+
 def _code(dtype) -> int:
     try:
         return _CODES[np.dtype(dtype)]
@@ -265,7 +270,8 @@ class DeviceArray:
         dt = np.dtype(dtype)
         if dt == self.dtype and not copy:
             return self
-        _code(dt)
+        if dt != self.dtype or dt not in _STORAGE_ONLY:
+            _code(dt)
         out = empty(self.shape, dt)
         _copy_into(out, self)
         return out
@@ -497,7 +503,8 @@ def empty(shape, dtype=np.float32) -> DeviceArray:
     if any(s < 0 for s in shape):
         raise ValueError(f"shape: negative dimensions are not allowed, got {shape}")
     dt = np.dtype(dtype)
-    _code(dt)
+    if dt not in _STORAGE_ONLY:
+        _code(dt)
     buf = _cu().DeviceBuffer(max(1, _prod(shape) * dt.itemsize))
     return DeviceArray(buf, buf.ptr, shape, _contig_strides(shape), dt)
 
@@ -818,6 +825,11 @@ def _copy_into(dst, src, casting="unsafe"):
         if casting != "unsafe":
             _check_cast(src.dtype, dst.dtype, casting, "copyto")
         s = src._broadcast_to(dst.shape)
+        if s.dtype == dst.dtype and dst.dtype in _STORAGE_ONLY:
+            code = _STORAGE_ONLY[dst.dtype]
+            _cu().copy(dst.ptr, code, list(dst._st), s.ptr, code, list(s._st), 0.0,
+                       list(dst.shape))
+            return
         _cu().copy(dst.ptr, _code(dst.dtype), list(dst._st), s.ptr, _code(s.dtype), list(s._st),
                    0.0, list(dst.shape))
         return

@@ -1475,6 +1475,190 @@ void py_set_num_threads(int n) {
   gradfuse::set_num_threads(n);
 }
 
+// ---------------------------------------------------------------- cuda runtime and arrays
+// (csrc/cuda/runtime.cu, csrc/cuda/array.cu): the `_C.cuda` submodule behind gradfuse.cuda.
+// Device memory travels as integer addresses (std::uintptr_t) with shapes and element strides,
+// so DeviceArray (python/gradfuse/cuda/array.py) and CuPy arrays can both be passed.
+#ifdef GRADFUSE_WITH_CUDA
+}  // namespace
+
+#include "cuda/array.h"
+#include "cuda/runtime.h"
+#include "cuda/runtime_stats.h"
+
+namespace {
+
+using devaddr = std::uintptr_t;
+template <typename T = void>
+T* as_dev(devaddr p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// Owns one block of the caching allocator; DeviceArray views keep it alive.
+struct DeviceBuffer {
+  void* p = nullptr;
+  std::size_t nbytes = 0;
+  explicit DeviceBuffer(std::size_t n) : p(gf::cuda::alloc(n)), nbytes(n) {}
+  ~DeviceBuffer() { gf::cuda::free(p); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+gf::cuda::Operand operand(devaddr ptr, std::vector<int64_t> strides, double value) {
+  gf::cuda::Operand o;
+  o.ptr = as_dev<const void>(ptr);
+  o.strides = std::move(strides);
+  o.value = value;
+  return o;
+}
+
+py::tuple cuda_device_count() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return py::make_tuple(0, std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
+  }
+  return py::make_tuple(n, n == 0 ? std::string("no CUDA device found") : std::string());
+}
+
+py::dict cuda_device_properties(int device) {
+  cudaDeviceProp prop{};
+  GF_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  int clock_khz = 0, bus_bits = 0;
+  cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device);
+  cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device);
+  cudaGetLastError();
+  py::dict d;
+  d["name"] = std::string(prop.name);
+  d["major"] = prop.major;
+  d["minor"] = prop.minor;
+  d["total_memory"] = prop.totalGlobalMem;
+  d["multi_processor_count"] = prop.multiProcessorCount;
+  // DDR: two transfers per clock
+  d["peak_bandwidth_gbs"] = 2.0 * clock_khz * 1e3 * (bus_bits / 8) / 1e9;
+  d["compiled_archs"] = std::string(GRADFUSE_CUDA_ARCHS);
+  return d;
+}
+
+py::dict cuda_memory_stats() {
+  const gf::cuda::AllocStats s = gf::cuda::alloc_stats();
+  py::dict d;
+  d["alloc_calls"] = s.alloc_calls;
+  d["malloc_calls"] = s.malloc_calls;
+  d["cache_hits"] = s.cache_hits;
+  d["allocated_bytes"] = s.allocated_bytes;
+  d["reserved_bytes"] = s.reserved_bytes;
+  d["peak_allocated_bytes"] = s.peak_allocated_bytes;
+  return d;
+}
+
+void cuda_upload(devaddr dst, const py::array& src) {
+  if (!(src.flags() & py::array::c_style))
+    throw py::value_error("src: expected a C-contiguous array");
+  const std::size_t n = static_cast<std::size_t>(src.nbytes());
+  const void* h = src.data();
+  py::gil_scoped_release nogil;
+  // from pageable memory the copy has read `src` when the call returns, so `src` may die then
+  GF_CUDA_CHECK(cudaMemcpyAsync(as_dev(dst), h, n, cudaMemcpyHostToDevice, gf::cuda::stream()));
+}
+
+void cuda_download(py::array& dst, devaddr src) {
+  if (!(dst.flags() & py::array::c_style) || !dst.writeable())
+    throw py::value_error("dst: expected a writeable C-contiguous array");
+  const std::size_t n = static_cast<std::size_t>(dst.nbytes());
+  void* h = dst.mutable_data();
+  py::gil_scoped_release nogil;
+  GF_CUDA_CHECK(cudaMemcpyAsync(h, as_dev(src), n, cudaMemcpyDeviceToHost, gf::cuda::stream()));
+  GF_CUDA_CHECK(cudaStreamSynchronize(gf::cuda::stream()));
+}
+
+void register_cuda(py::module_& m) {
+  auto cu = m.def_submodule("cuda", "CUDA runtime and array kernels; use gradfuse.cuda");
+  cu.def("device_count", &cuda_device_count, "-> (count, reason when 0)");
+  cu.def("device_properties", &cuda_device_properties, py::arg("device") = 0);
+  cu.def("synchronize", [] {
+    py::gil_scoped_release nogil;
+    GF_CUDA_CHECK(cudaStreamSynchronize(gf::cuda::stream()));
+  });
+  cu.def("memory_stats", &cuda_memory_stats);
+  cu.def("reset_alloc_counters", &gf::cuda::reset_alloc_counters);
+  cu.def("empty_cache", [] {
+    py::gil_scoped_release nogil;
+    gf::cuda::empty_cache();
+  });
+  cu.def("stream", [] { return reinterpret_cast<devaddr>(gf::cuda::stream()); },
+         "gradfuse's stream as an integer handle (for CuPy/PyTorch interop)");
+  py::class_<DeviceBuffer>(cu, "DeviceBuffer", "nbytes of device memory from the caching allocator")
+      .def(py::init<std::size_t>(), py::arg("nbytes"))
+      .def_property_readonly("ptr", [](const DeviceBuffer& b) { return reinterpret_cast<devaddr>(b.p); })
+      .def_property_readonly("nbytes", [](const DeviceBuffer& b) { return b.nbytes; });
+  cu.def("upload", &cuda_upload, py::arg("dst"), py::arg("src"));
+  cu.def("download", &cuda_download, py::arg("dst"), py::arg("src"));
+  cu.def("memcpy", [](devaddr dst, devaddr src, std::size_t n) {
+    py::gil_scoped_release nogil;
+    GF_CUDA_CHECK(cudaMemcpyAsync(as_dev(dst), as_dev<const void>(src), n,
+                                  cudaMemcpyDeviceToDevice, gf::cuda::stream()));
+  }, py::arg("dst"), py::arg("src"), py::arg("nbytes"));
+  cu.def("copy", [](devaddr dst, int dst_dtype, std::vector<int64_t> dst_strides, devaddr src,
+                    int src_dtype, std::vector<int64_t> src_strides, double value,
+                    std::vector<int64_t> shape) {
+    const auto s = operand(src, std::move(src_strides), value);
+    py::gil_scoped_release nogil;
+    gf::cuda::copy(as_dev(dst), dst_dtype, dst_strides, s, src_dtype, shape);
+  }, py::arg("dst"), py::arg("dst_dtype"), py::arg("dst_strides"), py::arg("src"),
+     py::arg("src_dtype"), py::arg("src_strides"), py::arg("value"), py::arg("shape"),
+     "dst[i] = cast(src[i]) over shape (src 0: the scalar value)");
+  cu.def("unary", [](int op, int dtype, devaddr out, std::vector<int64_t> out_strides, devaddr a,
+                     std::vector<int64_t> a_strides, double av, std::vector<int64_t> shape) {
+    const auto A = operand(a, std::move(a_strides), av);
+    py::gil_scoped_release nogil;
+    gf::cuda::unary(op, dtype, as_dev(out), out_strides, A, shape);
+  });
+  cu.def("binary", [](int op, int dtype, devaddr out, std::vector<int64_t> out_strides, devaddr a,
+                      std::vector<int64_t> a_strides, double av, devaddr b,
+                      std::vector<int64_t> b_strides, double bv, std::vector<int64_t> shape) {
+    const auto A = operand(a, std::move(a_strides), av);
+    const auto B = operand(b, std::move(b_strides), bv);
+    py::gil_scoped_release nogil;
+    gf::cuda::binary(op, dtype, as_dev(out), out_strides, A, B, shape);
+  });
+  cu.def("where", [](int dtype, devaddr out, std::vector<int64_t> out_strides, devaddr c,
+                     std::vector<int64_t> c_strides, double cv, devaddr a,
+                     std::vector<int64_t> a_strides, double av, devaddr b,
+                     std::vector<int64_t> b_strides, double bv, std::vector<int64_t> shape) {
+    const auto C = operand(c, std::move(c_strides), cv);
+    const auto A = operand(a, std::move(a_strides), av);
+    const auto B = operand(b, std::move(b_strides), bv);
+    py::gil_scoped_release nogil;
+    gf::cuda::where(dtype, as_dev(out), out_strides, C, A, B, shape);
+  });
+  cu.def("reduce", [](int op, int dtype, devaddr out, devaddr in, int64_t outer, int64_t n,
+                      int64_t inner) {
+    py::gil_scoped_release nogil;
+    gf::cuda::reduce(op, dtype, as_dev(out), as_dev<const void>(in), outer, n, inner);
+  });
+  cu.def("take", [](int kind, int dtype, devaddr out, devaddr in, devaddr index, int64_t outer, int64_t n,
+                    int64_t inner, int64_t m) {
+    py::gil_scoped_release nogil;
+    const auto* idx = as_dev<const int64_t>(index);
+    switch (kind) {
+      case 0: gf::cuda::take(dtype, as_dev(out), as_dev<const void>(in), idx, outer, n, inner, m); break;
+      case 1: gf::cuda::index_add(dtype, as_dev(out), as_dev<const void>(in), idx, outer, n, inner, m); break;
+      case 2: gf::cuda::take_along(dtype, as_dev(out), as_dev<const void>(in), idx, outer, n, inner, m); break;
+      default: gf::cuda::put_along(dtype, as_dev(out), as_dev<const void>(in), idx, outer, n, inner, m);
+    }
+  }, "kind 0 take, 1 index_add (into out), 2 take_along, 3 put_along (into out)");
+  cu.def("gemm", [](int dtype, bool ta, bool tb, int64_t m_, int64_t n, int64_t k, devaddr a,
+                    int64_t lda, int64_t sa, devaddr b, int64_t ldb, int64_t sb, devaddr c, int64_t ldc,
+                    int64_t sc, int64_t batch) {
+    py::gil_scoped_release nogil;
+    gf::cuda::gemm(dtype, ta, tb, m_, n, k, as_dev<const void>(a), lda, sa,
+                   as_dev<const void>(b), ldb, sb, as_dev(c), ldc, sc, batch);
+  });
+}
+#endif  // GRADFUSE_WITH_CUDA
+
 }  // namespace
 
 // ---------------------------------------------------------------- cuda kernels (cudakern)
@@ -1926,6 +2110,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &py_set_num_threads, py::arg("n"));
 
 #ifdef GRADFUSE_WITH_CUDA
+  register_cuda(m);  // the `_C.cuda` submodule (runtime and arrays)
   add_cuda_kernels(m);  // cuda kernels (cudakern): after cudacore's `_C.cuda` section
 #endif
 }

@@ -167,6 +167,8 @@ struct Lion {
   }
 };
 
+constexpr int kUnroll = 2;
+
 template <typename T, bool VEC, typename Op>
 __global__ void optim_kernel(Op op, T* __restrict__ p, const T* __restrict__ g, T* __restrict__ s0,
                              T* __restrict__ s1, T* __restrict__ s2, int64_t n,
@@ -179,23 +181,45 @@ __global__ void optim_kernel(Op op, T* __restrict__ p, const T* __restrict__ g, 
   constexpr int S = Op::kS;
   int64_t done = 0;
   if constexpr (VEC) {
+    // kUnroll vectors per thread, kThreads apart, every load issued before the first update:
+    // several 16-byte loads of each buffer in flight per thread
     using V = Vec<T>;
     using VT = typename V::type;
     constexpr int L = V::n;
+    constexpr int U = kUnroll;
     const int64_t nv = n / L;
-    for (int64_t i = tid; i < nv; i += stride) {
-      T pv[L], gv[L], a[L] = {}, b[L] = {}, c[L] = {};
-      vget(reinterpret_cast<const VT*>(p)[i], pv);
-      vget(reinterpret_cast<const VT*>(g)[i], gv);
-      if constexpr (S & 1) vget(reinterpret_cast<const VT*>(s0)[i], a);
-      if constexpr (S & 2) vget(reinterpret_cast<const VT*>(s1)[i], b);
-      if constexpr (S & 4) vget(reinterpret_cast<const VT*>(s2)[i], c);
+    const int64_t chunk = int64_t(blockDim.x) * U;
+    for (int64_t base = int64_t(blockIdx.x) * chunk + threadIdx.x; base < nv;
+         base += int64_t(gridDim.x) * chunk) {
+      VT rp[U], rg[U], ra[U], rb[U], rc[U];
 #pragma unroll
-      for (int k = 0; k < L; ++k) op(pv[k], gv[k] * scale, a[k], b[k], c[k]);
-      reinterpret_cast<VT*>(p)[i] = vmake(pv);
-      if constexpr (S & 1) reinterpret_cast<VT*>(s0)[i] = vmake(a);
-      if constexpr (S & 2) reinterpret_cast<VT*>(s1)[i] = vmake(b);
-      if constexpr (S & 4) reinterpret_cast<VT*>(s2)[i] = vmake(c);
+      for (int u = 0; u < U; ++u) {
+        const int64_t i = base + int64_t(u) * blockDim.x;
+        if (i < nv) {
+          rp[u] = reinterpret_cast<const VT*>(p)[i];
+          rg[u] = reinterpret_cast<const VT*>(g)[i];
+          if constexpr (S & 1) ra[u] = reinterpret_cast<const VT*>(s0)[i];
+          if constexpr (S & 2) rb[u] = reinterpret_cast<const VT*>(s1)[i];
+          if constexpr (S & 4) rc[u] = reinterpret_cast<const VT*>(s2)[i];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t i = base + int64_t(u) * blockDim.x;
+        if (i >= nv) continue;
+        T pv[L], gv[L], a[L] = {}, b[L] = {}, c[L] = {};
+        vget(rp[u], pv);
+        vget(rg[u], gv);
+        if constexpr (S & 1) vget(ra[u], a);
+        if constexpr (S & 2) vget(rb[u], b);
+        if constexpr (S & 4) vget(rc[u], c);
+#pragma unroll
+        for (int k = 0; k < L; ++k) op(pv[k], gv[k] * scale, a[k], b[k], c[k]);
+        reinterpret_cast<VT*>(p)[i] = vmake(pv);
+        if constexpr (S & 1) reinterpret_cast<VT*>(s0)[i] = vmake(a);
+        if constexpr (S & 2) reinterpret_cast<VT*>(s1)[i] = vmake(b);
+        if constexpr (S & 4) reinterpret_cast<VT*>(s2)[i] = vmake(c);
+      }
     }
     done = nv * L;
   }
@@ -220,14 +244,15 @@ struct Launch {
   template <typename T, typename Op>
   void run(const Op& op, T* p, const T* g, T* s0, T* s1, T* s2) const {
     if (n <= 0) return;
-    const unsigned grid = grid_for(static_cast<size_t>((n + 3) / 4), kThreads);
     const bool vec = aligned16(p) && aligned16(g) && (!(Op::kS & 1) || aligned16(s0)) &&
                      (!(Op::kS & 2) || aligned16(s1)) && (!(Op::kS & 4) || aligned16(s2));
+    const int64_t per_block = int64_t(kThreads) * kUnroll * Vec<T>::n;
+    const unsigned vgrid = static_cast<unsigned>((n + per_block - 1) / per_block);
     if (vec) {
-      optim_kernel<T, true, Op><<<grid, kThreads, 0, stream()>>>(op, p, g, s0, s1, s2, n, skip,
+      optim_kernel<T, true, Op><<<vgrid, kThreads, 0, stream()>>>(op, p, g, s0, s1, s2, n, skip,
                                                                 dscale, h.grad_scale, h.maximize);
     } else {
-      optim_kernel<T, false, Op><<<grid, kThreads, 0, stream()>>>(op, p, g, s0, s1, s2, n, skip,
+      optim_kernel<T, false, Op><<<grid_for(static_cast<size_t>(n), kThreads), kThreads, 0, stream()>>>(op, p, g, s0, s1, s2, n, skip,
                                                                  dscale, h.grad_scale, h.maximize);
     }
     GF_CUDA_CHECK_LAUNCH("optim_step");

@@ -496,7 +496,6 @@ __global__ void reduce_rows(int op, const T* in, const V* in_val, const i64* in_
   const i64 row = blockIdx.x;
   const i64 c = blockIdx.y;
   const i64 lo = c * chunk, hi = min(n, lo + chunk);
-  const bool is_sum = op == R_SUM;
   // four accumulator slots: four independent loads in flight per thread; combined in a fixed
   // order afterwards, so the result still depends only on the shape
   V acc[4];

@@ -61,6 +61,7 @@ def main(argv=None):
         torch.cuda.synchronize()
 
     def timeit(fn, reps):
+        sync()  # inputs made on torch's stream are ready (gradfuse's stream does not wait)
         fn()
         sync()
         ts = []

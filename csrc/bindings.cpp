@@ -1924,6 +1924,37 @@ void add_cuda_kernels(py::module_& m) {
          },
          "one fused update of an arena on the device; skip (int*) / scale (double*) device "
          "pointers or 0");
+  cu.def("lamb_step",
+         [](int isz, U p, U g, U m, U v, int64_t n, const py::array& offsets,
+            const py::array& sizes, const std::vector<double>& sc, int64_t flags) {
+           if (sc.size() != kOptScalars) throw py::value_error("scalars: expected 14 values");
+           OptimHyper h;
+           h.lr = sc[0]; h.weight_decay = sc[1]; h.eps = sc[2]; h.beta1 = sc[3]; h.beta2 = sc[4];
+           h.c1 = sc[10]; h.c2 = sc[11]; h.grad_scale = sc[12];
+           h.maximize = flags & kOptMaximize;
+           check_array<int64_t>(offsets, "offsets", 1);
+           check_array<int64_t>(sizes, "sizes", 1);
+           const int64_t nseg = offsets.shape(0);
+           if (sizes.shape(0) != nseg) {
+             throw py::value_error("sizes: expected as many entries as offsets");
+           }
+           const int64_t* off = cptr<int64_t>(offsets);
+           const int64_t* sz = cptr<int64_t>(sizes);
+           for (int64_t s = 0; s < nseg; ++s) {
+             if (off[s] < 0 || sz[s] < 0 || off[s] + sz[s] > n) {
+               throw py::value_error("offsets/sizes: segment " + std::to_string(s) +
+                                     " lies outside the arena of " + std::to_string(n) +
+                                     " elements");
+             }
+           }
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::lamb_step<T>(h, dptr<T>(p), dptr<const T>(g), dptr<T>(m), dptr<T>(v), off, sz,
+                             nseg);
+           });
+         },
+         "LAMB over a device arena; offsets / sizes are host int64 arrays (the segment table)");
   cu.def("arena_nonfinite_flag", [](int isz, U x, int64_t n, U flag) {
     py::gil_scoped_release nogil;
     by_dtype(isz, [&](auto t) {

@@ -444,6 +444,57 @@ def test_dropout_bitwise_equal_to_cpu(dtype, p, n, rng):
     np.testing.assert_array_equal(bits(down(out2)), bits(out_c))
 
 
+def _device_tensors():
+    import gradfuse as gf
+
+    if not gf.cuda.is_available():
+        pytest.skip(f"cuda: {gf.cuda.unavailable_reason()}")
+    return gf
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_init_of_a_device_tensor_has_the_cpu_bits(dtype):
+    """gf.nn.init / gf.random fills of a Tensor on the GPU: same generator state, same bits as
+    the same fill of a CPU tensor (and the generator advances alike)."""
+    gf = _device_tensors()
+    init = gf.nn.init
+    cases = [(init.normal_, dict(std=0.02)), (init.uniform_, dict(a=-1.0, b=1.0)),
+             (init.trunc_normal_, dict(std=0.5)), (init.kaiming_uniform_, {}),
+             (init.xavier_normal_, {}), (gf.random.bernoulli_, dict(p=0.3))]
+    for fn, kw in cases:
+        c = gf.zeros(37, 19, dtype=dtype)
+        d = gf.zeros(37, 19, dtype=dtype, device="cuda")
+        gc, gd = gf.Generator(5), gf.Generator(5)
+        fn(c, generator=gc, **kw)
+        fn(d, generator=gd, **kw)
+        assert d.device == "cuda:0"
+        np.testing.assert_array_equal(bits(d.data.numpy()), bits(c.data), err_msg=fn.__name__)
+        assert gc.offset == gd.offset
+    # a strided (transposed) device tensor is filled in C order through a temporary
+    c = gf.zeros(8, 6, dtype=dtype)
+    d = gf.zeros(6, 8, dtype=dtype, device="cuda")
+    init.normal_(c, generator=gf.Generator(9))
+    init.normal_(d.T, generator=gf.Generator(9))
+    np.testing.assert_array_equal(bits(d.data.numpy().T.copy()), bits(c.data))
+
+
+@pytest.mark.cuda
+@gpu
+def test_dropout_of_a_device_tensor_has_the_cpu_mask(rng):
+    gf = _device_tensors()
+    x = rng.standard_normal((64, 33)).astype(np.float32)
+    c = gf.tensor(x, requires_grad=True)
+    d = gf.tensor(x, requires_grad=True, device="cuda")
+    yc = gf.nn.functional.dropout(c, 0.25, generator=gf.Generator(3))
+    yd = gf.nn.functional.dropout(d, 0.25, generator=gf.Generator(3))
+    np.testing.assert_array_equal(bits(yd.data.numpy()), bits(yc.data))
+    yc.sum().backward()
+    yd.sum().backward()
+    np.testing.assert_array_equal(bits(d.grad.data.numpy()), bits(c.grad.data))
+
+
 # ---------------------------------------------------------------- optimizers
 
 # scalars: lr, wd, eps, beta1, beta2, momentum, dampening, alpha, step_size, bc2_sqrt, c1, c2,
@@ -606,6 +657,131 @@ def test_arena_reductions(dtype, rng):
     ops.arena_clamp(yd, -1.0, 1.0)
     want = np.clip(y, -1, 1)
     np.testing.assert_array_equal(down(yd), want)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lamb_step_parity(dtype, rng):
+    sizes = np.array([5, 70_000, 1, 300], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes + 3)[:-1]]).astype(np.int64)
+    n = int(offsets[-1] + sizes[-1] + 2)
+    p = rng.standard_normal(n).astype(dtype)
+    pc, mc, vc = p.copy(), np.zeros(n, dtype), np.zeros(n, dtype)
+    pd, md, vd = up(p), DEV.zeros((n,), dtype), DEV.zeros((n,), dtype)
+    for t in range(1, 11):
+        g = rng.standard_normal(n).astype(dtype)
+        sc = [1e-3, 0.01, 1e-6, 0.9, 0.999, 0, 0, 0, 0, 1, 1 / (1 - 0.9**t), 1 / (1 - 0.999**t),
+              1.0, 0]
+        B._C.lamb_step(pc, g, mc, vc, offsets, sizes, sc, 0)
+        ops.lamb_step(pd, up(g), md, vd, offsets, sizes, sc, 0)
+    # m and v round as the CPU's; the trust ratio's sums differ in their order (last bits)
+    np.testing.assert_array_equal(bits(down(md)), bits(mc))
+    np.testing.assert_allclose(down(pd), pc, **tol(dtype, 1e-5, 1e-12))
+
+
+OPTIMIZERS = [
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("Adam", dict(lr=1e-2, amsgrad=True)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.1)),
+    ("RMSprop", dict(lr=1e-2, centered=True, momentum=0.5)),
+    ("Adagrad", dict(lr=0.1)),
+    ("NAdam", dict(lr=1e-2)),
+    ("RAdam", dict(lr=1e-2)),
+    ("Lion", dict(lr=1e-3, weight_decay=0.1)),
+    ("LAMB", dict(lr=1e-2, weight_decay=0.01)),
+]
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("name,kw", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_optimizer_on_device_params_matches_cpu(name, kw, rng):
+    """gf.optim over parameters on the GPU: the arena, gradients and state live on the device
+    and every step is the CUDA kernel; 30 steps equal the CPU optimizer's (bitwise, except
+    LAMB's trust ratio sums), state_dict() is the CPU's (host arrays) and load_state_dict
+    continues identically."""
+    gf = _device_tensors()
+    shapes = [(7, 5), (5,), (3, 3, 2), (1,)]
+    init = [rng.standard_normal(sh).astype(np.float32) for sh in shapes]
+    pc = [gf.tensor(a, requires_grad=True) for a in init]
+    pd = [gf.tensor(a, requires_grad=True, device="cuda") for a in init]
+    oc = getattr(gf.optim, name)(pc, **kw)
+    od = getattr(gf.optim, name)(pd, **kw)
+    exact = name != "LAMB"
+
+    def same(c, d):
+        if exact:
+            np.testing.assert_array_equal(bits(np.asarray(d)), bits(np.asarray(c)))
+        else:
+            np.testing.assert_allclose(np.asarray(d), np.asarray(c), rtol=1e-5, atol=1e-7)
+
+    def run(steps):
+        for _ in range(steps):
+            grads = [rng.standard_normal(sh).astype(np.float32) for sh in shapes]
+            for p, g in zip(pc, grads):
+                p.grad = gf.tensor(g)
+            for p, g in zip(pd, grads):
+                p.grad = gf.tensor(g, device="cuda")
+            oc.step()
+            od.step()
+
+    run(30)
+    for c, d in zip(pc, pd):
+        assert type(d.data).__name__ == "DeviceArray"
+        same(c.data, d.data.numpy())
+    sc, sd = oc.state_dict(), od.state_dict()
+    assert sc["state"].keys() == sd["state"].keys()
+    for i, st in sc["state"].items():
+        for k, v in st.items():
+            assert isinstance(sd["state"][i][k], np.ndarray)  # on the host, PyTorch's layout
+            same(v, sd["state"][i][k])
+    pd2 = [gf.tensor(d.data.numpy(), requires_grad=True, device="cuda") for d in pd]
+    od2 = getattr(gf.optim, name)(pd2, **kw)
+    od2.load_state_dict(sd)
+    pd, od = pd2, od2
+    run(5)
+    for c, d in zip(pc, pd):
+        same(c.data, d.data.numpy())
+
+
+@pytest.mark.cuda
+@gpu
+def test_training_on_device_with_clip_and_guard(rng):
+    """backward writes the gradients into the device arena; clip_grad_norm_ and the non-finite
+    guard work on device parameters (a poisoned gradient skips the step, as on the CPU)."""
+    gf = _device_tensors()
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    models = []
+    for dev in ("cpu", "cuda"):
+        gf.manual_seed(0)
+        m = gf.nn.Linear(8, 3)
+        models.append(m.to(dev) if dev == "cuda" else m)
+    opts = [gf.optim.Adam(m.parameters(), lr=1e-2, skip_nonfinite=True) for m in models]
+    for _ in range(5):
+        norms = []
+        for m, o, dev in zip(models, opts, ("cpu", "cuda")):
+            o.zero_grad()
+            xx = gf.tensor(x) if dev == "cpu" else gf.tensor(x, device="cuda")
+            yy = gf.tensor(y) if dev == "cpu" else gf.tensor(y, device="cuda")
+            loss = gf.nn.functional.cross_entropy(m(xx), yy)
+            loss.backward()
+            norms.append(o.clip_grad_norm_(0.5))
+            assert o.step() is True
+        assert norms[1] == pytest.approx(norms[0], rel=1e-5)
+    for pc_, pd_ in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_allclose(pd_.data.numpy(), pc_.data, rtol=1e-4, atol=1e-5)
+    # a non-finite gradient: the device step is skipped and the parameters stay
+    o, m = opts[1], models[1]
+    before = [p.data.numpy() for p in m.parameters()]
+    for p in m.parameters():
+        g = np.zeros(p.shape, np.float32)
+        g.flat[0] = np.nan
+        p.grad = gf.tensor(g, device="cuda")
+    assert o.step() is False and o.last_step_skipped
+    for p, b in zip(m.parameters(), before):
+        np.testing.assert_array_equal(p.data.numpy(), b)
 
 
 # ---------------------------------------------------------------- scalers

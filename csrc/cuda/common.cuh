@@ -112,11 +112,11 @@ __device__ __forceinline__ float exp_f32(float x) {
   float r = xc - kf * 0.693359375f;
   r = r - kf * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  p = fmaf(p, r, 1.3981999507e-3f);
+  p = fmaf(p, r, 8.3334519073e-3f);
+  p = fmaf(p, r, 4.1665795894e-2f);
+  p = fmaf(p, r, 1.6666665459e-1f);
+  p = fmaf(p, r, 5.0000001201e-1f);
   p = p * r * r + r + 1.0f;
   const int k = static_cast<int>(kf);
   const int k1 = k >> 1;

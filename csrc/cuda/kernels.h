@@ -105,6 +105,11 @@ void image_affine(const uint8_t* x, const gradfuse::ImageLayout& l, const double
 template <typename T>
 void optim_step(const OptimHyper& h, T* param, const T* grad, T* s0, T* s1, T* s2, int64_t n,
                 const int* skip = nullptr, const double* scale = nullptr);
+// LAMB over an arena of nseg tensors (offsets / sizes: HOST arrays, in elements), as the CPU's
+// lamb_step: the same 64Ki-element blocks and per-tensor trust ratio (sums in block order).
+template <typename T>
+void lamb_step(const OptimHyper& h, T* param, const T* grad, T* m, T* v, const int64_t* offsets,
+               const int64_t* sizes, int64_t nseg);
 // *flag |= 1 when x holds a NaN or inf (device int, not cleared here).
 template <typename T>
 void arena_nonfinite_flag(const T* x, int64_t n, int* flag);

@@ -15,6 +15,7 @@
 // it is read - a clip_grad_norm_ coefficient that never leaves the device.
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
@@ -452,6 +453,63 @@ __global__ void clip_coef_kernel(const double* total, double norm_type, double m
   if (isnan(c)) *coef = c;
 }
 
+// ---- LAMB (CPU: lamb_step in optim.cpp): the same fixed 64Ki-element blocks per segment.
+// Pass 1 (a CUDA block per arena block): m, v updated, sums of p^2 and u^2 into part[]; pass 2
+// (a thread per segment): the partials summed in block order -> step = lr * trust ratio;
+// pass 3: p -= step u with u recomputed from the new m, v.
+struct LambBlock {
+  int64_t seg, lo, hi;
+};
+
+template <typename T>
+__global__ void lamb_moments_kernel(const LambBlock* __restrict__ blocks, double sign_scale,
+                                    T b1, T w1, T b2, T w2, T c1, T c2, T eps, T wd,
+                                    const T* __restrict__ p, const T* __restrict__ g,
+                                    T* __restrict__ m, T* __restrict__ v, double2* part) {
+  __shared__ double sh[32];
+  const LambBlock B = blocks[blockIdx.x];
+  const T scale = T(sign_scale);
+  double sp = 0, su = 0;
+  for (int64_t i = B.lo + threadIdx.x; i < B.hi; i += blockDim.x) {
+    const T d = g[i] * scale;
+    const T mi = b1 * m[i] + w1 * d;
+    const T vi = b2 * v[i] + w2 * d * d;
+    m[i] = mi;
+    v[i] = vi;
+    const T u = (mi * c1) / (sqrt(vi * c2) + eps) + wd * p[i];
+    sp += double(p[i]) * double(p[i]);
+    su += double(u) * double(u);
+  }
+  sp = block_sum(sp, sh);
+  su = block_sum(su, sh);
+  if (threadIdx.x == 0) part[blockIdx.x] = make_double2(sp, su);
+}
+
+__global__ void lamb_trust_kernel(const double2* part, const int64_t* first, int64_t nseg,
+                                  double lr, double* step) {
+  const int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (s >= nseg) return;
+  double a = 0, b = 0;
+  for (int64_t k = first[s]; k < first[s + 1]; ++k) {
+    a += part[k].x;
+    b += part[k].y;
+  }
+  const double r1 = sqrt(a), r2 = sqrt(b);
+  step[s] = lr * ((r1 > 0 && r2 > 0) ? r1 / r2 : 1.0);
+}
+
+template <typename T>
+__global__ void lamb_apply_kernel(const LambBlock* __restrict__ blocks, const double* step,
+                                  T c1, T c2, T eps, T wd, T* __restrict__ p,
+                                  const T* __restrict__ m, const T* __restrict__ v) {
+  const LambBlock B = blocks[blockIdx.x];
+  const T st = T(step[B.seg]);
+  for (int64_t i = B.lo + threadIdx.x; i < B.hi; i += blockDim.x) {
+    const T u = (m[i] * c1) / (sqrt(v[i] * c2) + eps) + wd * p[i];
+    p[i] = p[i] - st * u;
+  }
+}
+
 int norm_mode(double p) { return p == 2.0 ? 0 : p == 1.0 ? 1 : std::isinf(p) ? 2 : 3; }
 
 template <typename T>
@@ -487,6 +545,48 @@ void optim_step(const OptimHyper& h, T* param, const T* grad, T* s0, T* s1, T* s
             param, grad, s0, s1, s2);
       break;
   }
+}
+
+template <typename T>
+void lamb_step(const OptimHyper& h, T* param, const T* grad, T* m, T* v, const int64_t* offsets,
+               const int64_t* sizes, int64_t nseg) {
+  std::vector<LambBlock> blocks;
+  std::vector<int64_t> first(size_t(nseg) + 1, 0);
+  for (int64_t s = 0; s < nseg; ++s) {
+    first[size_t(s)] = int64_t(blocks.size());
+    for (int64_t lo = 0; lo < sizes[s]; lo += kReduceBlock) {
+      const int64_t hi = lo + kReduceBlock < sizes[s] ? lo + kReduceBlock : sizes[s];
+      blocks.push_back({s, offsets[s] + lo, offsets[s] + hi});
+    }
+  }
+  first[size_t(nseg)] = int64_t(blocks.size());
+  const int64_t nb = int64_t(blocks.size());
+  if (nb == 0) return;
+  // one scratch allocation: the block table, segment starts, partials and per-segment steps
+  const size_t b_tab = sizeof(LambBlock) * size_t(nb), b_first = sizeof(int64_t) * first.size();
+  const size_t b_part = sizeof(double2) * size_t(nb), b_step = sizeof(double) * size_t(nseg);
+  auto round = [](size_t b) { return (b + 255) / 256 * 256; };
+  char* scratch = static_cast<char*>(alloc(round(b_tab) + round(b_first) + round(b_part) + b_step));
+  auto* d_blocks = reinterpret_cast<LambBlock*>(scratch);
+  auto* d_first = reinterpret_cast<int64_t*>(scratch + round(b_tab));
+  auto* d_part = reinterpret_cast<double2*>(scratch + round(b_tab) + round(b_first));
+  auto* d_step = reinterpret_cast<double*>(scratch + round(b_tab) + round(b_first) + round(b_part));
+  // pageable host -> device: returns once the host vectors have been staged
+  GF_CUDA_CHECK(cudaMemcpyAsync(d_blocks, blocks.data(), b_tab, cudaMemcpyHostToDevice, stream()));
+  GF_CUDA_CHECK(cudaMemcpyAsync(d_first, first.data(), b_first, cudaMemcpyHostToDevice, stream()));
+  const double ss = h.grad_scale * (h.maximize ? -1.0 : 1.0);
+  const T c1 = T(h.c1), c2 = T(h.c2), eps = T(h.eps), wd = T(h.weight_decay);
+  lamb_moments_kernel<T><<<static_cast<unsigned>(nb), 512, 0, stream()>>>(
+      d_blocks, ss, T(h.beta1), T(1.0 - h.beta1), T(h.beta2), T(1.0 - h.beta2), c1, c2, eps, wd,
+      param, grad, m, v, d_part);
+  GF_CUDA_CHECK_LAUNCH("lamb_step (moments)");
+  lamb_trust_kernel<<<static_cast<unsigned>((nseg + 127) / 128), 128, 0, stream()>>>(
+      d_part, d_first, nseg, h.lr, d_step);
+  GF_CUDA_CHECK_LAUNCH("lamb_step (trust)");
+  lamb_apply_kernel<T><<<static_cast<unsigned>(nb), 512, 0, stream()>>>(d_blocks, d_step, c1, c2,
+                                                                        eps, wd, param, m, v);
+  GF_CUDA_CHECK_LAUNCH("lamb_step (apply)");
+  gf::cuda::free(scratch);
 }
 
 template <typename T>
@@ -563,6 +663,8 @@ void clip_coef(const double* total, double norm_type, double max_norm, double* c
 }
 
 #define GF_INST(T)                                                                          \
+  template void lamb_step<T>(const OptimHyper&, T*, const T*, T*, T*, const int64_t*,       \
+                             const int64_t*, int64_t);                                      \
   template void optim_step<T>(const OptimHyper&, T*, const T*, T*, T*, T*, int64_t,         \
                               const int*, const double*);                                   \
   template void arena_nonfinite_flag<T>(const T*, int64_t, int*);                           \

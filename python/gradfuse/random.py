@@ -49,6 +49,7 @@ import weakref
 import numpy as np
 
 from . import _backend
+from .cuda.array import DeviceArray
 from .tensor import _DEFAULT_FLOAT, Tensor, _as_dtype, _shape_args
 
 __all__ = [
@@ -259,7 +260,8 @@ def _real(value, name: str) -> float:
 def _float_array(tensor, name: str = "tensor") -> np.ndarray:
     """The float32/float64 numpy array behind a Tensor (or an ndarray), to be filled in place."""
     arr = tensor.data if isinstance(tensor, Tensor) else tensor
-    if not isinstance(arr, np.ndarray):
+    # a DeviceArray (a Tensor on the GPU) is filled on the device, with the CPU fill's bits
+    if not isinstance(arr, (np.ndarray, DeviceArray)):
         raise TypeError(f"{name}: expected a gf.Tensor or numpy array, got {type(tensor).__name__}")
     if arr.dtype not in (np.float32, np.float64):
         raise TypeError(f"{name}: random fills need dtype float32 or float64, got {arr.dtype}")
@@ -272,7 +274,8 @@ def _fill(kernel, arr: np.ndarray, generator, *params) -> None:
     """``kernel(out, seed, offset, *params)`` into ``arr`` in C order, whatever its layout."""
     gen = _generator(generator)
     direct = arr.flags.c_contiguous and arr.flags.aligned
-    target = arr if direct else np.empty(arr.shape, arr.dtype)
+    empty = DeviceArray.empty if type(arr) is DeviceArray else np.empty
+    target = arr if direct else empty(arr.shape, arr.dtype)
     gen._draw(lambda s, o: (None, kernel(target, s, o, *params)))
     if target is not arr:
         arr[...] = target

@@ -48,11 +48,13 @@ __all__ = [
     "uniform_fill",
     "normal_fill",
     "bernoulli_fill",
+    "trunc_normal_fill",
     "dropout_forward",
     "dropout_backward",
     "affine_columns",
     "image_affine",
     "optim_step",
+    "lamb_step",
     "ArenaStep",
     "arena_norm_reduce",
     "arena_all_finite",
@@ -389,6 +391,21 @@ def bernoulli_fill(out, seed, offset, p):
                                   float(p))
 
 
+def trunc_normal_fill(out, seed, offset, mean, std, a, b):
+    """Fill ``out`` with N(mean, std^2) truncated to [a, b] -> blocks consumed.
+
+    Made by the CPU kernel and uploaded (one host fill and one copy): the float64 path refines
+    with the C library's erfc and exp, which CUDA's libm does not match to the bit, and an
+    initializer runs once, so the CPU's exact values are worth the transfer.
+    """
+    o = _float(out, "out")
+    host = np.empty(tuple(o.shape), np.dtype(o.dtype))
+    blocks = _C.trunc_normal_fill(host, int(seed), int(offset), float(mean), float(std),
+                                  float(a), float(b))
+    o[...] = host
+    return blocks
+
+
 def dropout_forward(input, seed, offset, p, with_mask):
     """-> (output, uint8 mask | None, blocks consumed); the CPU's mask bit for bit."""
     x = _float(input, "input")
@@ -478,6 +495,18 @@ def optim_step(kind, param, grad, state0, state1, state2, scalars, flags, *, ski
     sc = _opt(scale, "scale", np.float64, (1,))
     _kern().optim_step(int(kind), _isz(p), p.ptr, g.ptr, st[0], st[1], st[2], n,
                        [float(v) for v in scalars], int(flags), sk, sc)
+
+
+def lamb_step(param, grad, exp_avg, exp_avg_sq, offsets, sizes, scalars, flags):
+    """LAMB over a device arena with a per-tensor trust ratio; ``offsets`` / ``sizes`` are the
+    segment table (host int64 arrays, in elements), as the CPU's ``lamb_step``."""
+    p, g, n, st = _arena(param, grad, exp_avg, exp_avg_sq, None)
+    if not (st[0] and st[1]):
+        raise ValueError("exp_avg, exp_avg_sq: LAMB needs both state buffers")
+    _kern().lamb_step(_isz(p), p.ptr, g.ptr, st[0], st[1], n,
+                      np.ascontiguousarray(offsets, dtype=np.int64),
+                      np.ascontiguousarray(sizes, dtype=np.int64), [float(v) for v in scalars],
+                      int(flags))
 
 
 class ArenaStep:

@@ -172,6 +172,11 @@ def test_views_share_memory_like_numpy(dev, rng):
     close(d.transpose(1, 0, 2).reshape(6, 20), a.transpose(1, 0, 2).reshape(6, 20), 0, 0)
     close(d[:, ::2].reshape(4, 15), a[:, ::2].reshape(4, 15), 0, 0)  # strided: no-copy view
     close(np.moveaxis(d, 0, -1), np.moveaxis(a, 0, -1), 0, 0)
+    m = rng.standard_normal((70, 45))  # the tiled transpose: edges off the 32 x 32 tiles
+    close(up(m).T.copy(), m.T.copy(), 0, 0)
+    close(up(m)[3:, 1:40].T.astype(np.float32), m[3:, 1:40].T.astype(np.float32), 0, 0)
+    close((up(m) > 0).T.copy(), (m > 0).T.copy(), 0, 0)
+    close(up(m).T.astype(np.bool_), m.T.astype(np.bool_), 0, 0)
     close(np.expand_dims(d, 1), np.expand_dims(a, 1), 0, 0)
     close(np.squeeze(d[:1], 0), a[0], 0, 0)
     v = d[1]

@@ -484,6 +484,13 @@ def test_module_to_moves_parameters_buffers_and_trains_like_the_cpu(dev, rng):
         np.testing.assert_allclose(pg.data, pc.data, rtol=1e-4, atol=1e-5)
 
 
+def test_parameter_of_a_device_tensor_stays_on_the_device(dev):
+    p = gf.nn.Parameter(gf.zeros(2, 3, device="cuda"))
+    assert p.device == "cuda:0" and p.is_leaf and p.requires_grad
+    (p * 2.0).sum().backward()
+    assert p.grad.device == "cuda:0" and p.grad.numpy().tolist() == [[2.0] * 3] * 2
+
+
 def test_module_to_refuses_parameters_in_an_optimizer_arena(dev):
     m = gf.nn.Linear(3, 2)
     gf.optim.SGD(m.parameters(), lr=0.1)

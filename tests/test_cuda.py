@@ -207,6 +207,8 @@ def test_binary_broadcasting(dev, rng, op, dtype):
     tol = 1e-6 if dtype == np.float32 else 1e-12
     close(op(up(a), up(b)), op(a, b), tol, tol)
     close(op(up(a), 1.5), op(a, 1.5), tol, tol)  # a Python scalar keeps the array's dtype
+    c = np.broadcast_to(b, (3, 4, 5)).copy()
+    close(op(up(c), up(c[::-1].copy())), op(c, c[::-1]), tol, tol)  # same shape and dtype
     close(op(2, up(b)), op(2, b), tol, tol)
     close(op(up(a)[:, :, ::2], up(b).T[::2].T[:, ::1]), op(a[:, :, ::2], b.T[::2].T), tol, tol)
 

@@ -58,6 +58,7 @@ _BINARY = {
 }
 _COMPARE = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
             "logical_and", "logical_or"}
+_LOGICAL = ("logical_and", "logical_or")
 _R_SUM, _R_MAX, _R_MIN, _R_ARGMAX, _R_ARGMIN = range(5)
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -84,6 +85,17 @@ def mixed_device_error(op: str, *devices) -> ValueError:
 # Held and moved (upload, download, views, same-dtype copies) but not computed on: the Philox
 # counter words of gradfuse.cuda.ops are uint32.
 _STORAGE_ONLY = {np.dtype(np.uint32): 3}  # copied as int32, bit for bit
+
+
+_new = object.__new__
+
+
+def _make(buf, ptr, shape, st, dtype, base):
+    """DeviceArray without __init__'s conversions (shape/st already int tuples, dtype a
+    np.dtype): every op result goes through here, so the per-op host cost stays small."""
+    d = _new(DeviceArray)
+    d._buf, d.ptr, d.shape, d._st, d.dtype, d.base = buf, ptr, shape, st, dtype, base
+    return d
 
 
 def _code(dtype) -> int:
@@ -301,8 +313,8 @@ class DeviceArray:
         return self if self.base is None else self.base
 
     def _view(self, shape, strides, offset_elems=0) -> DeviceArray:
-        return DeviceArray(self._buf, self.ptr + offset_elems * self.dtype.itemsize, shape,
-                           strides, self.dtype, self._root())
+        return _make(self._buf, self.ptr + offset_elems * self.dtype.itemsize, tuple(shape),
+                     tuple(strides), self.dtype, self._root())
 
     def transpose(self, *axes) -> DeviceArray:
         if len(axes) == 1 and isinstance(axes[0], (tuple, list, np.ndarray)):
@@ -493,6 +505,12 @@ class DeviceArray:
 
 
 # --------------------------------------------------------------------------- constructors
+
+
+def _empty(shape: tuple, dt: np.dtype) -> DeviceArray:
+    # shape: a tuple of non-negative ints, dt: a supported np.dtype (the ops' own outputs)
+    buf = _cu().DeviceBuffer(max(1, _prod(shape) * dt.itemsize))
+    return _make(buf, buf.ptr, shape, _contig_strides(shape), dt, None)
 
 
 def empty(shape, dtype=np.float32) -> DeviceArray:
@@ -754,6 +772,21 @@ def _check_cast(src, dst, casting, op):
 
 
 def _binary(name, a, b, out=None, dtype=None, casting="same_kind"):
+    if out is None and dtype is None and type(a) is DeviceArray:
+        # the common cases of a training step, without the general promotion and broadcast
+        # machinery: two arrays of one dtype and shape, or an array and a Python float
+        dt = a.dtype
+        if type(b) is DeviceArray:
+            if b.dtype == dt and b.shape == a.shape and dt.kind == "f" and name not in _LOGICAL:
+                res = _empty(a.shape, np.dtype(np.bool_) if name in _COMPARE else dt)
+                _cu().binary(_BINARY[name], _CODES[dt], res.ptr, res._st, a.ptr, a._st, 0.0,
+                             b.ptr, b._st, 0.0, a.shape)
+                return res
+        elif type(b) is float and dt.kind == "f" and name not in _LOGICAL:
+            res = _empty(a.shape, np.dtype(np.bool_) if name in _COMPARE else dt)
+            _cu().binary(_BINARY[name], _CODES[dt], res.ptr, res._st, a.ptr, a._st, 0.0, 0,
+                         (0,) * len(a.shape), b, a.shape)
+            return res
     a, b = _as_operand(a, name), _as_operand(b, name)
     shape = np.broadcast_shapes(a.shape if isinstance(a, DeviceArray) else (),
                                 b.shape if isinstance(b, DeviceArray) else ())
@@ -794,6 +827,11 @@ def _binary(name, a, b, out=None, dtype=None, casting="same_kind"):
 
 
 def _unary(name, a, out=None, dtype=None, casting="same_kind"):
+    if out is None and dtype is None and type(a) is DeviceArray and a.dtype.kind == "f" \
+            and name != "logical_not":
+        res = _empty(a.shape, np.dtype(np.bool_) if name in _PREDICATES else a.dtype)
+        _cu().unary(_UNARY[name], _CODES[a.dtype], res.ptr, res._st, a.ptr, a._st, 0.0, a.shape)
+        return res
     a = _as_operand(a, name)
     if not isinstance(a, DeviceArray):
         raise TypeError(f"{name}: expected a cuda array")

@@ -62,6 +62,10 @@ def test_unavailable_reason_and_clear_errors():
     assert why in str(e.value)
     with pytest.raises(ValueError, match="not available"):
         gf.zeros(3, device="cuda:0")
+    state = gf.get_rng_state()
+    with pytest.raises(ValueError, match="not available"):
+        gf.randn(3, device="cuda")
+    assert np.array_equal(gf.get_rng_state(), state)  # refused before drawing
     with pytest.raises(ValueError, match="not available"):
         gf.nn.Linear(2, 2).cuda()
     with pytest.raises(RuntimeError, match="cuda"):
@@ -422,6 +426,12 @@ def test_creation_functions_take_a_device(dev):
     z = gf.zeros_like(gf.ones(2, device="cuda"))
     assert z.device == "cuda:0" and gf.ones_like(z, device="cpu").device == "cpu"
     assert gf.tensor(gf.ones(2, device="cuda"), device="cpu").device == "cpu"
+    r = gf.randn(3, 4, generator=gf.Generator(7), device="cuda")
+    u = gf.rand(5, generator=gf.Generator(7), dtype=gf.float64, device="cuda")
+    assert r.device == "cuda:0" and u.device == "cuda:0" and u.dtype == np.float64
+    # the same seed gives the same bits as on the CPU
+    assert r.numpy().tobytes() == gf.randn(3, 4, generator=gf.Generator(7)).numpy().tobytes()
+    assert u.numpy().tobytes() == gf.rand(5, generator=gf.Generator(7), dtype=gf.float64).numpy().tobytes()
 
 
 def test_mixed_devices_raise_naming_both(dev):

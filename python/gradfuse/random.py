@@ -50,7 +50,7 @@ import numpy as np
 
 from . import _backend
 from .cuda.array import DeviceArray
-from .tensor import _DEFAULT_FLOAT, Tensor, _as_dtype, _shape_args
+from .tensor import _DEFAULT_FLOAT, Tensor, _as_dtype, _shape_args, check_device
 
 __all__ = [
     "Generator",
@@ -314,17 +314,21 @@ def bernoulli_(tensor, p=0.5, generator=None):
     return tensor
 
 
-def _new(size, dtype, requires_grad, fill):
+def _new(size, dtype, requires_grad, fill, device=None):
     shape = _shape_args(size)
+    # checked first: a refused device draws nothing from the generator
+    dev = None if device is None else check_device(device)
     dt = _DEFAULT_FLOAT if dtype is None else _as_dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise TypeError(f"dtype: expected float32 or float64, got {dt}")
     arr = np.empty(shape, dtype=dt)
     fill(arr)
+    if dev is not None and dev.type == "cuda":
+        arr = DeviceArray.from_numpy(arr)  # drawn on the host: the CPU's bits by construction
     return Tensor(arr, requires_grad=requires_grad)
 
 
-def rand(*size, generator=None, dtype=None, requires_grad: bool = False) -> Tensor:
+def rand(*size, generator=None, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """A Tensor of the given shape, uniform on [0, 1) (float32 unless ``dtype`` says otherwise).
 
     Example::
@@ -332,10 +336,11 @@ def rand(*size, generator=None, dtype=None, requires_grad: bool = False) -> Tens
         >>> gf.rand(2, 3, generator=gf.Generator(0)).shape
         (2, 3)
     """
-    return _new(size, dtype, requires_grad, lambda a: _fill_uniform(a, 0.0, 1.0, generator))
+    return _new(size, dtype, requires_grad, lambda a: _fill_uniform(a, 0.0, 1.0, generator),
+                device)
 
 
-def randn(*size, generator=None, dtype=None, requires_grad: bool = False) -> Tensor:
+def randn(*size, generator=None, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """A Tensor of the given shape, standard normal (float32 unless ``dtype`` says otherwise).
 
     Example::
@@ -343,4 +348,5 @@ def randn(*size, generator=None, dtype=None, requires_grad: bool = False) -> Ten
         >>> gf.randn(4, generator=gf.Generator(0)).dtype
         dtype('float32')
     """
-    return _new(size, dtype, requires_grad, lambda a: _fill_normal(a, 0.0, 1.0, generator))
+    return _new(size, dtype, requires_grad, lambda a: _fill_normal(a, 0.0, 1.0, generator),
+                device)

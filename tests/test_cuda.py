@@ -411,6 +411,8 @@ def test_tensor_to_and_back_with_gradients(dev, rng):
     np.testing.assert_array_equal(c.numpy(), a)
     np.testing.assert_array_equal(y.detach().numpy(), a)  # a host copy, after a sync
     assert "device='cuda:0'" in repr(y.detach())
+    with pytest.raises(TypeError, match=r"\.cpu\(\)"):
+        np.asarray(y.detach())
     w = x.detach().cuda().to(dtype=gf.float64)
     assert w.dtype == np.float64 and w.device == "cuda:0"
 

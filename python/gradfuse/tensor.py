@@ -665,6 +665,10 @@ class Tensor:
 
     def __array__(self, dtype=None, copy=None):
         a = self.data
+        if type(a) is DeviceArray:
+            raise TypeError(
+                "can't convert a cuda tensor to a numpy array implicitly; use .cpu() or "
+                ".numpy() (an explicit copy to the host)")
         if dtype is not None and a.dtype != dtype:
             if copy is False:
                 raise ValueError(f"__array__: casting {a.dtype} to {dtype} needs a copy")

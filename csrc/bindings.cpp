@@ -1475,7 +1475,545 @@ void py_set_num_threads(int n) {
   gradfuse::set_num_threads(n);
 }
 
+// ---------------------------------------------------------------- cuda runtime and arrays
+// (csrc/cuda/runtime.cu, csrc/cuda/array.cu): the `_C.cuda` submodule behind gradfuse.cuda.
+// Device memory travels as integer addresses (std::uintptr_t) with shapes and element strides,
+// so DeviceArray (python/gradfuse/cuda/array.py) and CuPy arrays can both be passed.
+#ifdef GRADFUSE_WITH_CUDA
 }  // namespace
+
+#include "cuda/array.h"
+#include "cuda/runtime.h"
+#include "cuda/runtime_stats.h"
+
+namespace {
+
+using devaddr = std::uintptr_t;
+template <typename T = void>
+T* as_dev(devaddr p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// Owns one block of the caching allocator; DeviceArray views keep it alive.
+struct DeviceBuffer {
+  void* p = nullptr;
+  std::size_t nbytes = 0;
+  explicit DeviceBuffer(std::size_t n) : p(gf::cuda::alloc(n)), nbytes(n) {}
+  ~DeviceBuffer() { gf::cuda::free(p); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+gf::cuda::Operand operand(devaddr ptr, std::vector<int64_t> strides, double value) {
+  gf::cuda::Operand o;
+  o.ptr = as_dev<const void>(ptr);
+  o.strides = std::move(strides);
+  o.value = value;
+  return o;
+}
+
+py::tuple cuda_device_count() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return py::make_tuple(0, std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
+  }
+  return py::make_tuple(n, n == 0 ? std::string("no CUDA device found") : std::string());
+}
+
+py::dict cuda_device_properties(int device) {
+  cudaDeviceProp prop{};
+  GF_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  int clock_khz = 0, bus_bits = 0;
+  cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device);
+  cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device);
+  cudaGetLastError();
+  py::dict d;
+  d["name"] = std::string(prop.name);
+  d["major"] = prop.major;
+  d["minor"] = prop.minor;
+  d["total_memory"] = prop.totalGlobalMem;
+  d["multi_processor_count"] = prop.multiProcessorCount;
+  // DDR: two transfers per clock
+  d["peak_bandwidth_gbs"] = 2.0 * clock_khz * 1e3 * (bus_bits / 8) / 1e9;
+  d["compiled_archs"] = std::string(GRADFUSE_CUDA_ARCHS);
+  return d;
+}
+
+py::dict cuda_memory_stats() {
+  const gf::cuda::AllocStats s = gf::cuda::alloc_stats();
+  py::dict d;
+  d["alloc_calls"] = s.alloc_calls;
+  d["malloc_calls"] = s.malloc_calls;
+  d["cache_hits"] = s.cache_hits;
+  d["allocated_bytes"] = s.allocated_bytes;
+  d["reserved_bytes"] = s.reserved_bytes;
+  d["peak_allocated_bytes"] = s.peak_allocated_bytes;
+  return d;
+}
+
+void cuda_upload(devaddr dst, const py::array& src) {
+  if (!(src.flags() & py::array::c_style))
+    throw py::value_error("src: expected a C-contiguous array");
+  const std::size_t n = static_cast<std::size_t>(src.nbytes());
+  const void* h = src.data();
+  py::gil_scoped_release nogil;
+  // from pageable memory the copy has read `src` when the call returns, so `src` may die then
+  GF_CUDA_CHECK(cudaMemcpyAsync(as_dev(dst), h, n, cudaMemcpyHostToDevice, gf::cuda::stream()));
+}
+
+void cuda_download(py::array& dst, devaddr src) {
+  if (!(dst.flags() & py::array::c_style) || !dst.writeable())
+    throw py::value_error("dst: expected a writeable C-contiguous array");
+  const std::size_t n = static_cast<std::size_t>(dst.nbytes());
+  void* h = dst.mutable_data();
+  py::gil_scoped_release nogil;
+  GF_CUDA_CHECK(cudaMemcpyAsync(h, as_dev(src), n, cudaMemcpyDeviceToHost, gf::cuda::stream()));
+  GF_CUDA_CHECK(cudaStreamSynchronize(gf::cuda::stream()));
+}
+
+void register_cuda(py::module_& m) {
+  auto cu = m.def_submodule("cuda", "CUDA runtime and array kernels; use gradfuse.cuda");
+  cu.def("device_count", &cuda_device_count, "-> (count, reason when 0)");
+  cu.def("device_properties", &cuda_device_properties, py::arg("device") = 0);
+  cu.def("synchronize", [] {
+    py::gil_scoped_release nogil;
+    GF_CUDA_CHECK(cudaStreamSynchronize(gf::cuda::stream()));
+  });
+  cu.def("memory_stats", &cuda_memory_stats);
+  cu.def("reset_alloc_counters", &gf::cuda::reset_alloc_counters);
+  cu.def("empty_cache", [] {
+    py::gil_scoped_release nogil;
+    gf::cuda::empty_cache();
+  });
+  cu.def("stream", [] { return reinterpret_cast<devaddr>(gf::cuda::stream()); },
+         "gradfuse's stream as an integer handle (for CuPy/PyTorch interop)");
+  py::class_<DeviceBuffer>(cu, "DeviceBuffer", "nbytes of device memory from the caching allocator")
+      .def(py::init<std::size_t>(), py::arg("nbytes"))
+      .def_property_readonly("ptr", [](const DeviceBuffer& b) { return reinterpret_cast<devaddr>(b.p); })
+      .def_property_readonly("nbytes", [](const DeviceBuffer& b) { return b.nbytes; });
+  cu.def("upload", &cuda_upload, py::arg("dst"), py::arg("src"));
+  cu.def("download", &cuda_download, py::arg("dst"), py::arg("src"));
+  cu.def("memcpy", [](devaddr dst, devaddr src, std::size_t n) {
+    py::gil_scoped_release nogil;
+    GF_CUDA_CHECK(cudaMemcpyAsync(as_dev(dst), as_dev<const void>(src), n,
+                                  cudaMemcpyDeviceToDevice, gf::cuda::stream()));
+  }, py::arg("dst"), py::arg("src"), py::arg("nbytes"));
+  cu.def("copy", [](devaddr dst, int dst_dtype, std::vector<int64_t> dst_strides, devaddr src,
+                    int src_dtype, std::vector<int64_t> src_strides, double value,
+                    std::vector<int64_t> shape) {
+    const auto s = operand(src, std::move(src_strides), value);
+    py::gil_scoped_release nogil;
+    gf::cuda::copy(as_dev(dst), dst_dtype, dst_strides, s, src_dtype, shape);
+  }, py::arg("dst"), py::arg("dst_dtype"), py::arg("dst_strides"), py::arg("src"),
+     py::arg("src_dtype"), py::arg("src_strides"), py::arg("value"), py::arg("shape"),
+     "dst[i] = cast(src[i]) over shape (src 0: the scalar value)");
+  cu.def("unary", [](int op, int dtype, devaddr out, std::vector<int64_t> out_strides, devaddr a,
+                     std::vector<int64_t> a_strides, double av, std::vector<int64_t> shape) {
+    const auto A = operand(a, std::move(a_strides), av);
+    py::gil_scoped_release nogil;
+    gf::cuda::unary(op, dtype, as_dev(out), out_strides, A, shape);
+  });
+  cu.def("binary", [](int op, int dtype, devaddr out, std::vector<int64_t> out_strides, devaddr a,
+                      std::vector<int64_t> a_strides, double av, devaddr b,
+                      std::vector<int64_t> b_strides, double bv, std::vector<int64_t> shape) {
+    const auto A = operand(a, std::move(a_strides), av);
+    const auto B = operand(b, std::move(b_strides), bv);
+    py::gil_scoped_release nogil;
+    gf::cuda::binary(op, dtype, as_dev(out), out_strides, A, B, shape);
+  });
+  cu.def("where", [](int dtype, devaddr out, std::vector<int64_t> out_strides, devaddr c,
+                     std::vector<int64_t> c_strides, double cv, devaddr a,
+                     std::vector<int64_t> a_strides, double av, devaddr b,
+                     std::vector<int64_t> b_strides, double bv, std::vector<int64_t> shape) {
+    const auto C = operand(c, std::move(c_strides), cv);
+    const auto A = operand(a, std::move(a_strides), av);
+    const auto B = operand(b, std::move(b_strides), bv);
+    py::gil_scoped_release nogil;
+    gf::cuda::where(dtype, as_dev(out), out_strides, C, A, B, shape);
+  });
+  cu.def("reduce", [](int op, int dtype, devaddr out, devaddr in, int64_t outer, int64_t n,
+                      int64_t inner) {
+    py::gil_scoped_release nogil;
+    gf::cuda::reduce(op, dtype, as_dev(out), as_dev<const void>(in), outer, n, inner);
+  });
+  cu.def("take", [](int kind, int dtype, devaddr out, devaddr in, devaddr index, int64_t outer, int64_t n,
+                    int64_t inner, int64_t m) {
+    py::gil_scoped_release nogil;
+    const auto* idx = as_dev<const int64_t>(index);
+    switch (kind) {
+      case 0: gf::cuda::take(dtype, as_dev(out), as_dev<const void>(in), idx, outer, n, inner, m); break;
+      case 1: gf::cuda::index_add(dtype, as_dev(out), as_dev<const void>(in), idx, outer, n, inner, m); break;
+      case 2: gf::cuda::take_along(dtype, as_dev(out), as_dev<const void>(in), idx, outer, n, inner, m); break;
+      default: gf::cuda::put_along(dtype, as_dev(out), as_dev<const void>(in), idx, outer, n, inner, m);
+    }
+  }, "kind 0 take, 1 index_add (into out), 2 take_along, 3 put_along (into out)");
+  cu.def("gemm", [](int dtype, bool ta, bool tb, int64_t m_, int64_t n, int64_t k, devaddr a,
+                    int64_t lda, int64_t sa, devaddr b, int64_t ldb, int64_t sb, devaddr c, int64_t ldc,
+                    int64_t sc, int64_t batch) {
+    py::gil_scoped_release nogil;
+    gf::cuda::gemm(dtype, ta, tb, m_, n, k, as_dev<const void>(a), lda, sa,
+                   as_dev<const void>(b), ldb, sb, as_dev(c), ldc, sc, batch);
+  });
+}
+#endif  // GRADFUSE_WITH_CUDA
+
+}  // namespace
+
+// ---------------------------------------------------------------- cuda kernels (cudakern)
+// The kernel families of csrc/cuda/*.cu in the `_C.cuda` submodule. Arguments are DEVICE
+// pointers as integers (DeviceArray.ptr, or CuPy's a.data.ptr in tests; 0 for None) plus sizes
+// and hyperparameters, and `itemsize` (4: float32, 8: float64) picks the dtype. Shapes, dtypes
+// and contiguity are checked by the Python layer (gradfuse/cuda/ops.py), which also allocates
+// the outputs. Every call releases the GIL; none synchronizes except where it returns a value
+// computed on the device (cross_entropy_forward, arena_norm_reduce, arena_all_finite).
+#ifdef GRADFUSE_WITH_CUDA
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
+
+namespace {
+
+template <typename T>
+T* dptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// fn(T{}) with T = float (itemsize 4) or double (8).
+template <typename F>
+auto by_dtype(int itemsize, F&& fn) {
+  if (itemsize == 4) return fn(float{});
+  if (itemsize == 8) return fn(double{});
+  throw py::type_error("itemsize: expected 4 (float32) or 8 (float64), got " +
+                       std::to_string(itemsize));
+}
+
+void add_cuda_kernels(py::module_& m) {
+  py::module_ cu = py::hasattr(m, "cuda") ? m.attr("cuda").cast<py::module_>()
+                                          : m.def_submodule("cuda", "gradfuse CUDA backend");
+  using U = std::uintptr_t;
+  namespace C = gf::cuda;
+
+  cu.def("activation_forward", [](int op, int isz, U x, int64_t n, double a, double b, U y) {
+    if (op < 0 || op > int(Activation::Softplus)) throw py::value_error("op: unknown activation");
+    ActivationArgs args{Activation(op), a, b};
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::activation_forward<T>(dptr<const T>(x), n, args, dptr<T>(y));
+    });
+  });
+  cu.def("activation_backward",
+         [](int op, int isz, U g, U s, int64_t n, double a, double b, U dx) {
+           if (op < 0 || op > int(Activation::Softplus)) {
+             throw py::value_error("op: unknown activation");
+           }
+           ActivationArgs args{Activation(op), a, b};
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::activation_backward<T>(dptr<const T>(g), dptr<const T>(s), n, args, dptr<T>(dx));
+           });
+         });
+  cu.def("softmax_forward",
+         [](int isz, U x, int64_t outer, int64_t dim, int64_t inner, bool log, U y) {
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::softmax_forward<T>(dptr<const T>(x), outer, dim, inner, log, dptr<T>(y));
+           });
+         });
+  cu.def("softmax_backward",
+         [](int isz, U g, U y, int64_t outer, int64_t dim, int64_t inner, bool log, U dx) {
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::softmax_backward<T>(dptr<const T>(g), dptr<const T>(y), outer, dim, inner, log,
+                                    dptr<T>(dx));
+           });
+         });
+
+  cu.def("cross_entropy_forward",
+         [](int isz, U x, U target, U w, int64_t n, int64_t c, int64_t ignore, double ls,
+            U row_loss, U lse) {
+           CrossEntropyArgs a{n, c, ignore, ls};
+           CrossEntropySums s;
+           {
+             py::gil_scoped_release nogil;
+             s = by_dtype(isz, [&](auto t) {
+               using T = decltype(t);
+               return C::cross_entropy_forward<T>(dptr<const T>(x), dptr<const int64_t>(target),
+                                                  dptr<const T>(w), a, dptr<T>(row_loss),
+                                                  dptr<T>(lse));
+             });
+           }
+           return py::make_tuple(s.loss, s.weight);
+         },
+         "-> (loss_sum, weight_sum); synchronizes (reads the sums and the target check back)");
+  cu.def("cross_entropy_backward",
+         [](int isz, U x, U target, U w, U lse, U grad_rows, double grad_scale, int64_t n,
+            int64_t c, int64_t ignore, double ls, U dx) {
+           CrossEntropyArgs a{n, c, ignore, ls};
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::cross_entropy_backward<T>(dptr<const T>(x), dptr<const int64_t>(target),
+                                          dptr<const T>(w), dptr<const T>(lse),
+                                          dptr<const T>(grad_rows), grad_scale, a, dptr<T>(dx));
+           });
+         });
+
+  cu.def("row_norm_forward",
+         [](int isz, U x, U w, U b, int64_t rows, int64_t cols, double eps, bool rms, U y, U mean,
+            U rstd) {
+           RowNormArgs a;
+           a.rows = rows; a.cols = cols; a.eps = eps; a.rms = rms;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::row_norm_forward<T>(dptr<const T>(x), dptr<const T>(w), dptr<const T>(b), a,
+                                    dptr<T>(y), dptr<T>(mean), dptr<T>(rstd));
+           });
+         });
+  cu.def("row_norm_backward",
+         [](int isz, U x, U dy, U w, U mean, U rstd, int64_t rows, int64_t cols, bool rms, U dx,
+            U dw, U db) {
+           RowNormArgs a;
+           a.rows = rows; a.cols = cols; a.rms = rms;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::row_norm_backward<T>(dptr<const T>(x), dptr<const T>(dy), dptr<const T>(w),
+                                     dptr<const T>(mean), dptr<const T>(rstd), a, dptr<T>(dx),
+                                     dptr<T>(dw), dptr<T>(db));
+           });
+         });
+  cu.def("batch_norm_forward",
+         [](int isz, U x, U w, U b, U rm, U rv, int64_t n, int64_t c, int64_t l, double eps,
+            bool training, bool update_running, double factor, U y, U mean, U rstd) {
+           BatchNormArgs a;
+           a.n = n; a.c = c; a.l = l; a.eps = eps; a.training = training;
+           a.update_running = update_running; a.factor = factor;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::batch_norm_forward<T>(dptr<const T>(x), dptr<const T>(w), dptr<const T>(b),
+                                      dptr<T>(rm), dptr<T>(rv), a, dptr<T>(y), dptr<T>(mean),
+                                      dptr<T>(rstd));
+           });
+         });
+  cu.def("batch_norm_backward",
+         [](int isz, U x, U dy, U w, U mean, U rstd, int64_t n, int64_t c, int64_t l,
+            bool training, U dx, U dw, U db) {
+           BatchNormArgs a;
+           a.n = n; a.c = c; a.l = l; a.training = training;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::batch_norm_backward<T>(dptr<const T>(x), dptr<const T>(dy), dptr<const T>(w),
+                                       dptr<const T>(mean), dptr<const T>(rstd), a, dptr<T>(dx),
+                                       dptr<T>(dw), dptr<T>(db));
+           });
+         });
+  cu.def("group_norm_forward",
+         [](int isz, U x, U w, U b, int64_t n, int64_t c, int64_t s, int64_t groups, double eps,
+            U y, U mean, U rstd) {
+           if (groups <= 0 || c % groups != 0) throw py::value_error("num_groups: must divide C");
+           GroupNormArgs a;
+           a.n = n; a.c = c; a.s = s; a.groups = groups; a.eps = eps;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::group_norm_forward<T>(dptr<const T>(x), dptr<const T>(w), dptr<const T>(b), a,
+                                      dptr<T>(y), dptr<T>(mean), dptr<T>(rstd));
+           });
+         });
+  cu.def("group_norm_backward",
+         [](int isz, U x, U dy, U w, U mean, U rstd, int64_t n, int64_t c, int64_t s,
+            int64_t groups, U dx, U dw, U db) {
+           if (groups <= 0 || c % groups != 0) throw py::value_error("num_groups: must divide C");
+           GroupNormArgs a;
+           a.n = n; a.c = c; a.s = s; a.groups = groups;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::group_norm_backward<T>(dptr<const T>(x), dptr<const T>(dy), dptr<const T>(w),
+                                       dptr<const T>(mean), dptr<const T>(rstd), a, dptr<T>(dx),
+                                       dptr<T>(dw), dptr<T>(db));
+           });
+         });
+
+  cu.def("uniform_fill", [](int isz, U out, int64_t n, uint64_t seed, uint64_t offset, double a,
+                            double b) {
+    py::gil_scoped_release nogil;
+    return by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      return C::uniform_fill<T>(dptr<T>(out), n, PhiloxStream{seed, offset}, a, b);
+    });
+  }, "-> Philox blocks consumed");
+  cu.def("normal_fill", [](int isz, U out, int64_t n, uint64_t seed, uint64_t offset, double mean,
+                           double std) {
+    py::gil_scoped_release nogil;
+    return by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      return C::normal_fill<T>(dptr<T>(out), n, PhiloxStream{seed, offset}, mean, std);
+    });
+  }, "-> Philox blocks consumed");
+  cu.def("bernoulli_fill",
+         [](int isz, U out, int64_t n, uint64_t seed, uint64_t offset, double p) {
+           py::gil_scoped_release nogil;
+           return by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             return C::bernoulli_fill<T>(dptr<T>(out), n, PhiloxStream{seed, offset}, p);
+           });
+         }, "-> Philox blocks consumed");
+  cu.def("dropout_forward",
+         [](int isz, U x, int64_t n, uint64_t seed, uint64_t offset, double p, U out, U mask) {
+           py::gil_scoped_release nogil;
+           return by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             return C::dropout_forward<T>(dptr<const T>(x), n, PhiloxStream{seed, offset}, p,
+                                          dptr<T>(out), dptr<uint8_t>(mask));
+           });
+         }, "-> Philox blocks consumed");
+  cu.def("dropout_backward", [](int isz, U g, U mask, int64_t n, double scale, U dx) {
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::dropout_backward<T>(dptr<const T>(g), dptr<const uint8_t>(mask), n, scale, dptr<T>(dx));
+    });
+  });
+  cu.def("philox_words", [](uint64_t seed, uint64_t offset, int64_t n_blocks, U out) {
+    py::gil_scoped_release nogil;
+    C::philox_words(seed, offset, n_blocks, dptr<uint32_t>(out));
+  });
+
+  cu.def("affine_columns",
+         [](int isz, U x, U shift, U mul, U add, int64_t n, int64_t d, bool clip, double lo,
+            double hi, U out, U nonfinite) {
+           AffineArgs a;
+           a.n = n; a.d = d; a.clip = clip; a.lo = lo; a.hi = hi;
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::affine_columns<T>(dptr<const T>(x), dptr<const double>(shift),
+                                  dptr<const double>(mul), dptr<const double>(add), a,
+                                  dptr<T>(out), dptr<int>(nonfinite));
+           });
+         });
+  cu.def("image_affine", [](U x, int64_t outer, int64_t channels, int64_t inner, U shift, U mul,
+                            U add, U out) {
+    ImageLayout l;
+    l.outer = outer; l.channels = channels; l.inner = inner;
+    py::gil_scoped_release nogil;
+    C::image_affine(dptr<const uint8_t>(x), l, dptr<const double>(shift), dptr<const double>(mul),
+                    dptr<const double>(add), dptr<float>(out));
+  });
+
+  cu.def("optim_step",
+         [](int kind, int isz, U p, U g, U s0, U s1, U s2, int64_t n,
+            const std::vector<double>& sc, int64_t flags, U skip, U scale) {
+           const OptimHyper h = make_hyper(kind, sc, flags);
+           check_state_present(h, s0 != 0, s1 != 0, s2 != 0);
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::optim_step<T>(h, dptr<T>(p), dptr<const T>(g), dptr<T>(s0), dptr<T>(s1),
+                              dptr<T>(s2), n, dptr<const int>(skip), dptr<const double>(scale));
+           });
+         },
+         "one fused update of an arena on the device; skip (int*) / scale (double*) device "
+         "pointers or 0");
+  cu.def("lamb_step",
+         [](int isz, U p, U g, U m, U v, int64_t n, const py::array& offsets,
+            const py::array& sizes, const std::vector<double>& sc, int64_t flags) {
+           if (sc.size() != kOptScalars) throw py::value_error("scalars: expected 14 values");
+           OptimHyper h;
+           h.lr = sc[0]; h.weight_decay = sc[1]; h.eps = sc[2]; h.beta1 = sc[3]; h.beta2 = sc[4];
+           h.c1 = sc[10]; h.c2 = sc[11]; h.grad_scale = sc[12];
+           h.maximize = flags & kOptMaximize;
+           check_array<int64_t>(offsets, "offsets", 1);
+           check_array<int64_t>(sizes, "sizes", 1);
+           const int64_t nseg = offsets.shape(0);
+           if (sizes.shape(0) != nseg) {
+             throw py::value_error("sizes: expected as many entries as offsets");
+           }
+           const int64_t* off = cptr<int64_t>(offsets);
+           const int64_t* sz = cptr<int64_t>(sizes);
+           for (int64_t s = 0; s < nseg; ++s) {
+             if (off[s] < 0 || sz[s] < 0 || off[s] + sz[s] > n) {
+               throw py::value_error("offsets/sizes: segment " + std::to_string(s) +
+                                     " lies outside the arena of " + std::to_string(n) +
+                                     " elements");
+             }
+           }
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::lamb_step<T>(h, dptr<T>(p), dptr<const T>(g), dptr<T>(m), dptr<T>(v), off, sz,
+                             nseg);
+           });
+         },
+         "LAMB over a device arena; offsets / sizes are host int64 arrays (the segment table)");
+  cu.def("arena_nonfinite_flag", [](int isz, U x, int64_t n, U flag) {
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::arena_nonfinite_flag<T>(dptr<const T>(x), n, dptr<int>(flag));
+    });
+  });
+  cu.def("arena_norm_reduce_dev",
+         [](int isz, U x, int64_t n, double norm_type, U out, bool accumulate) {
+           py::gil_scoped_release nogil;
+           by_dtype(isz, [&](auto t) {
+             using T = decltype(t);
+             C::arena_norm_reduce_dev<T>(dptr<const T>(x), n, norm_type, dptr<double>(out),
+                                         accumulate);
+           });
+         });
+  cu.def("arena_norm_reduce", [](int isz, U x, int64_t n, double norm_type) {
+    py::gil_scoped_release nogil;
+    return by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      return C::arena_norm_reduce<T>(dptr<const T>(x), n, norm_type);
+    });
+  }, "synchronizes");
+  cu.def("arena_all_finite", [](int isz, U x, int64_t n) {
+    py::gil_scoped_release nogil;
+    return by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      return C::arena_all_finite<T>(dptr<const T>(x), n);
+    });
+  }, "synchronizes");
+  cu.def("arena_scale", [](int isz, U x, int64_t n, double s) {
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::arena_scale<T>(dptr<T>(x), n, s);
+    });
+  });
+  cu.def("arena_clamp", [](int isz, U x, int64_t n, double lo, double hi) {
+    py::gil_scoped_release nogil;
+    by_dtype(isz, [&](auto t) {
+      using T = decltype(t);
+      C::arena_clamp<T>(dptr<T>(x), n, lo, hi);
+    });
+  });
+  cu.def("clip_coef", [](U total, double norm_type, double max_norm, U coef, U norm_out) {
+    py::gil_scoped_release nogil;
+    C::clip_coef(dptr<const double>(total), norm_type, max_norm, dptr<double>(coef),
+                 dptr<double>(norm_out));
+  });
+  if (!py::hasattr(cu, "stream_synchronize")) {
+    cu.def("stream_synchronize", [] {
+      py::gil_scoped_release nogil;
+      GF_CUDA_CHECK(cudaStreamSynchronize(gf::cuda::stream()));
+    }, "waits for every kernel queued on gradfuse's stream");
+  }
+}
+
+}  // namespace
+#endif  // GRADFUSE_WITH_CUDA (cuda kernels)
 
 PYBIND11_MODULE(_C, m) {
   if (_import_array() < 0) throw py::error_already_set();
@@ -1601,4 +2139,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info);
   m.def("get_num_threads", &py_get_num_threads);
   m.def("set_num_threads", &py_set_num_threads, py::arg("n"));
+
+#ifdef GRADFUSE_WITH_CUDA
+  register_cuda(m);  // the `_C.cuda` submodule (runtime and arrays)
+  add_cuda_kernels(m);  // cuda kernels (cudakern): after cudacore's `_C.cuda` section
+#endif
 }

@@ -17,5 +17,17 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def pytest_collection_modifyitems(config, items):
+    # tests marked `cuda` need a GPU and a CUDA build of gradfuse: skipped elsewhere, with why
+    import gradfuse as gf
+
+    if gf.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"cuda: {gf.cuda.unavailable_reason()}")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def torch_or_skip():
     return pytest.importorskip("torch")

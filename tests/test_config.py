@@ -12,7 +12,12 @@ def test_version_and_config(capsys):
     cfg = config()
     for key in ("compiler", "openmp", "threads", "simd_dispatch", "cuda", "numpy_blas"):
         assert key in cfg
-    assert cfg["cuda"] is False
+    if not gf.cuda.is_compiled():
+        assert cfg["cuda"].startswith("not compiled")
+    elif gf.cuda.is_available():
+        assert gf.cuda.get_device_name() in cfg["cuda"]
+    else:
+        assert gf.cuda.unavailable_reason() in cfg["cuda"]
     assert cfg["threads"] == gf.get_num_threads() >= 1
     gf.show_config()
     out = capsys.readouterr().out

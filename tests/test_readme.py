@@ -26,3 +26,14 @@ def test_data_loading_and_checkpoints_example_runs(capsys):
     exec(compile(block, "README data loading and checkpoints", "exec"), scope)
     assert scope["same"] is True  # resumed training is bitwise the uninterrupted run
     assert scope["accuracy"] > 0.85
+
+
+def test_gpu_section_example_runs_on_the_device_there_is(capsys):
+    # on a machine without a GPU (or a CPU-only build) the same code runs on the CPU
+    text = README.read_text()
+    block = re.search(r"## GPU \(CUDA\).*?```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, "README GPU section", "exec"), scope)
+    assert scope["model"][0].weight.device == scope["device"]
+    loss, dev = capsys.readouterr().out.split()
+    assert np.isfinite(float(loss)) and dev in ("cpu", "cuda:0")

@@ -11,6 +11,7 @@ Example::
 from . import (
     _backend,  # noqa: F401  (loads the compiled core, installs the memory pool)
     autograd,
+    cuda,
     data,
     functional,
     memory,
@@ -53,6 +54,7 @@ from .tensor import (
     arange,
     as_tensor,
     bool_,
+    device,
     empty,
     enable_grad,
     float32,
@@ -100,6 +102,8 @@ __all__ = [
     "int32",
     "int64",
     "bool_",
+    "device",
+    "cuda",
     "no_grad",
     "enable_grad",
     "set_grad_enabled",

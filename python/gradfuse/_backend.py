@@ -10,6 +10,31 @@ from __future__ import annotations
 import os
 
 
+def _preload_cublas() -> bool:
+    """Load libcublas from the PyPI wheel (site-packages/nvidia/cu13/lib, or nvidia/cublas/lib
+    for CUDA 12) when the loader did not find it through _C's RPATH (editable installs, a
+    wheel installed elsewhere). True when something was loaded."""
+    import ctypes
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in spec.submodule_search_locations if spec else []:
+        for sub in ("cu13", "cublas", "cu12"):
+            lib = os.path.join(root, sub, "lib")
+            if not os.path.isdir(lib):
+                continue
+            names = sorted(n for n in os.listdir(lib) if n.startswith("libcublas"))
+            # cublasLt first: libcublas needs it
+            names.sort(key=lambda n: not n.startswith("libcublasLt"))
+            if not any(n.startswith("libcublas.so") for n in names):
+                continue
+            for n in names:
+                if n.startswith(("libcublasLt.so", "libcublas.so")):
+                    ctypes.CDLL(os.path.join(lib, n), mode=ctypes.RTLD_GLOBAL)
+            return True
+    return False
+
+
 def _load_core():
     """Import ``_C`` with OpenMP's idle threads sleeping instead of spinning.
 
@@ -29,7 +54,13 @@ def _load_core():
     if ours:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
-        from . import _C
+        try:
+            from . import _C
+        except ImportError as e:
+            # a CUDA build whose libcublas the loader cannot see: preload it from the wheel
+            if "libcublas" not in str(e) or not _preload_cublas():
+                raise
+            from . import _C
     finally:
         if ours:
             del os.environ["OMP_WAIT_POLICY"]
@@ -95,3 +126,49 @@ uninstall_numpy_allocator = _C.uninstall_numpy_allocator
 # Large numpy arrays come from the pool unless GRADFUSE_POOL=0 (see gradfuse.memory).
 if os.environ.get("GRADFUSE_POOL", "1") not in ("0", "false", "off", "no"):
     install_numpy_allocator()
+
+# ---------------------------------------------------------------------- cuda dispatch
+# With the CUDA backend compiled in, every kernel that gradfuse.cuda.ops mirrors becomes a
+# dispatcher: the CUDA op when an argument is a DeviceArray, else the _C function unchanged.
+# A CPU-only build keeps the plain _C functions above (no wrapper, no per-call cost).
+CUDA_BUILT = hasattr(_C, "cuda")
+
+
+def _dispatcher(cpu, gpu):
+    def dispatch(*args, **kwargs):
+        for a in args:
+            if type(a) is _DeviceArray:
+                return gpu(*args, **kwargs)
+        for a in kwargs.values():
+            if type(a) is _DeviceArray:
+                return gpu(*args, **kwargs)
+        return cpu(*args, **kwargs)
+
+    dispatch.__name__ = getattr(cpu, "__name__", "dispatch")
+    dispatch.__doc__ = getattr(cpu, "__doc__", None)
+    dispatch.cpu, dispatch.cuda = cpu, gpu
+    return dispatch
+
+
+def _install_cuda_dispatch() -> list:
+    """Wraps each name of gradfuse.cuda.ops.__all__; returns the names wrapped."""
+    try:
+        from .cuda import ops as _ops
+    except ImportError as e:  # the kernels' Python side is not there (yet)
+        if "gradfuse.cuda.ops" not in str(e) and "ops" not in str(e):
+            raise
+        return []
+    g = globals()
+    done = []
+    for name in getattr(_ops, "__all__", ()):
+        gpu = getattr(_ops, name)
+        cpu = g.get(name)
+        g[name] = gpu if cpu is None else _dispatcher(cpu, gpu)
+        done.append(name)
+    return done
+
+
+if CUDA_BUILT:
+    from .cuda.array import DeviceArray as _DeviceArray
+
+    CUDA_DISPATCHED = _install_cuda_dispatch()

@@ -48,11 +48,23 @@ def config() -> dict:
         "simd_dispatch": info["simd_dispatch"]
         + (" (multi-versioned kernels)" if info["multiversioned"] else ""),
         "native_build": info["native_build"],
-        "cuda": info["cuda"],
+        "cuda": _cuda_info(),
         "memory_pool": f"arrays >= {info['pool_min_bytes'] // 1024} KiB, cache limit "
         f"{pool['cache_limit'] / 2**30:.1f} GiB",
         "machine": f"{platform.machine()}, {platform.system()}",
     }
+
+
+def _cuda_info() -> str:
+    from . import cuda
+
+    if not cuda.is_compiled():
+        return "not compiled (build with -Ccmake.define.GRADFUSE_CUDA=ON)"
+    if not cuda.is_available():
+        return f"compiled, not usable: {cuda.unavailable_reason()}"
+    p = cuda.get_device_properties()
+    return (f"{p['name']} (sm_{p['major']}{p['minor']}, {p['total_memory'] / 2**30:.0f} GiB); "
+            f"built for {p['compiled_archs']}")
 
 
 def show_config() -> None:

@@ -17,13 +17,53 @@ from collections import namedtuple
 import numpy as np
 
 from . import _backend
-from .tensor import Function, Tensor, _new, _unbroadcast, is_grad_enabled
+from .cuda.array import DeviceArray
+from .cuda.array import zeros as _device_zeros
+from .tensor import Function, Tensor, _new, _unbroadcast, device_of, is_grad_enabled, to_device
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _shape(x):
     return x.shape if isinstance(x, np.ndarray) else np.shape(x)
+
+
+# Device data (gradfuse.cuda.DeviceArray) goes through the same Functions: numpy's ufuncs and
+# array functions dispatch to it. np.asarray / np.ascontiguousarray / np.require / np.zeros
+# do not dispatch, so the few places that call them go through these two helpers.
+
+
+def _ascontig(a, dtype=None):
+    """C-contiguous ``a`` of ``dtype`` (a copy only if needed), on a's device."""
+    if type(a) is DeviceArray:
+        if dtype is not None and a.dtype != dtype:
+            a = a.astype(dtype)
+        return a.ascontiguous()
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _arr(x):
+    return x if type(x) is DeviceArray else np.asarray(x)
+
+
+def _zeros(shape, dtype, like):
+    """Zeros on the device of ``like``."""
+    if type(like) is DeviceArray:
+        return _device_zeros(shape, dtype)
+    return np.zeros(shape, dtype=dtype)
+
+
+class ToDevice(Function):
+    """``t.to(device)``: a copy on the other device; the gradient travels back."""
+
+    @staticmethod
+    def forward(ctx, a, device):
+        ctx.src = device_of(a)
+        return to_device(a, device)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (to_device(g, ctx.src),)
 
 
 def _broadcast_error(op, a, b, err):
@@ -162,11 +202,11 @@ class PowTensor(Function):
         with np.errstate(divide="ignore", invalid="ignore"):
             if na:
                 ga = g * (b * np.power(a, b - 1))
-                ga = np.where(np.asarray(b) == 0, 0.0, ga)  # d/da a^0 = 0, also at a = 0
+                ga = np.where(_arr(b) == 0, 0.0, ga)  # d/da a^0 = 0, also at a = 0
             if nb:
                 # d/db a^b = a^b log a; PyTorch takes it as 0 where a == 0 and b >= 0
                 gb = g * (out * np.log(a))
-                gb = np.where((np.asarray(a) == 0) & (np.asarray(b) >= 0), 0.0, gb)
+                gb = np.where((_arr(a) == 0) & (_arr(b) >= 0), 0.0, gb)
         return ga, gb
 
 
@@ -175,8 +215,10 @@ class MatMul(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        a = np.asarray(a)
-        b = np.asarray(b)
+        if type(a) is not DeviceArray:
+            a = np.asarray(a)
+        if type(b) is not DeviceArray:
+            b = np.asarray(b)
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError(
                 "matmul: both operands need at least 1 dimension, "
@@ -392,7 +434,7 @@ class TakeAlong(Function):
 
     @staticmethod
     def backward(ctx, g):
-        ga = np.zeros(ctx.shape, dtype=g.dtype)
+        ga = _zeros(ctx.shape, g.dtype, g)
         if not ctx.keepdim:
             g = np.expand_dims(g, ctx.dim)
         np.put_along_axis(ga, ctx.index, g, axis=ctx.dim)
@@ -486,7 +528,7 @@ class Index(Function):
 
     @staticmethod
     def backward(ctx, g):
-        ga = np.zeros(ctx.shape, dtype=g.dtype)
+        ga = _zeros(ctx.shape, g.dtype, g)
         if _is_basic(ctx.index):
             ga[ctx.index] = g  # a basic index never selects an element twice
         else:
@@ -674,8 +716,8 @@ class CrossEntropy(Function):
             x2 = x
         else:  # class dim 1 -> last, then rows
             x2 = np.moveaxis(x, 1, -1).reshape(-1, shape[1])
-        x2 = np.ascontiguousarray(x2)
-        t2 = np.ascontiguousarray(target.reshape(-1))
+        x2 = _ascontig(x2)
+        t2 = _ascontig(target.reshape(-1))
         row_loss, lse, loss_sum, weight_sum = _backend.cross_entropy_forward(
             x2, t2, weight, ignore_index, label_smoothing
         )
@@ -684,17 +726,31 @@ class CrossEntropy(Function):
         ctx.label_smoothing, ctx.reduction, ctx.weight_sum = label_smoothing, reduction, weight_sum
         if reduction == "none":
             return row_loss.reshape(target.shape)
+        if type(loss_sum) is DeviceArray:
+            # the sums stay on the GPU (no synchronization): 0/0 gives nan as on the CPU
+            if reduction == "sum":
+                return loss_sum.astype(x.dtype, copy=False).reshape(())
+            return (loss_sum / weight_sum).astype(x.dtype, copy=False).reshape(())
         if reduction == "sum":
+            if type(x2) is DeviceArray:
+                return DeviceArray.from_numpy(np.asarray(loss_sum, dtype=x.dtype))
             return np.asarray(loss_sum, dtype=x.dtype)
         # every row ignored: nan, as PyTorch (plain floats: np.errstate costs a microsecond)
         mean = loss_sum / weight_sum if weight_sum else float("nan")
+        if type(x2) is DeviceArray:  # the loss stays on the input's device
+            return DeviceArray.from_numpy(np.asarray(mean, dtype=x.dtype))
         return np.asarray(mean, dtype=x.dtype)
 
     @staticmethod
     def backward(ctx, g):
         x2, t2, lse = ctx.saved
         if ctx.reduction == "none":
-            rows, scale = np.ascontiguousarray(g.reshape(-1), dtype=x2.dtype), 1.0
+            rows, scale = _ascontig(g.reshape(-1), x2.dtype), 1.0
+        elif type(ctx.weight_sum) is DeviceArray:
+            # scale = g (/ weight_sum) stays on the GPU: broadcast as per-row grad_output
+            s = g.reshape(1) if ctx.reduction == "sum" else (g / ctx.weight_sum).reshape(1)
+            rows = _ascontig(s.astype(x2.dtype, copy=False)._broadcast_to((x2.shape[0],)))
+            scale = 1.0
         else:
             rows = None
             scale = float(g)
@@ -724,13 +780,13 @@ class CrossEntropy(Function):
 def _contig(a, dtype):
     if a.dtype == dtype and a.flags.c_contiguous:
         return a
-    return np.ascontiguousarray(a, dtype=dtype)
+    return _ascontig(a, dtype)
 
 
 def _vec(a, dtype):
     if a is None or (a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous):
         return a
-    return np.ascontiguousarray(a.reshape(-1), dtype=dtype)
+    return _ascontig(a.reshape(-1), dtype)
 
 
 class LayerNorm(Function):
@@ -840,7 +896,8 @@ class Dropout(Function):
 
     @staticmethod
     def forward(ctx, x, p, generator, with_mask):
-        xc = np.require(x, requirements=["C", "A"])  # C order, aligned (a copy only if not)
+        # C order, aligned (a copy only if not)
+        xc = _ascontig(x) if type(x) is DeviceArray else np.require(x, requirements=["C", "A"])
         out, mask = generator._draw(
             lambda seed, offset: _split_blocks(_backend.dropout_forward(xc, seed, offset, p,
                                                                         with_mask))
@@ -853,7 +910,8 @@ class Dropout(Function):
     @staticmethod
     def backward(ctx, g):
         (mask,) = ctx.saved
-        gc = np.require(g, dtype=ctx.dtype, requirements=["C", "A"])
+        gc = (_ascontig(g, ctx.dtype) if type(g) is DeviceArray
+              else np.require(g, dtype=ctx.dtype, requirements=["C", "A"]))
         return _backend.dropout_backward(gc, mask, ctx.scale), None, None, None
 
 
@@ -986,7 +1044,7 @@ def _activation_(x, op, a=0.0, b=0.0):
         if data.flags.c_contiguous:
             _backend.activation_forward(op, data, a, b, data)
         else:
-            data[...] = _backend.activation_forward(op, np.ascontiguousarray(data), a, b, None)
+            data[...] = _backend.activation_forward(op, _ascontig(data), a, b, None)
         return x
     node = x._ctx
     if node is None:

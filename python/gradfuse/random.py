@@ -49,7 +49,8 @@ import weakref
 import numpy as np
 
 from . import _backend
-from .tensor import _DEFAULT_FLOAT, Tensor, _as_dtype, _shape_args
+from .cuda.array import DeviceArray
+from .tensor import _DEFAULT_FLOAT, Tensor, _as_dtype, _shape_args, check_device
 
 __all__ = [
     "Generator",
@@ -259,7 +260,8 @@ def _real(value, name: str) -> float:
 def _float_array(tensor, name: str = "tensor") -> np.ndarray:
     """The float32/float64 numpy array behind a Tensor (or an ndarray), to be filled in place."""
     arr = tensor.data if isinstance(tensor, Tensor) else tensor
-    if not isinstance(arr, np.ndarray):
+    # a DeviceArray (a Tensor on the GPU) is filled on the device, with the CPU fill's bits
+    if not isinstance(arr, (np.ndarray, DeviceArray)):
         raise TypeError(f"{name}: expected a gf.Tensor or numpy array, got {type(tensor).__name__}")
     if arr.dtype not in (np.float32, np.float64):
         raise TypeError(f"{name}: random fills need dtype float32 or float64, got {arr.dtype}")
@@ -272,7 +274,8 @@ def _fill(kernel, arr: np.ndarray, generator, *params) -> None:
     """``kernel(out, seed, offset, *params)`` into ``arr`` in C order, whatever its layout."""
     gen = _generator(generator)
     direct = arr.flags.c_contiguous and arr.flags.aligned
-    target = arr if direct else np.empty(arr.shape, arr.dtype)
+    empty = DeviceArray.empty if type(arr) is DeviceArray else np.empty
+    target = arr if direct else empty(arr.shape, arr.dtype)
     gen._draw(lambda s, o: (None, kernel(target, s, o, *params)))
     if target is not arr:
         arr[...] = target
@@ -311,17 +314,21 @@ def bernoulli_(tensor, p=0.5, generator=None):
     return tensor
 
 
-def _new(size, dtype, requires_grad, fill):
+def _new(size, dtype, requires_grad, fill, device=None):
     shape = _shape_args(size)
+    # checked first: a refused device draws nothing from the generator
+    dev = None if device is None else check_device(device)
     dt = _DEFAULT_FLOAT if dtype is None else _as_dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise TypeError(f"dtype: expected float32 or float64, got {dt}")
     arr = np.empty(shape, dtype=dt)
     fill(arr)
+    if dev is not None and dev.type == "cuda":
+        arr = DeviceArray.from_numpy(arr)  # drawn on the host: the CPU's bits by construction
     return Tensor(arr, requires_grad=requires_grad)
 
 
-def rand(*size, generator=None, dtype=None, requires_grad: bool = False) -> Tensor:
+def rand(*size, generator=None, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """A Tensor of the given shape, uniform on [0, 1) (float32 unless ``dtype`` says otherwise).
 
     Example::
@@ -329,10 +336,11 @@ def rand(*size, generator=None, dtype=None, requires_grad: bool = False) -> Tens
         >>> gf.rand(2, 3, generator=gf.Generator(0)).shape
         (2, 3)
     """
-    return _new(size, dtype, requires_grad, lambda a: _fill_uniform(a, 0.0, 1.0, generator))
+    return _new(size, dtype, requires_grad, lambda a: _fill_uniform(a, 0.0, 1.0, generator),
+                device)
 
 
-def randn(*size, generator=None, dtype=None, requires_grad: bool = False) -> Tensor:
+def randn(*size, generator=None, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """A Tensor of the given shape, standard normal (float32 unless ``dtype`` says otherwise).
 
     Example::
@@ -340,4 +348,5 @@ def randn(*size, generator=None, dtype=None, requires_grad: bool = False) -> Ten
         >>> gf.randn(4, generator=gf.Generator(0)).dtype
         dtype('float32')
     """
-    return _new(size, dtype, requires_grad, lambda a: _fill_normal(a, 0.0, 1.0, generator))
+    return _new(size, dtype, requires_grad, lambda a: _fill_normal(a, 0.0, 1.0, generator),
+                device)

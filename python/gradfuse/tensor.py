@@ -20,6 +20,9 @@ import threading
 
 import numpy as np
 
+from . import _backend
+from .cuda.array import DeviceArray
+
 __all__ = [
     "Tensor",
     "Function",
@@ -43,6 +46,7 @@ __all__ = [
     "int64",
     "int32",
     "bool_",
+    "device",
 ]
 
 _new = object.__new__
@@ -218,6 +222,8 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         ctx = _new(cls)
+        if _CHECK_DEVICES:
+            _same_device(cls, args)
         # numpy scalars become Python scalars, which (NEP 50) do not promote: float32 * np.sqrt(2)
         # stays float32, as PyTorch keeps it
         out = cls.forward(
@@ -228,7 +234,7 @@ class Function:
             ],
             **kwargs,
         )
-        if type(out) is not np.ndarray:
+        if type(out) is not np.ndarray and type(out) is not DeviceArray:
             out = np.asarray(out)
         t = _new(Tensor)
         t.data = out
@@ -258,6 +264,23 @@ class Function:
         A later backward reaches this node first and raises."""
         self.__dict__.clear()
         self.released = True
+
+
+# Only a build with the CUDA backend can mix devices; a CPU-only build skips the check.
+_CHECK_DEVICES = _backend.CUDA_BUILT
+
+
+def _same_device(cls, args):
+    dev = None
+    for a in args:
+        if isinstance(a, Tensor) and a.data.ndim:
+            d = type(a.data) is DeviceArray
+            if dev is None:
+                dev = d
+            elif d != dev:
+                from .cuda.array import mixed_device_error
+
+                raise mixed_device_error(cls.__name__.lower(), "cuda:0", "cpu")
 
 
 def _unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -306,7 +329,10 @@ def _accumulate_leaf(t: Tensor, g: np.ndarray) -> None:
             np.copyto(slot.data, g, casting="same_kind")
             t.grad = slot
             return
-        t.grad = Tensor(np.array(g, dtype=t.data.dtype, copy=True))
+        if type(g) is DeviceArray:
+            t.grad = Tensor(g.astype(t.data.dtype, copy=True))
+        else:
+            t.grad = Tensor(np.array(g, dtype=t.data.dtype, copy=True))
     else:
         t.grad.data += g  # in place: keeps .grad a view wherever an optimizer put it
 
@@ -362,7 +388,7 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
             in_grads[k] = None  # so the refcount below sees only our own reference
             if not need or ig is None:
                 continue
-            if type(ig) is not np.ndarray:
+            if type(ig) is not np.ndarray and type(ig) is not DeviceArray:
                 ig = np.asarray(ig)
             if ig.shape != t.data.shape:
                 ig = _unbroadcast(ig, t.data.shape)
@@ -406,15 +432,103 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
 # --------------------------------------------------------------------------- Tensor
 
 
+class device:
+    """A device: ``gf.device("cpu")``, ``gf.device("cuda")``, ``gf.device("cuda:0")``,
+    ``gf.device("cuda", 0)``.
+
+    Compares equal to another device of the same type and index, and to its string form
+    (``t.device == "cuda:0"``). ``"cuda"`` means the current (only) GPU, index 0.
+
+    Example::
+
+        >>> gf.device("cuda:0").type, gf.device("cuda:0").index
+        ('cuda', 0)
+    """
+
+    __slots__ = ("type", "index")
+
+    def __init__(self, spec, index=None):
+        if isinstance(spec, device):
+            spec = str(spec)
+        if not isinstance(spec, str):
+            raise TypeError(f"device: expected a string like 'cpu' or 'cuda:0', got {spec!r}")
+        kind, _, idx = spec.partition(":")
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda[:index]', got {spec!r}")
+        if idx:
+            if index is not None:
+                raise ValueError(f"device: index given twice in {spec!r} and index={index}")
+            if not idx.isdigit():
+                raise ValueError(f"device: invalid device index in {spec!r}")
+            index = int(idx)
+        if index is not None and (not isinstance(index, (int, np.integer)) or index < 0):
+            raise ValueError(f"device: index must be a non-negative int, got {index!r}")
+        self.type = kind
+        self.index = None if index is None else int(index)
+
+    def __str__(self):
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def __repr__(self):
+        idx = "" if self.index is None else f", index={self.index}"
+        return f"device(type='{self.type}'{idx})"
+
+    def _key(self):
+        return (self.type, self.index or 0)
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            try:
+                other = device(other)
+            except (TypeError, ValueError):
+                return False
+        if not isinstance(other, device):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+
+_CPU = device("cpu")
+_CUDA0 = device("cuda", 0)
+
+
 def is_device(arg) -> bool:
     """Whether a ``to()`` argument names a device rather than a dtype."""
-    return isinstance(arg, str) and arg.split(":")[0] in ("cpu", "cuda")
+    return isinstance(arg, device) or (
+        isinstance(arg, str) and arg.split(":")[0] in ("cpu", "cuda"))
 
 
-def check_device(device) -> None:
-    """Only the CPU exists in this build: anything else is a clear error."""
-    if device not in ("cpu", "cpu:0"):
-        raise ValueError(f"device: only 'cpu' is available in this build, got {device!r}")
+def check_device(dev) -> device:
+    """The device ``dev`` names, when it can be used now; else a ValueError saying why."""
+    d = device(dev)
+    if d.type == "cpu":
+        if d.index not in (None, 0):
+            raise ValueError(f"device: there is one cpu device, got {str(d)!r}")
+        return _CPU
+    from . import cuda
+
+    if not cuda.is_available():
+        raise ValueError(f"device: {str(d)!r} is not available: {cuda.unavailable_reason()}")
+    if d.index not in (None, 0):
+        raise ValueError(
+            f"device: gradfuse uses one GPU, cuda:0; got {str(d)!r}"
+            f" ({cuda.device_count()} visible)")
+    return _CUDA0
+
+
+def device_of(data) -> device:
+    return _CUDA0 if type(data) is DeviceArray else _CPU
+
+
+def to_device(data, dev: device):
+    """``data`` (ndarray or DeviceArray) on ``dev`` (the same object when already there)."""
+    if dev.type == "cpu":
+        return data.numpy() if type(data) is DeviceArray else data
+    if type(data) is DeviceArray:
+        return data
+    return DeviceArray.from_numpy(data)
 
 
 def _as_dtype(dtype):
@@ -466,8 +580,9 @@ class Tensor:
         state.pop("_gf_arena", None)
         return state
 
+
     def __init__(self, data, requires_grad: bool = False):
-        if not isinstance(data, np.ndarray):
+        if not isinstance(data, np.ndarray) and type(data) is not DeviceArray:
             data = np.asarray(data)
         _check_grad_dtype(data.dtype, requires_grad)
         self.data = data
@@ -490,8 +605,14 @@ class Tensor:
         return self.data.ndim
 
     @property
-    def device(self) -> str:
-        return "cpu"
+    def device(self) -> device:
+        """Where ``data`` lives: ``gf.device('cpu')`` or ``gf.device('cuda:0')`` (equal to
+        the strings 'cpu' / 'cuda:0')."""
+        return _CUDA0 if type(self.data) is DeviceArray else _CPU
+
+    @property
+    def is_cuda(self) -> bool:
+        return type(self.data) is DeviceArray
 
     def dim(self) -> int:
         return self.data.ndim
@@ -516,8 +637,9 @@ class Tensor:
         return self.data.shape[0]
 
     def __repr__(self) -> str:
-        body = np.array2string(self.data, separator=", ", prefix="tensor(")
-        extra = ""
+        host = self.data.numpy() if type(self.data) is DeviceArray else self.data
+        body = np.array2string(host, separator=", ", prefix="tensor(")
+        extra = ", device='cuda:0'" if type(self.data) is DeviceArray else ""
         if self.data.dtype not in (float32, int64, bool_):
             extra += f", dtype={self.data.dtype}"
         if self._ctx is not None:
@@ -528,15 +650,25 @@ class Tensor:
 
     # ------------------------------------------------------------ conversion
     def numpy(self) -> np.ndarray:
-        """The underlying array (shared memory). Like PyTorch, refused while tracking grad."""
+        """The underlying array (shared memory). Like PyTorch, refused while tracking grad.
+
+        On a cuda tensor: a host copy, after the queued kernels finish (PyTorch asks for
+        ``.cpu()`` first; gradfuse copies, as this is the one place a host value is wanted).
+        """
         if self.requires_grad:
             raise RuntimeError(
                 "Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy()."
             )
+        if type(self.data) is DeviceArray:
+            return self.data.numpy()
         return self.data
 
     def __array__(self, dtype=None, copy=None):
         a = self.data
+        if type(a) is DeviceArray:
+            raise TypeError(
+                "can't convert a cuda tensor to a numpy array implicitly; use .cpu() or "
+                ".numpy() (an explicit copy to the host)")
         if dtype is not None and a.dtype != dtype:
             if copy is False:
                 raise ValueError(f"__array__: casting {a.dtype} to {dtype} needs a copy")
@@ -569,8 +701,16 @@ class Tensor:
         return bool(self.data.reshape(()))
 
     def to(self, *args, dtype=None, device=None) -> Tensor:
-        """Cast to a dtype (differentiable between floating types): ``t.to(gf.float64)``,
-        ``t.to(dtype=...)``. The device 'cpu' is accepted and changes nothing."""
+        """Cast to a dtype and/or move to a device (both differentiable):
+        ``t.to(gf.float64)``, ``t.to("cuda")``, ``t.to("cuda", gf.float64)``,
+        ``t.to(device=..., dtype=...)``. Returns ``self`` when nothing changes.
+
+        Example::
+
+            >>> x = gf.ones(2, 3)
+            >>> x.to("cuda").device if gf.cuda.is_available() else "cuda:0"
+            'cuda:0'
+        """
         for a in args:
             if is_device(a):
                 device = a
@@ -578,11 +718,22 @@ class Tensor:
                 dtype = a
             else:
                 raise TypeError(f"to: unexpected argument {a!r}")
+        out = self
         if device is not None:
-            check_device(device)
+            dev = check_device(device)
+            if dev != device_of(self.data):
+                out = _F.ToDevice.apply(self, device=dev)
         if dtype is None:
-            return self
-        return _F.Cast.apply(self, dtype=_as_dtype(dtype))
+            return out
+        return _F.Cast.apply(out, dtype=_as_dtype(dtype))
+
+    def cuda(self, device=None) -> Tensor:
+        """``self.to("cuda")``."""
+        return self.to("cuda" if device is None else device)
+
+    def cpu(self) -> Tensor:
+        """``self.to("cpu")``: a host copy of a cuda tensor, ``self`` for a cpu one."""
+        return self.to("cpu")
 
     def float(self) -> Tensor:
         return self.to(float32)
@@ -642,6 +793,11 @@ class Tensor:
             g = np.ones_like(self.data)
         else:
             g = gradient.data if isinstance(gradient, Tensor) else np.asarray(gradient)
+            if type(g) is not type(self.data):
+                from .cuda.array import mixed_device_error
+
+                raise mixed_device_error("backward (gradient)", device_of(self.data),
+                                         device_of(g))
             if g.shape != self.data.shape:
                 raise ValueError(
                     f"gradient: expected shape {self.data.shape} to match the tensor, got {g.shape}"
@@ -820,7 +976,7 @@ class Tensor:
 
     def argmax(self, dim=None, keepdim: bool = False):
         if dim is None:
-            return Tensor(np.asarray(np.argmax(self.data)))
+            return Tensor(np.argmax(self.data))
         return Tensor(np.argmax(self.data, axis=dim, keepdims=keepdim))
 
     # ------------------------------------------------------------ shape
@@ -911,8 +1067,16 @@ def _from_data(data, dtype, copy: bool):
     return arr
 
 
-def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
-    """A new tensor holding a copy of ``data``.
+def _placed(arr, dev):
+    """``arr`` (a fresh host array) moved to ``dev`` (None: the cpu)."""
+    if dev is None:
+        return arr
+    d = check_device(dev)
+    return arr if d.type == "cpu" else DeviceArray.from_numpy(arr)
+
+
+def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
+    """A new tensor holding a copy of ``data`` (on ``device``, the cpu by default).
 
     Python floats become float32, Python ints int64, numpy arrays keep their dtype.
 
@@ -921,7 +1085,13 @@ def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
         >>> gf.tensor([[1.0, 2.0]], requires_grad=True).shape
         (1, 2)
     """
-    return Tensor(_from_data(data, _as_dtype(dtype), copy=True), requires_grad=requires_grad)
+    if isinstance(data, Tensor) and type(data.data) is DeviceArray:
+        arr = data.data.astype(_as_dtype(dtype) or data.data.dtype)
+        if device is not None and check_device(device).type == "cpu":
+            arr = arr.numpy()
+        return Tensor(arr, requires_grad=requires_grad)
+    arr = _placed(_from_data(data, _as_dtype(dtype), copy=True), device)
+    return Tensor(arr, requires_grad=requires_grad)
 
 
 def as_tensor(data, dtype=None) -> Tensor:
@@ -947,9 +1117,14 @@ def _shape_args(shape):
     return tuple(int(s) for s in shape)
 
 
-def _factory(fill, shape, dtype, requires_grad):
+def _factory(fill, shape, dtype, requires_grad, device=None):
     dt = _as_dtype(dtype) or _DEFAULT_FLOAT
     _check_grad_dtype(dt, requires_grad)
+    if device is not None and check_device(device).type == "cuda":
+        from . import cuda
+
+        arr = cuda.empty(shape, dt) if fill is None else cuda.full(shape, fill, dt)
+        return Tensor(arr, requires_grad=requires_grad)
     if fill is None:
         arr = np.empty(shape, dtype=dt)
     elif fill == 0:
@@ -959,48 +1134,57 @@ def _factory(fill, shape, dtype, requires_grad):
     return Tensor(arr, requires_grad=requires_grad)
 
 
-def zeros(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+def zeros(*size, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """Tensor of zeros, e.g. ``gf.zeros(3, 4)`` or ``gf.zeros((3, 4), dtype=gf.float64)``."""
-    return _factory(0, _shape_args(size), dtype, requires_grad)
+    return _factory(0, _shape_args(size), dtype, requires_grad, device)
 
 
-def ones(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+def ones(*size, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """Tensor of ones, e.g. ``gf.ones(2, 3)``."""
-    return _factory(1, _shape_args(size), dtype, requires_grad)
+    return _factory(1, _shape_args(size), dtype, requires_grad, device)
 
 
-def empty(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+def empty(*size, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """Uninitialized tensor (large ones come from the memory pool, pages already mapped)."""
-    return _factory(None, _shape_args(size), dtype, requires_grad)
+    return _factory(None, _shape_args(size), dtype, requires_grad, device)
 
 
-def full(size, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
+def full(size, fill_value, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """Tensor of ``fill_value``, e.g. ``gf.full((2, 2), 7.0)``."""
     if dtype is None and isinstance(fill_value, (bool, np.bool_)):
         dtype = bool_
     elif dtype is None and isinstance(fill_value, (int, np.integer)):
         dtype = int64
-    return _factory(fill_value, _shape_args((size,)), dtype, requires_grad)
+    return _factory(fill_value, _shape_args((size,)), dtype, requires_grad, device)
 
 
-def zeros_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+def zeros_like(t, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """Zeros with the shape (and dtype, unless given) of ``t``."""
     src = t.data if isinstance(t, Tensor) else np.asarray(t)
-    return _factory(0, src.shape, dtype or src.dtype, requires_grad)
+    return _factory(0, src.shape, dtype or src.dtype, requires_grad, _like_device(src, device))
 
 
-def ones_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+def ones_like(t, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """Ones with the shape (and dtype, unless given) of ``t``."""
     src = t.data if isinstance(t, Tensor) else np.asarray(t)
-    return _factory(1, src.shape, dtype or src.dtype, requires_grad)
+    return _factory(1, src.shape, dtype or src.dtype, requires_grad, _like_device(src, device))
 
 
-def full_like(t, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
+def full_like(t, fill_value, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     src = t.data if isinstance(t, Tensor) else np.asarray(t)
-    return _factory(fill_value, src.shape, dtype or src.dtype, requires_grad)
+    return _factory(fill_value, src.shape, dtype or src.dtype, requires_grad,
+                    _like_device(src, device))
 
 
-def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False) -> Tensor:
+def _like_device(src, device):
+    # *_like keeps the device of its model tensor, as in PyTorch
+    if device is not None:
+        return device
+    return "cuda" if type(src) is DeviceArray else None
+
+
+def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False,
+           device=None) -> Tensor:
     """Values from ``start`` to ``end`` (exclusive): int64 for integer arguments, else float32.
 
     Example::
@@ -1017,7 +1201,8 @@ def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False) -> 
         dtype = int64 if ints else _DEFAULT_FLOAT
     dt = _as_dtype(dtype)
     _check_grad_dtype(dt, requires_grad)
-    return Tensor(np.arange(start, end, step, dtype=dt), requires_grad=requires_grad)
+    return Tensor(_placed(np.arange(start, end, step, dtype=dt), device),
+                  requires_grad=requires_grad)
 
 
 from . import functional as _F  # noqa: E402  (functional imports Function from this module)

@@ -36,6 +36,7 @@ import warnings
 import numpy as np
 
 from .. import random as _random
+from ..cuda.array import DeviceArray
 from ..tensor import Tensor
 
 __all__ = [
@@ -66,7 +67,8 @@ _float_array = _random._float_array
 
 def _array(tensor, name: str = "tensor") -> np.ndarray:
     arr = tensor.data if isinstance(tensor, Tensor) else tensor
-    if not isinstance(arr, np.ndarray):
+    # a Tensor on the GPU: its DeviceArray (fills assign through [...], host values uploaded)
+    if not isinstance(arr, (np.ndarray, DeviceArray)):
         raise TypeError(f"{name}: expected a gf.Tensor or numpy array, got {type(tensor).__name__}")
     return arr
 

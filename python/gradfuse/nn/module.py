@@ -8,7 +8,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from ..tensor import Tensor, check_device, is_device
+from ..tensor import Tensor, check_device, device_of, is_device, to_device
 from .parameter import Parameter
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -298,12 +298,50 @@ class Module:
         """Cast floating parameters and buffers to float64 (in place; returns self)."""
         return self._cast(np.float64)
 
-    def to(self, dtype_or_device):
-        """Cast floating parameters and buffers (``model.to(gf.float64)``); 'cpu' is a no-op."""
-        if is_device(dtype_or_device):
-            check_device(dtype_or_device)
-            return self
-        return self._cast(dtype_or_device)
+    def to(self, *args, dtype=None, device=None):
+        """Cast floating parameters and buffers (``model.to(gf.float64)``) and/or move every
+        parameter, gradient and buffer to a device (``model.to("cuda")``), in place; returns
+        self. Parameters stay the same Tensor objects (leaves), so an optimizer built on
+        them before a dtype cast is caught; build the optimizer AFTER moving the model.
+
+        Example::
+
+            >>> model = gf.nn.Linear(4, 2)
+            >>> model.to("cuda") if gf.cuda.is_available() else model  # doctest: +SKIP
+        """
+        for a in args:
+            if is_device(a):
+                device = a
+            elif dtype is None:
+                dtype = a
+            else:
+                raise TypeError(f"to: unexpected argument {a!r}")
+        if device is not None:
+            self._move(check_device(device))
+        if dtype is not None:
+            self._cast(dtype)
+        return self
+
+    def cuda(self):
+        """``self.to("cuda")``."""
+        return self.to("cuda")
+
+    def cpu(self):
+        """``self.to("cpu")``."""
+        return self.to("cpu")
+
+    def _move(self, dev):
+        tensors = list(self.parameters()) + list(self.buffers())
+        moving = [t for t in tensors if device_of(t.data) != dev]
+        for t in moving:  # checked before anything moves
+            if t._grad_slot is not None:
+                raise RuntimeError(
+                    "to: a parameter lives in an optimizer's flat arena; move the model "
+                    "before building the optimizer (model.to(device), then gf.optim.X(...))")
+        for t in moving:
+            t.data = to_device(t.data, dev)
+            if t.grad is not None:
+                t.grad = Tensor(to_device(t.grad.data, dev))
 
     # ------------------------------------------------------------ state
     def _state_items(self):

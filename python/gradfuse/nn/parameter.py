@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cuda.array import DeviceArray
 from ..tensor import Tensor
 
 
@@ -20,7 +21,9 @@ class Parameter(Tensor):
     def __init__(self, data, requires_grad: bool = True):
         if isinstance(data, Tensor):
             data = data.data
-        super().__init__(np.asarray(data), requires_grad=requires_grad)
+        # a device array (gradfuse.cuda.DeviceArray) stays where it is
+        super().__init__(data if type(data) is DeviceArray else np.asarray(data),
+                         requires_grad=requires_grad)
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend
+from ..cuda.array import DeviceArray
 from ..tensor import Tensor, enable_grad
 from . import _validate
 
@@ -75,11 +76,26 @@ F_MAXIMIZE, F_NESTEROV, F_FIRST, F_AMSGRAD, F_DECOUPLED, F_CENTERED, F_RECTIFY =
     1, 2, 4, 8, 16, 32, 64)
 
 
-def _arena_empty(n: int, dtype: np.dtype) -> np.ndarray:
-    """A zero-filled 1-D pool buffer (2 MiB aligned + MADV_HUGEPAGE from 2 MiB up)."""
+def _arena_empty(n: int, dtype: np.dtype, device: bool = False) -> np.ndarray:
+    """A zero-filled 1-D pool buffer (2 MiB aligned + MADV_HUGEPAGE from 2 MiB up), or a
+    zeroed DeviceArray when the parameters are on the GPU (``device``)."""
+    if device:
+        return DeviceArray.zeros((n,), dtype)
     a = _backend.pool_empty([max(n, 1)], dtype)[:n] if n else np.zeros(0, dtype)
     a.fill(0)
     return a
+
+
+def _copy(dst, src) -> None:
+    """``dst[...] = src`` across devices: the arena lives where its parameters do (CUDA: the
+    arena, gradients and state are DeviceArrays and every kernel call dispatches to
+    gradfuse.cuda.ops); a host value is uploaded, a device one copied on the GPU."""
+    if type(dst) is DeviceArray:
+        dst[...] = src
+    elif type(src) is DeviceArray:
+        np.copyto(dst, src.numpy(), casting="same_kind")
+    else:
+        np.copyto(dst, src, casting="same_kind")
 
 
 _PLAIN = (float, int, bool)
@@ -152,12 +168,14 @@ class _ArenaGrad(Tensor):
             return
         if value is v:
             return
-        arr = value.data if isinstance(value, Tensor) else np.asarray(value)
+        arr = value.data if isinstance(value, Tensor) else value
+        if type(arr) is not DeviceArray:
+            arr = np.asarray(arr)
         if arr.shape != v.shape:
             raise ValueError(
                 f"grad.data: expected shape {v.shape} (the optimizer's gradient arena), got "
                 f"{arr.shape}")
-        np.copyto(v, arr, casting="same_kind")
+        _copy(v, arr)
 
     def __reduce__(self):  # a copy or pickle is an ordinary tensor holding the values
         return (Tensor, (self._view.copy(),))
@@ -169,8 +187,9 @@ class _Arena:
     ``offsets``/``sizes`` are the segment table; ``steps`` counts each segment's updates
     (PyTorch keeps a step per parameter, and a parameter without a gradient is skipped)."""
 
-    def __init__(self, params: list, dtype: np.dtype):
+    def __init__(self, params: list, dtype: np.dtype, device: bool = False):
         self.dtype = np.dtype(dtype)
+        self.device = device  # on the GPU: every buffer is a DeviceArray
         self.params = params
         self.shapes = [p.data.shape for p in params]
         self.sizes = [int(p.data.size) for p in params]
@@ -181,13 +200,13 @@ class _Arena:
         self.offsets = offs
         self.n = n
         # Padding elements stay 0 in every buffer: every update rule maps (p, g, state) = 0 to 0.
-        self.param = _arena_empty(n, self.dtype)
-        self.grad = _arena_empty(n, self.dtype)
+        self.param = _arena_empty(n, self.dtype, device)
+        self.grad = _arena_empty(n, self.dtype, device)
         self.views = []
         self.grad_tensors = []
         for p, o, s, shape in zip(params, offs, self.sizes, self.shapes):
             v = self.param[o : o + s].reshape(shape)
-            np.copyto(v, p.data)
+            _copy(v, p.data)
             gv = _ArenaGrad(self.grad[o : o + s].reshape(shape))
             gv._gf_arena = self  # lets clip_grad_norm_ find the whole buffer (one pass)
             self.views.append(v)
@@ -197,7 +216,7 @@ class _Arena:
             p.data = v
             p._grad_slot = gt
             if old is not None:
-                np.copyto(gt.data, old.data)
+                _copy(gt.data, old.data)
                 p.grad = gt
         self.state: dict[str, np.ndarray] = {}
         # Step count per segment. While every segment has the same count it is kept in the
@@ -239,13 +258,13 @@ class _Arena:
             v = self.views[i]
             if p.data is not v:
                 d = p.data
-                if not isinstance(d, np.ndarray) or d.shape != v.shape or d.dtype != v.dtype:
+                if type(d) is not type(v) or d.shape != v.shape or d.dtype != v.dtype:
                     raise RuntimeError(
                         f"parameter {i} of shape {v.shape} and dtype {v.dtype} in the optimizer "
                         f"arena was replaced by an array of shape {getattr(d, 'shape', '?')} "
                         f"and dtype {getattr(d, 'dtype', '?')}; build a new optimizer after "
                         "changing a parameter's shape or dtype")
-                np.copyto(v, d)
+                _copy(v, d)
                 p.data = v
             g = p.grad
             gt = self.grad_tensors[i]
@@ -253,11 +272,13 @@ class _Arena:
                 active.append(False)
                 continue
             if g is not gt:
-                gd = g.data if isinstance(g, Tensor) else np.asarray(g)
+                gd = g.data if isinstance(g, Tensor) else g
+                if type(gd) is not DeviceArray:
+                    gd = np.asarray(gd)
                 if gd.shape != v.shape:
                     raise RuntimeError(
                         f"parameter {i}: .grad has shape {gd.shape}, expected {v.shape}")
-                np.copyto(gt.data, gd, casting="same_kind")
+                _copy(gt.data, gd)
                 p.grad = gt
                 p._grad_slot = gt
             active.append(True)
@@ -286,7 +307,7 @@ class _Arena:
     def ensure_state(self, name: str, init: float = 0.0) -> np.ndarray:
         a = self.state.get(name)
         if a is None:
-            a = _arena_empty(self.n, self.dtype)
+            a = _arena_empty(self.n, self.dtype, self.device)
             if init:
                 for o, s in zip(self.offsets, self.sizes):
                     a[o : o + s] = init
@@ -406,10 +427,11 @@ class Optimizer:
 
     def _install_group(self, group, params) -> None:
         group["params"] = params
-        by_dtype: dict[np.dtype, list[int]] = {}
+        by_dtype: dict[tuple, list[int]] = {}  # one arena per (dtype, device)
         for i, p in enumerate(params):
-            by_dtype.setdefault(p.data.dtype, []).append(i)
-        arenas = [(idx, _Arena([params[i] for i in idx], dt)) for dt, idx in by_dtype.items()]
+            by_dtype.setdefault((p.data.dtype, type(p.data) is DeviceArray), []).append(i)
+        arenas = [(idx, _Arena([params[i] for i in idx], dt, dev))
+                  for (dt, dev), idx in by_dtype.items()]
         self.param_groups.append(group)
         self._arenas.append(arenas)
 
@@ -659,7 +681,9 @@ class Optimizer:
         if self._has_step:
             st["step"] = np.array(float(step), dtype=np.float32)
         for k in self._keys(group):
-            st[k] = a.state[k][o : o + s].reshape(shape).copy()
+            v = a.state[k][o : o + s].reshape(shape)
+            # a copy on the host in either case (a GPU arena's state comes down here)
+            st[k] = v.numpy() if type(v) is DeviceArray else v.copy()
         for k, arr in a.extra.items():
             st[k] = np.array(arr[seg], dtype=np.float32)
         return st

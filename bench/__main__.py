@@ -26,6 +26,7 @@ from . import (
     bench_optim,
     bench_scale,
     bench_tensor,
+    bench_train,
 )
 from .harness import copy_bandwidth, format_table, import_torch, run_case, write_json
 
@@ -37,6 +38,7 @@ MODULES = [
     bench_init,
     bench_optim,
     bench_scale,
+    bench_train,
 ]
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"

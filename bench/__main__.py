@@ -28,6 +28,7 @@ from . import (
     bench_scale,
     bench_tensor,
     bench_trainer,
+    bench_train,
 )
 from .harness import copy_bandwidth, format_table, import_torch, run_case, write_json
 
@@ -41,6 +42,7 @@ MODULES = [
     bench_scale,
     bench_data,
     bench_trainer,
+    bench_train,
 ]
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"

@@ -79,12 +79,19 @@ _n_disabled = 0
 _mode_lock = threading.Lock()
 
 
+# Backward passes in capture mode (gf.autograd.grad, which must not touch any .grad) running
+# now, in any thread; while one runs, no Function writes into an optimizer's gradient arena
+# (leaf_grad_out).
+_n_capturing = 0
+
+
 def _reset_mode_after_fork() -> None:
     # only the forking thread lives on in the child: recount from it, and do not inherit a
     # lock another thread may have held at the moment of the fork
-    global _n_disabled, _mode_lock
+    global _n_disabled, _mode_lock, _n_capturing
     _mode_lock = threading.Lock()
     _n_disabled = 0 if _mode.enabled else 1
+    _n_capturing = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -320,13 +327,36 @@ def _topological_order(root: Function) -> list:
     return order
 
 
+def leaf_grad_out(t: Tensor, dtype) -> np.ndarray | None:
+    """The array a ``backward`` may write the gradient of input ``t`` into, or None.
+
+    That is the optimizer's gradient-arena view of ``t`` when ``t`` is a leaf whose ``.grad``
+    is None (this is the first gradient it gets in this backward), the view has ``t``'s shape
+    and the gradient is computed in ``dtype``, the view's dtype, and no ``gf.autograd.grad``
+    (which must leave every ``.grad`` alone) is running. A backward that computes the gradient
+    there (``np.matmul(..., out=view)``) and returns the view saves the engine a copy of it:
+    the engine then only sets ``t.grad``. The caller must make sure ``t`` is no other input
+    of the same node, whose gradient would be accumulated into the view first.
+    """
+    slot = t._grad_slot
+    if slot is None or t.grad is not None or _n_capturing or t._ctx is not None:
+        return None
+    d = slot.data
+    # host arenas only: the device path's matmul has no out= (it returns a fresh array)
+    if type(d) is not np.ndarray or d.dtype != dtype or d.shape != t.data.shape:
+        return None
+    return d
+
+
 def _accumulate_leaf(t: Tensor, g: np.ndarray) -> None:
     if t.grad is None:
         slot = t._grad_slot
         if slot is not None and slot.data.shape == t.data.shape:
             # An optimizer keeps this leaf's gradient in its flat arena: the first gradient
-            # of a backward is copied into the arena view (no zeroing pass needed before).
-            np.copyto(slot.data, g, casting="same_kind")
+            # of a backward is copied into the arena view (no zeroing pass needed before),
+            # unless the backward already computed it there (leaf_grad_out).
+            if g is not slot.data:
+                np.copyto(slot.data, g, casting="same_kind")
             t.grad = slot
             return
         if type(g) is DeviceArray:
@@ -343,6 +373,19 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
     With ``capture`` (a list of Tensors) gradients are returned for those tensors instead
     of being accumulated into any ``.grad`` (this is ``gf.autograd.grad``).
     """
+    if capture is None:
+        return _propagate(root, grad, retain_graph, None)
+    global _n_capturing
+    with _mode_lock:
+        _n_capturing += 1
+    try:
+        return _propagate(root, grad, retain_graph, capture)
+    finally:
+        with _mode_lock:
+            _n_capturing -= 1
+
+
+def _propagate(root: Tensor, grad: np.ndarray, retain_graph: bool, capture):
     captured = None
     if capture is not None:
         captured = {id(t): None for t in capture}
@@ -361,6 +404,7 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
                 node_tensor[t._ctx] = t
     grads = {root._ctx: grad}
     retained = {root._ctx: root} if root._retains_grad else {}
+    ndarray = np.ndarray
     for node in _topological_order(root._ctx):
         g = grads.pop(node, None)
         if g is None:
@@ -373,7 +417,7 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
             )
         if captured is not None and node in node_tensor:
             captured[id(node_tensor[node])] = g
-        elif node in retained:
+        elif retained and node in retained:
             _accumulate_leaf(retained[node], g)
         in_grads = type(node).backward(node, g)
         in_grads = list(in_grads) if type(in_grads) is tuple else [in_grads]
@@ -383,28 +427,36 @@ def run_backward(root: Tensor, grad: np.ndarray, retain_graph: bool, capture=Non
                 f"{type(node).__name__}.backward returned {len(in_grads)} gradients for "
                 f"{len(needs)} inputs"
             )
-        for k, (t, need) in enumerate(zip(node.inputs, needs)):
-            ig = in_grads[k]
-            in_grads[k] = None  # so the refcount below sees only our own reference
-            if not need or ig is None:
+        k = -1
+        for t, need in zip(node.inputs, needs):
+            k += 1
+            if not need:
                 continue
-            if type(ig) is not np.ndarray and type(ig) is not DeviceArray:
+            ig = in_grads[k]
+            if ig is None:
+                continue
+            in_grads[k] = None  # so the refcount below sees only our own reference
+            if type(ig) is not ndarray and type(ig) is not DeviceArray:
                 ig = np.asarray(ig)
-            if ig.shape != t.data.shape:
-                ig = _unbroadcast(ig, t.data.shape)
-                if ig.shape != t.data.shape:
+            td = t.data
+            if ig.shape != td.shape:
+                ig = _unbroadcast(ig, td.shape)
+                if ig.shape != td.shape:
                     raise RuntimeError(
                         f"{type(node).__name__}.backward returned a gradient of shape {ig.shape} "
-                        f"for input {k} of shape {t.data.shape}"
+                        f"for input {k} of shape {td.shape}"
                     )
-            if ig.dtype != t.data.dtype:
-                ig = ig.astype(t.data.dtype)
+            if ig.dtype != td.dtype:
+                ig = ig.astype(td.dtype)
             child = t._ctx
             if child is None:
                 if captured is not None:
                     if id(t) in captured:
                         prev = captured[id(t)]
                         captured[id(t)] = ig if prev is None else prev + ig
+                elif t.grad is None and (slot := t._grad_slot) is not None and \
+                        ig is slot.data:
+                    t.grad = slot  # computed in the arena view (leaf_grad_out): nothing to copy
                 elif (
                     t.grad is None
                     and t._grad_slot is None
@@ -790,7 +842,13 @@ class Tensor:
                     f"grad can be implicitly created only for scalar outputs, got shape "
                     f"{self.data.shape}"
                 )
-            g = np.ones_like(self.data)
+            # np.array(1) + reshape: a third of np.ones_like's ~2 us, paid once per backward
+            if type(self.data) is np.ndarray:
+                g = np.array(1, dtype=self.data.dtype)
+                if self.data.ndim:
+                    g = g.reshape(self.data.shape)
+            else:  # a device tensor's seed lives on its device
+                g = np.ones_like(self.data)
         else:
             g = gradient.data if isinstance(gradient, Tensor) else np.asarray(gradient)
             if type(g) is not type(self.data):

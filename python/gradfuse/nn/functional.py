@@ -158,10 +158,13 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100,
 # (running statistics included).
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # `in` hits by identity
+
+
 def _norm_input(input, name="input"):
     if not isinstance(input, Tensor):
         raise TypeError(f"{name}: expected a Tensor, got {type(input).__name__}")
-    if input.data.dtype not in (np.float32, np.float64):
+    if input.data.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name}: expected float32 or float64, got {input.data.dtype}")
     return input.data
 
@@ -372,7 +375,7 @@ def dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False,
     _check_dropout_p(p)
     if not isinstance(training, bool):
         raise TypeError(f"training: expected a bool, got {type(training).__name__}")
-    if input.data.dtype not in (np.float32, np.float64):
+    if input.data.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"input: dropout needs float32 or float64, got {input.data.dtype}")
     gen = _random._generator(generator)
     if not training or p == 0:

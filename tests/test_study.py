@@ -362,6 +362,12 @@ def test_worker_processes_give_the_same_results(tmp_path, capsys):
     (["--threshold", "1.5"], "--threshold"),
     (["--dataset", "mnist"], "--dataset"),
     (["--dataset", "idx:/nonexistent/a.idx,/nonexistent/b.idx"], "--dataset"),
+    # one lr twice (or two that print the same) would make two configurations with one key,
+    # merged into one row of 2 x --seeds runs
+    (["--lr", "0.1,0.1"], "--lr"),
+    (["--lr", "0.1,0.1000001"], "--lr"),
+    # BatchNorm cannot normalize batches of one sample: refused, not a traceback mid-run
+    (["--norm", "none,batch", "--batch-size", "1"], "--batch-size"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(args, flag, tmp_path, capsys):
     out = tmp_path / "res"

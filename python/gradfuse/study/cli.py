@@ -144,6 +144,13 @@ def parse_grid(parser, args, grid: bool) -> dict:
             parser.error(f"--lr: expected a number{'s' if grid else ''}, got {args.lr!r}")
         if not lrs or not all(lr > 0 and lr < float("inf") for lr in lrs):
             parser.error(f"--lr: expected positive finite learning rates, got {args.lr!r}")
+        # a configuration's key (which groups its runs) shows the lr as {:g}: two lrs that
+        # print the same would be merged into one row
+        shown = [f"{lr:g}" for lr in lrs]
+        dup = sorted({t for t in shown if shown.count(t) > 1})
+        if dup:
+            parser.error(f"--lr: {', '.join(dup)} given twice (learning rates must differ in "
+                         "their first 6 significant digits)")
     if not grid:
         for flag, values in (("--optimizer", opts), ("--init", inits), ("--norm", norms),
                              ("--activation", acts), ("--lr-schedule", scheds),
@@ -152,6 +159,9 @@ def parse_grid(parser, args, grid: bool) -> dict:
                 parser.error(f"{flag}: train takes one value, got {len(values)} (use compare)")
     _positive(parser, "--epochs", args.epochs)
     _positive(parser, "--batch-size", args.batch_size)
+    if "batch" in norms and args.batch_size < 2:
+        parser.error(f"--batch-size: batch norm needs at least 2 samples per batch, got "
+                     f"{args.batch_size}")
     _positive(parser, "--monitor-every", args.monitor_every)
     _positive(parser, "--train-size", args.train_size, minimum=2)
     if grid:

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -399,3 +400,21 @@ def test_train_takes_one_value_per_flag(capsys):
         main(["train", "--optimizer", "sgd,adam"])
     assert e.value.code == 2 and "error: --optimizer: train takes one value" in \
         capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs a folder no one can write into")
+def test_unwritable_out_and_save_refused_before_training(tmp_path, capsys):
+    # /proc is a folder that not even root can create files in: the error must come before
+    # the training, not as a traceback after it
+    with pytest.raises(SystemExit) as e:
+        main(["compare", *TINY, "--out", "/proc", "--no-plots"])
+    assert e.value.code == 2
+    cap = capsys.readouterr()
+    assert "error: --out: cannot write into '/proc'" in cap.err and "Ranked by" not in cap.out
+    for save, msg in ((tmp_path, "is a folder"), ("/proc/model.safetensors", "cannot write")):
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--epochs", "1", "--train-size", "100", "--save", str(save)])
+        assert e.value.code == 2
+        cap = capsys.readouterr()
+        assert "error: --save: " in cap.err and msg in cap.err
+        assert "final:" not in cap.out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 
 from . import config as C
@@ -187,6 +188,17 @@ def parse_grid(parser, args, grid: bool) -> dict:
             "hidden": hidden}
 
 
+def _check_writable(parser, flag, folder):
+    """Exit (code 2) unless a file can be created in ``folder``: checked before the training
+    (os.access is no help: it says yes to root, and root cannot write into /proc either)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-gradfuse-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        parser.error(f"{flag}: cannot write into {folder!r}: {e.strerror or e}")
+
+
 def _init_names():
     import gradfuse as gf
 
@@ -225,6 +237,7 @@ def compare(parser, args, log=print) -> int:
         os.makedirs(args.out, exist_ok=True)  # now, not after an hour of training
     except OSError as e:
         parser.error(f"--out: cannot create {args.out!r}: {e}")
+    _check_writable(parser, "--out", args.out)
     configs, seeds = spec["configs"], spec["seeds"]
     total = len(configs) * len(seeds)
     log(data.describe())
@@ -279,8 +292,13 @@ def train(parser, args, log=print) -> int:
     from .runner import run_one
 
     spec = parse_grid(parser, args, grid=False)
-    if args.save is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
-        parser.error(f"--save: folder of {args.save!r} does not exist")
+    if args.save is not None:
+        folder = os.path.dirname(os.path.abspath(args.save))
+        if not os.path.isdir(folder):
+            parser.error(f"--save: folder of {args.save!r} does not exist")
+        if os.path.isdir(args.save):
+            parser.error(f"--save: {args.save!r} is a folder; give a file name")
+        _check_writable(parser, "--save", folder)
     data = _load(parser, args)
     cfg = spec["configs"][0]
     log(data.describe())

@@ -258,6 +258,12 @@ def test_writers_round_trip(tmp_path):
     data = json.loads((tmp_path / "runs.json").read_text())  # strict JSON: NaN became null
     assert data["runs"][7]["history"][1]["val_acc"] is None
     assert not list(tmp_path.glob(".tmp-*"))
+    # written through a temporary file, but with a plain file's permissions (mkstemp's are
+    # 0600: results nobody else on the machine could read)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.csv", "runs.csv", "runs.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 # ---------------------------------------------------------------- the CLI

@@ -176,10 +176,17 @@ def _atomic_write(path, write):
     try:
         with os.fdopen(fd, "w", newline="") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a plain open() would not
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 _RESULT_COLS = ["rank", "key", *AXES, "n_runs", "val_acc_mean", "val_acc_std",

@@ -424,3 +424,14 @@ def test_unwritable_out_and_save_refused_before_training(tmp_path, capsys):
         cap = capsys.readouterr()
         assert "error: --save: " in cap.err and msg in cap.err
         assert "final:" not in cap.out
+
+
+def test_rerun_into_the_same_out_leaves_no_stale_plots(tmp_path, capsys):
+    # the figures of an earlier study in --out would sit beside results they do not show
+    for name in ("loss_curves.png", "accuracy.png", "grad_norms.png", "notes.png"):
+        (tmp_path / name).write_bytes(b"old")
+    assert main(["compare", *TINY, "--optimizers", "adam", "--seeds", "1", "--out",
+                 str(tmp_path), "--no-plots", "-q"]) == 0
+    assert "removed the plots of an earlier run" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.png", "results.csv", "results.json", "runs.csv", "runs.json"]

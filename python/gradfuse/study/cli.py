@@ -275,6 +275,7 @@ def compare(parser, args, log=print) -> int:
     report.write_json({"meta": meta, "runs": results}, os.path.join(out, "runs.json"))
     written = ["results.csv", "results.json", "runs.csv", "runs.json"]
     log(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
+    paths = []
     if args.no_plots:
         log("plots skipped (--no-plots)")
     else:
@@ -284,6 +285,13 @@ def compare(parser, args, log=print) -> int:
             log(f"plots: {', '.join(paths)}")
         else:
             log(f"plots skipped: {why}")
+    # a figure of an earlier study in the same --out would sit beside results it does not show
+    stale = [p for p in (os.path.join(out, n) for n in plots.FILES)
+             if p not in paths and os.path.isfile(p)]
+    for p in stale:
+        os.remove(p)
+    if stale:
+        log(f"removed the plots of an earlier run: {', '.join(stale)}")
     return 0
 
 

@@ -26,7 +26,9 @@ import numpy as np
 
 from .report import varying_axes
 
-__all__ = ["available", "write_all", "loss_curves", "accuracy", "grad_norms"]
+__all__ = ["available", "write_all", "loss_curves", "accuracy", "grad_norms", "FILES"]
+
+FILES = ("loss_curves.png", "accuracy.png", "grad_norms.png")  # what write_all may write
 
 
 def available():

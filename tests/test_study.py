@@ -435,3 +435,30 @@ def test_rerun_into_the_same_out_leaves_no_stale_plots(tmp_path, capsys):
     assert "removed the plots of an earlier run" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "notes.png", "results.csv", "results.json", "runs.csv", "runs.json"]
+
+
+def test_load_dataset_refuses_labels_that_are_not_class_indices(tmp_path, capsys):
+    import struct
+
+    def write(path, arr, code):
+        with open(path, "wb") as f:
+            f.write(bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+                    + arr.tobytes())
+
+    rng = np.random.default_rng(0)
+    write(tmp_path / "img.idx", rng.integers(0, 256, (20, 3)).astype(np.uint8), 0x08)
+    write(tmp_path / "neg.idx", np.array([-1, 0, 1, 2] * 5, np.int8), 0x09)
+    write(tmp_path / "frac.idx", np.linspace(0, 2, 20).astype(">f4"), 0x0D)
+    write(tmp_path / "one.idx", np.zeros((1, 3), np.uint8), 0x08)
+    write(tmp_path / "onel.idx", np.zeros(1, np.uint8), 0x08)
+    for labels, msg in (("neg.idx", "labels must be class indices >= 0, found -1"),
+                        ("frac.idx", "labels must be whole numbers, found 0.105")):
+        spec = f"idx:{tmp_path / 'img.idx'},{tmp_path / labels}"
+        with pytest.raises(ValueError, match=f"--dataset: {msg}"):
+            load_dataset(spec)
+        # the CLI: exit 2 before training (was a traceback from the loss mid-run)
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--epochs", "1", "--dataset", spec])
+        assert e.value.code == 2 and "error: --dataset: labels" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--dataset: 1 sample; at least 2 are needed"):
+        load_dataset(f"idx:{tmp_path / 'one.idx'},{tmp_path / 'onel.idx'}")

@@ -462,3 +462,19 @@ def test_load_dataset_refuses_labels_that_are_not_class_indices(tmp_path, capsys
         assert e.value.code == 2 and "error: --dataset: labels" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--dataset: 1 sample; at least 2 are needed"):
         load_dataset(f"idx:{tmp_path / 'one.idx'},{tmp_path / 'onel.idx'}")
+
+
+def test_grad_norm_picks_with_infinite_norms_are_quiet(recwarn):
+    from gradfuse.study import plots
+
+    # a diverging run records inf norms before the guard stops it: inf / inf was a NaN
+    # depth ratio and a RuntimeWarning printed in the middle of compare's output
+    results = [_run("sgd", 0, [0.1]), _run("adam", 0, [0.9])]
+    results[0]["grad_norms"] = {"fc1 (0)": [[1, 3e3], [2, float("inf")], [3, float("inf")]],
+                                "fc2 (2)": [[1, 6e3], [2, float("inf")], [3, float("nan")]]}
+    results[0]["diverged"] = True
+    rows = rank(aggregate(results))
+    assert plots._depth_ratio(results[0]) == pytest.approx(math.log10(0.5))
+    picks = plots.pick_contrasting(rows, results)
+    assert [why for why, _ in picks][:2] == ["most vanishing", "largest gradients"]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -478,3 +478,19 @@ def test_grad_norm_picks_with_infinite_norms_are_quiet(recwarn):
     picks = plots.pick_contrasting(rows, results)
     assert [why for why, _ in picks][:2] == ["most vanishing", "largest gradients"]
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_one_seed_shows_no_std(tmp_path, capsys):
+    # the spread over one seed is unknown, not 0.000
+    rows = rank(aggregate([_run("adam", 0, [0.9, 0.94]), _run("sgd", 0, [0.5, 0.8]),
+                           _run("sgd", 1, [0.5, 0.9])]))
+    assert rows[0]["val_acc_std"] is None and rows[1]["val_acc_std"] == pytest.approx(0.05)
+    lines = format_table(rows, axes=["optimizer"]).splitlines()
+    assert lines[2].split()[:3] == ["1", "adam", "0.940"] and "+-" not in lines[2]
+    assert "0.850 +- 0.050" in lines[3]
+    assert main(["compare", *TINY, "--optimizers", "adam", "--seeds", "1", "--out",
+                 str(tmp_path), "--no-plots", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "(mean over 1 seed)" in text and "+-" not in text
+    with open(tmp_path / "results.csv") as f:
+        assert next(csv.DictReader(f))["val_acc_std"] == ""

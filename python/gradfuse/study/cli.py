@@ -255,8 +255,9 @@ def compare(parser, args, log=print) -> int:
     if "lr" not in axes:
         axes.append("lr")  # the lr each optimizer used, even when it is not an axis
     log("")
-    log(f"Ranked by final validation accuracy (mean +- std over {len(seeds)} seed"
-        f"{'s' if len(seeds) > 1 else ''}); diverged configurations last:")
+    log(f"Ranked by final validation accuracy "
+        f"{f'(mean +- std over {len(seeds)} seeds)' if len(seeds) > 1 else '(mean over 1 seed)'}"
+        f"; diverged configurations last:")
     log(report.format_table(rows, threshold=args.threshold, top=args.top, axes=axes))
     effects = report.format_effects(rows, args.threshold)
     if effects:

@@ -494,3 +494,13 @@ def test_one_seed_shows_no_std(tmp_path, capsys):
     assert "(mean over 1 seed)" in text and "+-" not in text
     with open(tmp_path / "results.csv") as f:
         assert next(csv.DictReader(f))["val_acc_std"] == ""
+
+
+def test_train_diverging_run_exits_1_with_an_aligned_table(capsys):
+    assert main(["train", "--optimizer", "sgd", "--init", "normal", "--norm", "none",
+                 "--lr", "1e4", "--epochs", "2", "--train-size", "100"]) == 1
+    text = capsys.readouterr().out
+    assert "DIVERGED at epoch" in text
+    table = text[text.index(" epoch  train loss"):].split("\n\n")[0].splitlines()
+    # a loss of 1e35 printed as %10.4f was 41 characters wide and shifted its row
+    assert len({len(line) for line in table}) == 1, table

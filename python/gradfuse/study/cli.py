@@ -316,7 +316,7 @@ def train(parser, args, log=print) -> int:
     models = []
     r = run_one(cfg, data, seed=args.seed, verbose=1, model_out=models, **_run_kwargs(args, spec))
     log("")
-    log(" epoch  train loss  train acc  val loss  val acc        lr    time")
+    log(" epoch  train loss  train acc  val loss  val acc        lr     time")
     for h in r["history"]:
         log(f"{h['epoch']:6d}  {_f(h['train_loss'], '10.4f')}  {_f(h['train_acc'], '9.3f')}  "
             f"{_f(h['val_loss'], '8.4f')}  {_f(h['val_acc'], '7.3f')}  {_f(h['lr'], '8.2e')}  "
@@ -342,4 +342,12 @@ def train(parser, args, log=print) -> int:
 
 
 def _f(x, spec):
-    return "nan" if x is None else format(x, spec)
+    """``x`` in ``spec`` (e.g. ``"10.4f"``), its width kept: a fixed-point number too large
+    for it (a diverging loss of 1e35) is written in exponent form, NaN/None as ``nan``."""
+    width = int(spec.split(".")[0] or 0)
+    if x is None:
+        return "nan".rjust(width)
+    text = format(x, spec)
+    if width and len(text) > width:
+        text = format(x, f"{width}.{max(1, width - 7)}e")
+    return text

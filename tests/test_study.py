@@ -366,6 +366,8 @@ def test_worker_processes_give_the_same_results(tmp_path, capsys):
     (["--top", "0"], "--top"),
     (["--out", __file__], "--out"),
     (["--hidden", "64,x"], "--hidden"),
+    (["--hidden=-5"], "--hidden"),  # "-" separates widths: was read as 5
+    (["--hidden", "64,-32"], "--hidden"),
     (["--threshold", "1.5"], "--threshold"),
     (["--dataset", "mnist"], "--dataset"),
     (["--dataset", "idx:/nonexistent/a.idx,/nonexistent/b.idx"], "--dataset"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 import time
 
@@ -116,6 +117,8 @@ def _positive(parser, flag, v, minimum=1):
 
 
 def _hidden(parser, text):
+    if re.search(r"(^|[,-])\s*-", str(text).strip()):  # a minus sign, not a separator
+        parser.error(f"--hidden: widths must be >= 1, got {text!r}")
     parts = [t for t in str(text).replace("-", ",").split(",") if t.strip()]
     try:
         widths = [int(t) for t in parts]

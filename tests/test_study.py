@@ -366,6 +366,7 @@ def test_worker_processes_give_the_same_results(tmp_path, capsys):
     (["--top", "0"], "--top"),
     (["--out", __file__], "--out"),
     (["--hidden", "64,x"], "--hidden"),
+    (["--val-fraction", "0.9999"], "--val-fraction"),  # rounds to every sample
     (["--hidden=-5"], "--hidden"),  # "-" separates widths: was read as 5
     (["--hidden", "64,-32"], "--hidden"),
     (["--threshold", "1.5"], "--threshold"),

@@ -216,6 +216,8 @@ def _load(parser, args):
                             train_size=args.train_size)
     except (ValueError, OSError) as e:
         msg = str(e)
+        if msg.startswith("val_fraction:"):
+            parser.error("--val-fraction" + msg[len("val_fraction"):])
         parser.error(msg if msg.startswith("--dataset") else f"--dataset: {msg}")
 
 

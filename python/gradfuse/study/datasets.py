@@ -86,6 +86,9 @@ def load_dataset(spec: str = "digits", val_fraction: float = 0.2, train_size=Non
                          f"are needed (one to train on, one to validate) in {spec!r}")
     order = np.random.default_rng(split_seed).permutation(len(x))
     n_val = max(1, int(round(len(x) * val_fraction)))
+    if n_val >= len(x):
+        raise ValueError(f"val_fraction: {val_fraction:g} of {len(x)} samples leaves none to "
+                         "train on")
     val, train = order[:n_val], order[n_val:]
     if train_size is not None:
         train = train[:train_size]

@@ -435,7 +435,9 @@ def test_rerun_into_the_same_out_leaves_no_stale_plots(tmp_path, capsys):
         (tmp_path / name).write_bytes(b"old")
     assert main(["compare", *TINY, "--optimizers", "adam", "--seeds", "1", "--out",
                  str(tmp_path), "--no-plots", "-q"]) == 0
-    assert "removed the plots of an earlier run" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "removed the plots of an earlier run" in text
+    assert "ETA" not in text  # -q: no progress lines, and no promise of them
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "notes.png", "results.csv", "results.json", "runs.csv", "runs.json"]
 

@@ -249,8 +249,8 @@ def compare(parser, args, log=print) -> int:
     log(f"{_describe_model(data, spec['hidden'])}, batch {args.batch_size}, {args.epochs} epochs"
         f"{'' if args.grad_clip is None else f', grad clip {args.grad_clip:g}'}; "
         f"{len(configs)} configurations x {len(seeds)} seeds = {total} runs on "
-        f"{min(args.jobs, total)} process{'es' if min(args.jobs, total) > 1 else ''} "
-        f"(the ETA follows each run)")
+        f"{min(args.jobs, total)} process{'es' if min(args.jobs, total) > 1 else ''}"
+        f"{'' if args.quiet else ' (the ETA follows each run)'}")
     t0 = time.perf_counter()
     results = run_grid(configs, data, seeds=seeds, jobs=args.jobs,
                        log=(lambda s: None) if args.quiet else log, **_run_kwargs(args, spec))

@@ -357,6 +357,7 @@ def test_worker_processes_give_the_same_results(tmp_path, capsys):
     (["--optimizers", "sgd,adm"], "--optimizers"),
     (["--epochs", "0"], "--epochs"),
     (["--init", "glorious"], "--init"),
+    (["--init", "he,constant"], "--init"),  # a gf.nn.init name that needs a value
     (["--norm", "group"], "--norm"),
     (["--activation", "swish"], "--activation"),
     (["--lr-schedule", "linear"], "--lr-schedule"),

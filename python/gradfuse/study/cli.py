@@ -140,6 +140,8 @@ def parse_grid(parser, args, grid: bool) -> dict:
         scheds = C.check_choices("--lr-schedule", _csv(args.lr_schedule), list(C.SCHEDULES))
     except ValueError as e:
         parser.error(str(e))
+    for name in inits:
+        _check_init(parser, name)
     lrs = None
     if args.lr is not None:
         try:
@@ -200,6 +202,19 @@ def _check_writable(parser, flag, folder):
         os.unlink(tmp)
     except OSError as e:
         parser.error(f"{flag}: cannot write into {folder!r}: {e.strerror or e}")
+
+
+def _check_init(parser, name):
+    """Exit (code 2) when the init scheme ``name`` cannot initialize a layer on its own (e.g.
+    ``constant``, which needs a value): tried on a 2x3 Linear now, not in every run."""
+    import gradfuse as gf
+
+    scheme, kwargs = C.init_spec(name)
+    try:
+        gf.nn.Linear(3, 2, init=gf.nn.init.get(scheme, **kwargs)).reset_parameters(
+            generator=gf.Generator(0))
+    except (TypeError, ValueError) as e:
+        parser.error(f"--init: {name!r} cannot initialize a layer by itself ({e})")
 
 
 def _init_names():

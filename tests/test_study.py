@@ -255,6 +255,9 @@ def test_writers_round_trip(tmp_path):
     assert len(runs) == len(results)
     assert runs[0]["val_acc_history"] == "0.5000;0.9000;0.9300"
     assert runs[7]["diverged"] == "True"
+    # one entry per epoch, NaN included: a skipped epoch would shift the later ones
+    assert runs[7]["val_acc_history"] == "0.1000;nan"
+    assert runs[7]["train_loss_history"] == "2;nan"
     data = json.loads((tmp_path / "runs.json").read_text())  # strict JSON: NaN became null
     assert data["runs"][7]["history"][1]["val_acc"] is None
     assert not list(tmp_path.glob(".tmp-*"))

@@ -366,6 +366,8 @@ def test_worker_processes_give_the_same_results(tmp_path, capsys):
     (["--lr-schedule", "linear"], "--lr-schedule"),
     (["--lr", "-0.1"], "--lr"),
     (["--seeds", "0"], "--seeds"),
+    (["--seed", str(2**64)], "--seed"),  # the generators take 64-bit seeds: was a traceback
+    (["--seed", str(2**64 - 1), "--seeds", "2"], "--seed"),
     (["--jobs", "0"], "--jobs"),
     (["--top", "0"], "--top"),
     (["--out", __file__], "--out"),

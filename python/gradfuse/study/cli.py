@@ -180,6 +180,10 @@ def parse_grid(parser, args, grid: bool) -> dict:
             args.jobs = max(1, min(os.cpu_count() or 1, 8))
     if args.seed < 0:
         parser.error(f"--seed: expected an integer >= 0, got {args.seed}")
+    last_seed = args.seed + (args.seeds if grid else 1) - 1
+    if last_seed >= 2**64:  # gf.Generator and the DataLoader take 64-bit seeds
+        parser.error(f"--seed: the seeds must stay below 2**64, the last one would be "
+                     f"{last_seed}")
     if not 0 <= args.threshold <= 1:
         parser.error(f"--threshold: expected an accuracy in [0, 1], got {args.threshold}")
     if not 0 < args.val_fraction < 1:

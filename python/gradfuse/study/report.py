@@ -54,8 +54,9 @@ def _mean_std(values):
 def aggregate(results) -> list:
     """One row per configuration (in first-seen order) from the per-run result dicts:
     ``key``, the axes, ``n_runs``, ``seeds``, ``val_acc_mean``/``val_acc_std`` (over the runs
-    with a finite accuracy; the std is None when fewer than two have one), ``epochs_to_threshold_mean`` (over the runs that reached it) and
-    ``n_reached``, ``val_loss_mean``, ``train_loss_mean``, ``n_diverged``, ``wall_time_mean``,
+    with a finite accuracy; the std is None when fewer than two have one),
+    ``epochs_to_threshold_mean`` (over the runs that reached it) and ``n_reached``,
+    ``val_loss_mean``, ``train_loss_mean``, ``n_diverged``, ``wall_time_mean``,
     and ``val_acc_curve`` / ``train_loss_curve`` / ``val_loss_curve`` (per-epoch means over
     the runs that got that far).
 

@@ -515,3 +515,32 @@ def test_train_diverging_run_exits_1_with_an_aligned_table(capsys):
     table = text[text.index(" epoch  train loss"):].split("\n\n")[0].splitlines()
     # a loss of 1e35 printed as %10.4f was 41 characters wide and shifted its row
     assert len({len(line) for line in table}) == 1, table
+
+
+def test_run_grid_stops_the_pool_when_a_run_fails(monkeypatch):
+    # an error in one run used to wait for every queued run (maybe an hour) before it showed
+    import concurrent.futures as cf
+    import time
+
+    from gradfuse.study import runner
+
+    started = []
+
+    def task(args):
+        cfg, _, seed, _ = args
+        started.append(seed)
+        if seed == 0:
+            raise RuntimeError("boom")
+        time.sleep(0.05)
+        return None
+
+    class ThreadPool(cf.ThreadPoolExecutor):  # the same executor API, inspectable in-process
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
+            super().__init__(max_workers=1)
+
+    monkeypatch.setattr(runner, "_run_task", task)
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", ThreadPool)
+    with pytest.raises(RuntimeError, match="boom"):
+        runner.run_grid([RunConfig()], None, seeds=range(20), jobs=2, log=lambda s: None)
+    time.sleep(0.2)
+    assert len(started) < 5, started

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -254,9 +255,18 @@ def test_writers_round_trip(tmp_path):
     assert len(runs) == len(results)
     assert runs[0]["val_acc_history"] == "0.5000;0.9000;0.9300"
     assert runs[7]["diverged"] == "True"
+    # one entry per epoch, NaN included: a skipped epoch would shift the later ones
+    assert runs[7]["val_acc_history"] == "0.1000;nan"
+    assert runs[7]["train_loss_history"] == "2;nan"
     data = json.loads((tmp_path / "runs.json").read_text())  # strict JSON: NaN became null
     assert data["runs"][7]["history"][1]["val_acc"] is None
     assert not list(tmp_path.glob(".tmp-*"))
+    # written through a temporary file, but with a plain file's permissions (mkstemp's are
+    # 0600: results nobody else on the machine could read)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.csv", "runs.csv", "runs.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 # ---------------------------------------------------------------- the CLI
@@ -350,18 +360,30 @@ def test_worker_processes_give_the_same_results(tmp_path, capsys):
     (["--optimizers", "sgd,adm"], "--optimizers"),
     (["--epochs", "0"], "--epochs"),
     (["--init", "glorious"], "--init"),
+    (["--init", "he,constant"], "--init"),  # a gf.nn.init name that needs a value
     (["--norm", "group"], "--norm"),
     (["--activation", "swish"], "--activation"),
     (["--lr-schedule", "linear"], "--lr-schedule"),
     (["--lr", "-0.1"], "--lr"),
     (["--seeds", "0"], "--seeds"),
+    (["--seed", str(2**64)], "--seed"),  # the generators take 64-bit seeds: was a traceback
+    (["--seed", str(2**64 - 1), "--seeds", "2"], "--seed"),
     (["--jobs", "0"], "--jobs"),
     (["--top", "0"], "--top"),
     (["--out", __file__], "--out"),
     (["--hidden", "64,x"], "--hidden"),
+    (["--val-fraction", "0.9999"], "--val-fraction"),  # rounds to every sample
+    (["--hidden=-5"], "--hidden"),  # "-" separates widths: was read as 5
+    (["--hidden", "64,-32"], "--hidden"),
     (["--threshold", "1.5"], "--threshold"),
     (["--dataset", "mnist"], "--dataset"),
     (["--dataset", "idx:/nonexistent/a.idx,/nonexistent/b.idx"], "--dataset"),
+    # one lr twice (or two that print the same) would make two configurations with one key,
+    # merged into one row of 2 x --seeds runs
+    (["--lr", "0.1,0.1"], "--lr"),
+    (["--lr", "0.1,0.1000001"], "--lr"),
+    # BatchNorm cannot normalize batches of one sample: refused, not a traceback mid-run
+    (["--norm", "none,batch", "--batch-size", "1"], "--batch-size"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(args, flag, tmp_path, capsys):
     out = tmp_path / "res"
@@ -393,3 +415,132 @@ def test_train_takes_one_value_per_flag(capsys):
         main(["train", "--optimizer", "sgd,adam"])
     assert e.value.code == 2 and "error: --optimizer: train takes one value" in \
         capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs a folder no one can write into")
+def test_unwritable_out_and_save_refused_before_training(tmp_path, capsys):
+    # /proc is a folder that not even root can create files in: the error must come before
+    # the training, not as a traceback after it
+    with pytest.raises(SystemExit) as e:
+        main(["compare", *TINY, "--out", "/proc", "--no-plots"])
+    assert e.value.code == 2
+    cap = capsys.readouterr()
+    assert "error: --out: cannot write into '/proc'" in cap.err and "Ranked by" not in cap.out
+    for save, msg in ((tmp_path, "is a folder"), ("/proc/model.safetensors", "cannot write")):
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--epochs", "1", "--train-size", "100", "--save", str(save)])
+        assert e.value.code == 2
+        cap = capsys.readouterr()
+        assert "error: --save: " in cap.err and msg in cap.err
+        assert "final:" not in cap.out
+
+
+def test_rerun_into_the_same_out_leaves_no_stale_plots(tmp_path, capsys):
+    # the figures of an earlier study in --out would sit beside results they do not show
+    for name in ("loss_curves.png", "accuracy.png", "grad_norms.png", "notes.png"):
+        (tmp_path / name).write_bytes(b"old")
+    assert main(["compare", *TINY, "--optimizers", "adam", "--seeds", "1", "--out",
+                 str(tmp_path), "--no-plots", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "removed the plots of an earlier run" in text
+    assert "ETA" not in text  # -q: no progress lines, and no promise of them
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.png", "results.csv", "results.json", "runs.csv", "runs.json"]
+
+
+def test_load_dataset_refuses_labels_that_are_not_class_indices(tmp_path, capsys):
+    import struct
+
+    def write(path, arr, code):
+        with open(path, "wb") as f:
+            f.write(bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+                    + arr.tobytes())
+
+    rng = np.random.default_rng(0)
+    write(tmp_path / "img.idx", rng.integers(0, 256, (20, 3)).astype(np.uint8), 0x08)
+    write(tmp_path / "neg.idx", np.array([-1, 0, 1, 2] * 5, np.int8), 0x09)
+    write(tmp_path / "frac.idx", np.linspace(0, 2, 20).astype(">f4"), 0x0D)
+    write(tmp_path / "one.idx", np.zeros((1, 3), np.uint8), 0x08)
+    write(tmp_path / "onel.idx", np.zeros(1, np.uint8), 0x08)
+    for labels, msg in (("neg.idx", "labels must be class indices >= 0, found -1"),
+                        ("frac.idx", "labels must be whole numbers, found 0.105")):
+        spec = f"idx:{tmp_path / 'img.idx'},{tmp_path / labels}"
+        with pytest.raises(ValueError, match=f"--dataset: {msg}"):
+            load_dataset(spec)
+        # the CLI: exit 2 before training (was a traceback from the loss mid-run)
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--epochs", "1", "--dataset", spec])
+        assert e.value.code == 2 and "error: --dataset: labels" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--dataset: 1 sample; at least 2 are needed"):
+        load_dataset(f"idx:{tmp_path / 'one.idx'},{tmp_path / 'onel.idx'}")
+
+
+def test_grad_norm_picks_with_infinite_norms_are_quiet(recwarn):
+    from gradfuse.study import plots
+
+    # a diverging run records inf norms before the guard stops it: inf / inf was a NaN
+    # depth ratio and a RuntimeWarning printed in the middle of compare's output
+    results = [_run("sgd", 0, [0.1]), _run("adam", 0, [0.9])]
+    results[0]["grad_norms"] = {"fc1 (0)": [[1, 3e3], [2, float("inf")], [3, float("inf")]],
+                                "fc2 (2)": [[1, 6e3], [2, float("inf")], [3, float("nan")]]}
+    results[0]["diverged"] = True
+    rows = rank(aggregate(results))
+    assert plots._depth_ratio(results[0]) == pytest.approx(math.log10(0.5))
+    picks = plots.pick_contrasting(rows, results)
+    assert [why for why, _ in picks][:2] == ["most vanishing", "largest gradients"]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_one_seed_shows_no_std(tmp_path, capsys):
+    # the spread over one seed is unknown, not 0.000
+    rows = rank(aggregate([_run("adam", 0, [0.9, 0.94]), _run("sgd", 0, [0.5, 0.8]),
+                           _run("sgd", 1, [0.5, 0.9])]))
+    assert rows[0]["val_acc_std"] is None and rows[1]["val_acc_std"] == pytest.approx(0.05)
+    lines = format_table(rows, axes=["optimizer"]).splitlines()
+    assert lines[2].split()[:3] == ["1", "adam", "0.940"] and "+-" not in lines[2]
+    assert "0.850 +- 0.050" in lines[3]
+    assert main(["compare", *TINY, "--optimizers", "adam", "--seeds", "1", "--out",
+                 str(tmp_path), "--no-plots", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "(mean over 1 seed)" in text and "+-" not in text
+    with open(tmp_path / "results.csv") as f:
+        assert next(csv.DictReader(f))["val_acc_std"] == ""
+
+
+def test_train_diverging_run_exits_1_with_an_aligned_table(capsys):
+    assert main(["train", "--optimizer", "sgd", "--init", "normal", "--norm", "none",
+                 "--lr", "1e4", "--epochs", "2", "--train-size", "100"]) == 1
+    text = capsys.readouterr().out
+    assert "DIVERGED at epoch" in text
+    table = text[text.index(" epoch  train loss"):].split("\n\n")[0].splitlines()
+    # a loss of 1e35 printed as %10.4f was 41 characters wide and shifted its row
+    assert len({len(line) for line in table}) == 1, table
+
+
+def test_run_grid_stops_the_pool_when_a_run_fails(monkeypatch):
+    # an error in one run used to wait for every queued run (maybe an hour) before it showed
+    import concurrent.futures as cf
+    import time
+
+    from gradfuse.study import runner
+
+    started = []
+
+    def task(args):
+        cfg, _, seed, _ = args
+        started.append(seed)
+        if seed == 0:
+            raise RuntimeError("boom")
+        time.sleep(0.05)
+        return None
+
+    class ThreadPool(cf.ThreadPoolExecutor):  # the same executor API, inspectable in-process
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
+            super().__init__(max_workers=1)
+
+    monkeypatch.setattr(runner, "_run_task", task)
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", ThreadPool)
+    with pytest.raises(RuntimeError, match="boom"):
+        runner.run_grid([RunConfig()], None, seeds=range(20), jobs=2, log=lambda s: None)
+    time.sleep(0.2)
+    assert len(started) < 5, started

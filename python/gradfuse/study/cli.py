@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import tempfile
 import time
 
 from . import config as C
@@ -115,6 +117,8 @@ def _positive(parser, flag, v, minimum=1):
 
 
 def _hidden(parser, text):
+    if re.search(r"(^|[,-])\s*-", str(text).strip()):  # a minus sign, not a separator
+        parser.error(f"--hidden: widths must be >= 1, got {text!r}")
     parts = [t for t in str(text).replace("-", ",").split(",") if t.strip()]
     try:
         widths = [int(t) for t in parts]
@@ -136,6 +140,8 @@ def parse_grid(parser, args, grid: bool) -> dict:
         scheds = C.check_choices("--lr-schedule", _csv(args.lr_schedule), list(C.SCHEDULES))
     except ValueError as e:
         parser.error(str(e))
+    for name in inits:
+        _check_init(parser, name)
     lrs = None
     if args.lr is not None:
         try:
@@ -144,6 +150,13 @@ def parse_grid(parser, args, grid: bool) -> dict:
             parser.error(f"--lr: expected a number{'s' if grid else ''}, got {args.lr!r}")
         if not lrs or not all(lr > 0 and lr < float("inf") for lr in lrs):
             parser.error(f"--lr: expected positive finite learning rates, got {args.lr!r}")
+        # a configuration's key (which groups its runs) shows the lr as {:g}: two lrs that
+        # print the same would be merged into one row
+        shown = [f"{lr:g}" for lr in lrs]
+        dup = sorted({t for t in shown if shown.count(t) > 1})
+        if dup:
+            parser.error(f"--lr: {', '.join(dup)} given twice (learning rates must differ in "
+                         "their first 6 significant digits)")
     if not grid:
         for flag, values in (("--optimizer", opts), ("--init", inits), ("--norm", norms),
                              ("--activation", acts), ("--lr-schedule", scheds),
@@ -152,6 +165,9 @@ def parse_grid(parser, args, grid: bool) -> dict:
                 parser.error(f"{flag}: train takes one value, got {len(values)} (use compare)")
     _positive(parser, "--epochs", args.epochs)
     _positive(parser, "--batch-size", args.batch_size)
+    if "batch" in norms and args.batch_size < 2:
+        parser.error(f"--batch-size: batch norm needs at least 2 samples per batch, got "
+                     f"{args.batch_size}")
     _positive(parser, "--monitor-every", args.monitor_every)
     _positive(parser, "--train-size", args.train_size, minimum=2)
     if grid:
@@ -164,6 +180,10 @@ def parse_grid(parser, args, grid: bool) -> dict:
             args.jobs = max(1, min(os.cpu_count() or 1, 8))
     if args.seed < 0:
         parser.error(f"--seed: expected an integer >= 0, got {args.seed}")
+    last_seed = args.seed + (args.seeds if grid else 1) - 1
+    if last_seed >= 2**64:  # gf.Generator and the DataLoader take 64-bit seeds
+        parser.error(f"--seed: the seeds must stay below 2**64, the last one would be "
+                     f"{last_seed}")
     if not 0 <= args.threshold <= 1:
         parser.error(f"--threshold: expected an accuracy in [0, 1], got {args.threshold}")
     if not 0 < args.val_fraction < 1:
@@ -175,6 +195,30 @@ def parse_grid(parser, args, grid: bool) -> dict:
     n_seeds = args.seeds if grid else 1
     return {"configs": configs, "seeds": list(range(args.seed, args.seed + n_seeds)),
             "hidden": hidden}
+
+
+def _check_writable(parser, flag, folder):
+    """Exit (code 2) unless a file can be created in ``folder``: checked before the training
+    (os.access is no help: it says yes to root, and root cannot write into /proc either)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-gradfuse-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        parser.error(f"{flag}: cannot write into {folder!r}: {e.strerror or e}")
+
+
+def _check_init(parser, name):
+    """Exit (code 2) when the init scheme ``name`` cannot initialize a layer on its own (e.g.
+    ``constant``, which needs a value): tried on a 2x3 Linear now, not in every run."""
+    import gradfuse as gf
+
+    scheme, kwargs = C.init_spec(name)
+    try:
+        gf.nn.Linear(3, 2, init=gf.nn.init.get(scheme, **kwargs)).reset_parameters(
+            generator=gf.Generator(0))
+    except (TypeError, ValueError) as e:
+        parser.error(f"--init: {name!r} cannot initialize a layer by itself ({e})")
 
 
 def _init_names():
@@ -191,6 +235,8 @@ def _load(parser, args):
                             train_size=args.train_size)
     except (ValueError, OSError) as e:
         msg = str(e)
+        if msg.startswith("val_fraction:"):
+            parser.error("--val-fraction" + msg[len("val_fraction"):])
         parser.error(msg if msg.startswith("--dataset") else f"--dataset: {msg}")
 
 
@@ -215,14 +261,15 @@ def compare(parser, args, log=print) -> int:
         os.makedirs(args.out, exist_ok=True)  # now, not after an hour of training
     except OSError as e:
         parser.error(f"--out: cannot create {args.out!r}: {e}")
+    _check_writable(parser, "--out", args.out)
     configs, seeds = spec["configs"], spec["seeds"]
     total = len(configs) * len(seeds)
     log(data.describe())
     log(f"{_describe_model(data, spec['hidden'])}, batch {args.batch_size}, {args.epochs} epochs"
         f"{'' if args.grad_clip is None else f', grad clip {args.grad_clip:g}'}; "
         f"{len(configs)} configurations x {len(seeds)} seeds = {total} runs on "
-        f"{min(args.jobs, total)} process{'es' if min(args.jobs, total) > 1 else ''} "
-        f"(the ETA follows each run)")
+        f"{min(args.jobs, total)} process{'es' if min(args.jobs, total) > 1 else ''}"
+        f"{'' if args.quiet else ' (the ETA follows each run)'}")
     t0 = time.perf_counter()
     results = run_grid(configs, data, seeds=seeds, jobs=args.jobs,
                        log=(lambda s: None) if args.quiet else log, **_run_kwargs(args, spec))
@@ -232,8 +279,9 @@ def compare(parser, args, log=print) -> int:
     if "lr" not in axes:
         axes.append("lr")  # the lr each optimizer used, even when it is not an axis
     log("")
-    log(f"Ranked by final validation accuracy (mean +- std over {len(seeds)} seed"
-        f"{'s' if len(seeds) > 1 else ''}); diverged configurations last:")
+    log(f"Ranked by final validation accuracy "
+        f"{f'(mean +- std over {len(seeds)} seeds)' if len(seeds) > 1 else '(mean over 1 seed)'}"
+        f"; diverged configurations last:")
     log(report.format_table(rows, threshold=args.threshold, top=args.top, axes=axes))
     effects = report.format_effects(rows, args.threshold)
     if effects:
@@ -252,6 +300,7 @@ def compare(parser, args, log=print) -> int:
     report.write_json({"meta": meta, "runs": results}, os.path.join(out, "runs.json"))
     written = ["results.csv", "results.json", "runs.csv", "runs.json"]
     log(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
+    paths = []
     if args.no_plots:
         log("plots skipped (--no-plots)")
     else:
@@ -261,6 +310,13 @@ def compare(parser, args, log=print) -> int:
             log(f"plots: {', '.join(paths)}")
         else:
             log(f"plots skipped: {why}")
+    # a figure of an earlier study in the same --out would sit beside results it does not show
+    stale = [p for p in (os.path.join(out, n) for n in plots.FILES)
+             if p not in paths and os.path.isfile(p)]
+    for p in stale:
+        os.remove(p)
+    if stale:
+        log(f"removed the plots of an earlier run: {', '.join(stale)}")
     return 0
 
 
@@ -269,8 +325,13 @@ def train(parser, args, log=print) -> int:
     from .runner import run_one
 
     spec = parse_grid(parser, args, grid=False)
-    if args.save is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
-        parser.error(f"--save: folder of {args.save!r} does not exist")
+    if args.save is not None:
+        folder = os.path.dirname(os.path.abspath(args.save))
+        if not os.path.isdir(folder):
+            parser.error(f"--save: folder of {args.save!r} does not exist")
+        if os.path.isdir(args.save):
+            parser.error(f"--save: {args.save!r} is a folder; give a file name")
+        _check_writable(parser, "--save", folder)
     data = _load(parser, args)
     cfg = spec["configs"][0]
     log(data.describe())
@@ -279,7 +340,7 @@ def train(parser, args, log=print) -> int:
     models = []
     r = run_one(cfg, data, seed=args.seed, verbose=1, model_out=models, **_run_kwargs(args, spec))
     log("")
-    log(" epoch  train loss  train acc  val loss  val acc        lr    time")
+    log(" epoch  train loss  train acc  val loss  val acc        lr     time")
     for h in r["history"]:
         log(f"{h['epoch']:6d}  {_f(h['train_loss'], '10.4f')}  {_f(h['train_acc'], '9.3f')}  "
             f"{_f(h['val_loss'], '8.4f')}  {_f(h['val_acc'], '7.3f')}  {_f(h['lr'], '8.2e')}  "
@@ -305,4 +366,12 @@ def train(parser, args, log=print) -> int:
 
 
 def _f(x, spec):
-    return "nan" if x is None else format(x, spec)
+    """``x`` in ``spec`` (e.g. ``"10.4f"``), its width kept: a fixed-point number too large
+    for it (a diverging loss of 1e35) is written in exponent form, NaN/None as ``nan``."""
+    width = int(spec.split(".")[0] or 0)
+    if x is None:
+        return "nan".rjust(width)
+    text = format(x, spec)
+    if width and len(text) > width:
+        text = format(x, f"{width}.{max(1, width - 7)}e")
+    return text

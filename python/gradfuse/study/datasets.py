@@ -64,8 +64,9 @@ def _raw(spec: str):
             raise ValueError("--dataset: expected idx:<images.idx[.gz]>,<labels.idx[.gz]>, "
                              f"got {spec!r}")
         x, y = gf.data.load_idx(parts[0]), gf.data.load_idx(parts[1])
-        x = np.asarray(x).reshape(len(x), -1).astype(np.float32)
-        y = np.asarray(y).astype(np.int64).reshape(-1)
+        x = np.asarray(x)
+        x = x.reshape(len(x), int(np.prod(x.shape[1:]))).astype(np.float32)
+        y = np.asarray(y).reshape(-1)  # checked to be class indices by load_dataset
         if len(x) != len(y):
             raise ValueError(f"--dataset: {len(x)} images but {len(y)} labels in {spec!r}")
         return x, y
@@ -79,9 +80,15 @@ def load_dataset(spec: str = "digits", val_fraction: float = 0.2, train_size=Non
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction: expected a number in (0, 1), got {val_fraction}")
     x, y = _raw(spec)
-    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    x, y = np.asarray(x, dtype=np.float32), _class_indices(np.asarray(y))
+    if len(x) < 2:
+        raise ValueError(f"--dataset: {len(x)} sample{'' if len(x) == 1 else 's'}; at least 2 "
+                         f"are needed (one to train on, one to validate) in {spec!r}")
     order = np.random.default_rng(split_seed).permutation(len(x))
     n_val = max(1, int(round(len(x) * val_fraction)))
+    if n_val >= len(x):
+        raise ValueError(f"val_fraction: {val_fraction:g} of {len(x)} samples leaves none to "
+                         "train on")
     val, train = order[:n_val], order[n_val:]
     if train_size is not None:
         train = train[:train_size]
@@ -89,3 +96,18 @@ def load_dataset(spec: str = "digits", val_fraction: float = 0.2, train_size=Non
     x_train = scaler.fit_transform(x[train])
     return Dataset(spec, np.ascontiguousarray(x_train, dtype=np.float32), y[train],
                    np.ascontiguousarray(scaler.transform(x[val]), dtype=np.float32), y[val])
+
+
+def _class_indices(y):
+    """``y`` as int64 class indices, or ValueError: the loss would otherwise fail mid-run on a
+    negative label, and a fractional one would be silently truncated."""
+    if y.dtype.kind == "f":
+        bad = y[~np.isfinite(y) | (y != np.round(y))] if y.size else y
+        if bad.size:
+            raise ValueError(f"--dataset: labels must be whole numbers, found {bad[0]:.3g}")
+    elif y.dtype.kind not in "iub":
+        raise ValueError(f"--dataset: labels must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise ValueError(f"--dataset: labels must be class indices >= 0, found {y.min()}")
+    return y

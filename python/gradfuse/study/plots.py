@@ -26,7 +26,9 @@ import numpy as np
 
 from .report import varying_axes
 
-__all__ = ["available", "write_all", "loss_curves", "accuracy", "grad_norms"]
+__all__ = ["available", "write_all", "loss_curves", "accuracy", "grad_norms", "FILES"]
+
+FILES = ("loss_curves.png", "accuracy.png", "grad_norms.png")  # what write_all may write
 
 
 def available():
@@ -169,10 +171,12 @@ def _depth_ratio(run):
     series = list(run["grad_norms"].values())
     if len(series) < 2 or not series[0] or not series[-1]:
         return 0.0
+    # finite norms only: a diverging run records inf before the guard stops it (inf / inf)
     first, last = _norms(series[0]), _norms(series[-1])
-    if not (np.isfinite(first).any() and np.isfinite(last).any()):
+    first, last = first[np.isfinite(first)], last[np.isfinite(last)]
+    if not (first.size and last.size):
         return 0.0
-    first, last = np.nanmedian(first), np.nanmedian(last)
+    first, last = np.median(first), np.median(last)
     if not (first > 0 and last > 0):
         return 0.0
     return float(np.log10(first / last))

@@ -43,17 +43,20 @@ def _finite(x) -> bool:
 
 
 def _mean_std(values):
+    """Mean and population std of the finite values; the std is None for fewer than two
+    (the spread of one seed is unknown, not 0)."""
     v = [x for x in values if _finite(x)]
     if not v:
         return None, None
-    return float(np.mean(v)), float(np.std(v))  # population std over the seeds
+    return float(np.mean(v)), (float(np.std(v)) if len(v) > 1 else None)
 
 
 def aggregate(results) -> list:
     """One row per configuration (in first-seen order) from the per-run result dicts:
     ``key``, the axes, ``n_runs``, ``seeds``, ``val_acc_mean``/``val_acc_std`` (over the runs
-    with a finite accuracy), ``epochs_to_threshold_mean`` (over the runs that reached it) and
-    ``n_reached``, ``val_loss_mean``, ``train_loss_mean``, ``n_diverged``, ``wall_time_mean``,
+    with a finite accuracy; the std is None when fewer than two have one),
+    ``epochs_to_threshold_mean`` (over the runs that reached it) and ``n_reached``,
+    ``val_loss_mean``, ``train_loss_mean``, ``n_diverged``, ``wall_time_mean``,
     and ``val_acc_curve`` / ``train_loss_curve`` / ``val_loss_curve`` (per-epoch means over
     the runs that got that far).
 
@@ -145,8 +148,9 @@ def format_table(rows, threshold: float = 0.9, top=None, axes=None) -> str:
     head = ["#", *axes, "val acc", f"ep>={threshold:g}", "val loss", "diverged", "time/run"]
     body = []
     for r in rows:
-        acc = ("-" if r["val_acc_mean"] is None
-               else f"{r['val_acc_mean']:.3f} +- {r['val_acc_std']:.3f}")
+        acc = _fmt(r["val_acc_mean"], ".3f")
+        if r["val_acc_std"] is not None:
+            acc += f" +- {r['val_acc_std']:.3f}"
         ett = _fmt(r["epochs_to_threshold_mean"], ".1f")
         if r["n_reached"] < r["n_runs"]:
             ett = f"{ett} ({r['n_reached']}/{r['n_runs']})"
@@ -176,10 +180,17 @@ def _atomic_write(path, write):
     try:
         with os.fdopen(fd, "w", newline="") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a plain open() would not
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 _RESULT_COLS = ["rank", "key", *AXES, "n_runs", "val_acc_mean", "val_acc_std",

@@ -235,8 +235,13 @@ def run_grid(configs, data, *, seeds=(0, 1, 2), jobs: int = 1, log=print, **kwar
                                 initializer=_init_worker, initargs=(data,)) as pool:
         futures = {pool.submit(_run_task, (cfg, None, seed, kw)): i
                    for i, (cfg, _, seed, kw) in enumerate(tasks)}
-        for done, fut in enumerate(cf.as_completed(futures), 1):
-            report(futures[fut], fut.result(), done)
+        try:
+            for done, fut in enumerate(cf.as_completed(futures), 1):
+                report(futures[fut], fut.result(), done)
+        except BaseException:
+            # leaving the with-block waits for the pool: without this, for every queued run
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return results
 
 

@@ -27,8 +27,8 @@ from . import (
     bench_optim,
     bench_scale,
     bench_tensor,
-    bench_trainer,
     bench_train,
+    bench_trainer,
 )
 from .harness import copy_bandwidth, format_table, import_torch, run_case, write_json
 

@@ -616,3 +616,22 @@ def test_digits_training_on_the_gpu_reaches_the_cpu_accuracy_band():
     assert gpu["val_accuracy"] > 0.9, logs
     assert abs(gpu["val_accuracy"] - cpu["val_accuracy"]) < 0.03
     assert gpu["train_loss"][-1] < gpu["train_loss"][0]
+
+
+def test_checkpoint_of_a_device_model_loads_on_either_device(dev, tmp_path):
+    # gf.save copies device state to the host; a host checkpoint loads into a device model
+    gf.manual_seed(0)
+    gpu = _Net().to("cuda")
+    path = tmp_path / "m.safetensors"
+    gf.save({"model": gpu, "epoch": 3}, path)
+    ck = gf.load(path)
+    assert ck["epoch"] == 3
+    cpu = _Net()
+    cpu.load_state_dict(ck["model"])
+    for k, v in gpu.state_dict().items():
+        np.testing.assert_array_equal(cpu.state_dict()[k], v.numpy(), err_msg=k)
+    other = _Net().to("cuda")
+    other.load_state_dict(ck["model"])
+    for k, v in gpu.state_dict().items():
+        assert isinstance(other.state_dict()[k], DeviceArray)
+        np.testing.assert_array_equal(other.state_dict()[k].numpy(), v.numpy(), err_msg=k)

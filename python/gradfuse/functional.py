@@ -20,8 +20,16 @@ import numpy as np
 from . import _backend
 from .cuda.array import DeviceArray
 from .cuda.array import zeros as _device_zeros
-from .tensor import (Function, Tensor, _new, _unbroadcast, device_of, is_grad_enabled,
-                     leaf_grad_out, to_device)
+from .tensor import (
+    Function,
+    Tensor,
+    _new,
+    _unbroadcast,
+    device_of,
+    is_grad_enabled,
+    leaf_grad_out,
+    to_device,
+)
 
 # --------------------------------------------------------------------------- helpers
 

@@ -51,6 +51,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._version import __version__
+from .cuda.array import DeviceArray
 from .random import Generator
 from .tensor import Tensor
 
@@ -115,6 +116,8 @@ class _Encoder:
         return name
 
     def _array(self, arr: np.ndarray, path: list) -> dict:
+        if type(arr) is DeviceArray:  # a cuda model's state: saved from a host copy
+            arr = arr.numpy()
         if arr.dtype not in _SAVABLE and arr.dtype.newbyteorder("=") not in _SAVABLE:
             raise TypeError(
                 f"obj{_where(path)}: cannot save an array of dtype {arr.dtype} (safetensors "
@@ -156,7 +159,7 @@ class _Encoder:
                             "be saved")
         if isinstance(x, Tensor):
             return self._array(x.data, path)
-        if isinstance(x, np.ndarray):
+        if isinstance(x, (np.ndarray, DeviceArray)):
             return self._array(x, path)
         if isinstance(x, Generator):
             return self._array(x.get_state().data, path)

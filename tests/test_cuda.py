@@ -635,3 +635,21 @@ def test_checkpoint_of_a_device_model_loads_on_either_device(dev, tmp_path):
     for k, v in gpu.state_dict().items():
         assert isinstance(other.state_dict()[k], DeviceArray)
         np.testing.assert_array_equal(other.state_dict()[k].numpy(), v.numpy(), err_msg=k)
+
+
+@pytest.mark.cuda  # the kernel families (batch norm, cross entropy, Adam) need the real GPU
+def test_study_run_trains_on_the_device_like_on_the_cpu():
+    # gradfuse train/compare --device cuda: same seed, same weights, same curve within float
+    from gradfuse.study.config import RunConfig
+    from gradfuse.study.datasets import load_dataset
+    from gradfuse.study.runner import run_one
+
+    data = load_dataset("digits", train_size=200)
+    cfg = RunConfig(optimizer="adam", norm="batch")
+    kw = dict(epochs=2, seed=1, hidden=(32,), monitor_every=5)
+    a = run_one(cfg, data, device="cpu", **kw)
+    b = run_one(cfg, data, device="cuda", **kw)
+    assert not a["diverged"] and not b["diverged"]
+    for ha, hb in zip(a["history"], b["history"]):
+        assert abs(ha["train_loss"] - hb["train_loss"]) < 1e-4
+        assert abs(ha["val_acc"] - hb["val_acc"]) <= 0.02

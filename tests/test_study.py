@@ -384,6 +384,8 @@ def test_worker_processes_give_the_same_results(tmp_path, capsys):
     (["--lr", "0.1,0.1000001"], "--lr"),
     # BatchNorm cannot normalize batches of one sample: refused, not a traceback mid-run
     (["--norm", "none,batch", "--batch-size", "1"], "--batch-size"),
+    (["--device", "tpu"], "--device"),
+    (["--device", "cuda:3"], "--device"),  # no such GPU here, or not the one gradfuse uses
 ])
 def test_bad_flags_exit_2_naming_the_flag(args, flag, tmp_path, capsys):
     out = tmp_path / "res"

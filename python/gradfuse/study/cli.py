@@ -82,6 +82,8 @@ def add_arguments(p: argparse.ArgumentParser, grid: bool) -> None:
                    help="held-out fraction for validation (default %(default)s)")
     p.add_argument("--monitor-every", type=int, default=1,
                    help="record per-layer gradient norms every N steps (default %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda (a GRADFUSE_CUDA=ON build with a GPU; default %(default)s)")
 
 
 def build_parsers(sub) -> None:
@@ -191,10 +193,22 @@ def parse_grid(parser, args, grid: bool) -> dict:
     if args.grad_clip is not None and not args.grad_clip > 0:
         parser.error(f"--grad-clip: expected a positive norm, got {args.grad_clip}")
     hidden = _hidden(parser, args.hidden)
+    _check_device(parser, args.device)
     configs = C.expand_grid(opts, inits, norms, acts, scheds, lrs)
     n_seeds = args.seeds if grid else 1
     return {"configs": configs, "seeds": list(range(args.seed, args.seed + n_seeds)),
             "hidden": hidden}
+
+
+def _check_device(parser, device):
+    from ..tensor import check_device
+
+    try:
+        check_device(device)
+    except (TypeError, ValueError) as e:  # the reason (no GPU, CPU-only build) is in e
+        msg = str(e)
+        parser.error("--device: " + (msg[len("device: "):] if msg.startswith("device: ")
+                                     else msg))
 
 
 def _check_writable(parser, flag, folder):
@@ -243,7 +257,7 @@ def _load(parser, args):
 def _run_kwargs(args, spec):
     return dict(epochs=args.epochs, batch_size=args.batch_size, hidden=spec["hidden"],
                 threshold=args.threshold, grad_clip=args.grad_clip,
-                monitor_every=args.monitor_every)
+                monitor_every=args.monitor_every, device=args.device)
 
 
 def _describe_model(data, hidden):

@@ -107,23 +107,26 @@ def _linear_weight_series(records, model) -> dict:
 
 def run_one(cfg: RunConfig, data, *, epochs: int = 20, seed: int = 0, batch_size: int = 64,
             hidden=(128, 64), threshold: float = 0.9, grad_clip=None, monitor_every: int = 1,
-            verbose: int = 0, model_out: list | None = None, blas: int | None = 1) -> dict:
+            verbose: int = 0, model_out: list | None = None, blas: int | None = 1,
+            device: str = "cpu") -> dict:
     """Train ``cfg`` on ``data`` (a :class:`~gradfuse.study.Dataset`) for ``epochs`` from
     ``seed``; returns the run's result dict (see the module docstring).
 
     ``model_out``: a list the trained model is appended to (for ``gradfuse train --save``).
     ``blas``: BLAS threads during the run (see :func:`blas_threads`; None leaves them).
+    ``device``: where the model trains ("cpu" or "cuda"); batches move there as they come.
     """
     with blas_threads(blas):
         return _run_one(cfg, data, epochs, seed, batch_size, hidden, threshold, grad_clip,
-                        monitor_every, verbose, model_out)
+                        monitor_every, verbose, model_out, device)
 
 
 def _run_one(cfg, data, epochs, seed, batch_size, hidden, threshold, grad_clip, monitor_every,
-             verbose, model_out):
+             verbose, model_out, device="cpu"):
     from gradfuse.train import GradientMonitor, NonFiniteGuard, Trainer
 
-    model = build_model(cfg, data.n_features, hidden, data.n_classes, seed=seed)
+    # initialized on the host from the seed, then moved: the same weights on every device
+    model = build_model(cfg, data.n_features, hidden, data.n_classes, seed=seed).to(device)
     opt = build_optimizer(cfg, model.parameters())
     train, val = make_loaders(data, batch_size, seed, cfg.norm)
     sched = build_scheduler(cfg, opt, epochs, len(train))

@@ -63,6 +63,7 @@ OPTS = {
     "adamw_amsgrad": lambda ps: gf.optim.AdamW(ps, lr=1e-2, amsgrad=True),
     "nadam": lambda ps: gf.optim.NAdam(ps, lr=1e-2),  # per-segment host extras
     "lamb": lambda ps: gf.optim.LAMB(ps, lr=1e-2),  # its own kernel with a segment table
+    "adagrad": lambda ps: gf.optim.Adagrad(ps, lr=1e-2, initial_accumulator_value=0.1),
 }
 
 
@@ -386,3 +387,18 @@ def test_clip_and_nonfinite_guard_after_a_move(dev, rng):
     model.fc1.weight.grad.data[0, 0] = 0.0
     assert opt.step() is True
     assert not np.array_equal(model.fc2.weight.data.numpy(), before[2])
+
+
+def test_a_parameter_shared_by_two_optimizers_follows_the_last_one(dev):
+    # known limit: the move follows the arena holding the gradient (the optimizer built last
+    # over the parameter); the first optimizer says so at its next step instead of mixing
+    # devices
+    model = gf.nn.Linear(3, 2)
+    first = gf.optim.SGD(model.parameters(), lr=0.1)
+    last = gf.optim.SGD(model.parameters(), lr=0.1)
+    model.to("cuda")
+    _check_arena_views(last, "cuda")
+    (model(gf.ones(4, 3, device="cuda")) ** 2).sum().backward()
+    assert last.step() is True
+    with pytest.raises(RuntimeError, match="on another device now"):
+        first.step()

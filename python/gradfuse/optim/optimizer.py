@@ -303,6 +303,13 @@ class _Arena:
             v = self.views[i]
             if p.data is not v:
                 d = p.data
+                if type(d) is not type(v) and hasattr(d, "shape"):
+                    raise RuntimeError(
+                        f"parameter {i} of this optimizer's flat arena is on another device "
+                        "now: Module.to moved it with the arena of the optimizer that holds its "
+                        "gradient (the last one built over it), and a parameter shared by two "
+                        "optimizers cannot take this one's arena along; build this optimizer "
+                        "again after moving the model")
                 if type(d) is not type(v) or d.shape != v.shape or d.dtype != v.dtype:
                     raise RuntimeError(
                         f"parameter {i} of shape {v.shape} and dtype {v.dtype} in the optimizer "

@@ -146,6 +146,13 @@ def test_move_mid_training_matches_a_run_on_the_target_device(dev, rng, name):
         _train(model, opt, batches, device)
         _train(ref, ref_opt, batches, device)
         _check_arena_views(opt, device)
+        cache = _arenas(opt)[0].slot_cache
+        bound = cache[3] if cache is not None else None
+        assert (bound is not None) == (opt._fast_step and type(opt)._update is
+                                       gf.optim.Optimizer._update)
+        if bound is not None and device == "cuda":  # bound again, to the moved buffers
+            assert isinstance(bound, ops.ArenaStep)
+            assert bound._keep[0] is _arenas(opt)[0].param
         _same_params(model, ref)
         _same_state(opt.state_dict(), ref_opt.state_dict())
         for p, q in zip(model.parameters(), ref.parameters()):
@@ -209,8 +216,11 @@ def test_groups_dtypes_two_optimizers_and_loose_parameters_move_back_and_forth(d
     assert len(_arenas(opts[0])) == 3  # group 0: float32 and float64; group 1: float64
     _bag_steps(bag, opts, 2)
     _bag_steps(ref, ref_opts, 2)
-    for device in ("cuda", "cpu", "cuda", "cuda", "cpu"):
+    for i, device in enumerate(("cuda", "cpu", "cuda", "cuda", "cpu")):
         bag.to(device)
+        if i % 2:  # a state_dict round trip on the moved optimizers changes nothing either
+            for o in opts:
+                o.load_state_dict(o.state_dict())
         for o in opts:
             _check_arena_views(o, device)
         assert bag.f.device == device and bag.f.grad.device == device  # in no optimizer
@@ -222,6 +232,24 @@ def test_groups_dtypes_two_optimizers_and_loose_parameters_move_back_and_forth(d
                                           err_msg=n)
         for o, r in zip(opts, ref_opts):
             _same_state(o.state_dict(), r.state_dict())
+
+
+@pytest.mark.parametrize("name", ["sgd_nesterov", "adagrad"])
+def test_move_before_the_first_step(dev, rng, name):
+    # the state is created on the device (SGD's at the first step, Adagrad's already moved)
+    gf.manual_seed(0)
+    model = _Net()
+    opt = OPTS[name](model.parameters())
+    ref = _Net().to("cuda")
+    ref.load_state_dict(model.state_dict())
+    ref_opt = OPTS[name](ref.parameters())
+    model.to("cuda")
+    batches = _batches(rng, 3)
+    _train(model, opt, batches, "cuda")
+    _train(ref, ref_opt, batches, "cuda")
+    _check_arena_views(opt, "cuda")
+    _same_params(model, ref)
+    _same_state(opt.state_dict(), ref_opt.state_dict())
 
 
 def test_move_between_backward_and_step_keeps_the_gradients(dev, rng):

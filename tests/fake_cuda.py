@@ -176,3 +176,57 @@ def gemm(dtype, ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, ldc, sc, batch):
 
 def stream():
     return 0
+
+
+# --------------------------------------------------------------------------- optimizer arena
+# The kernels gradfuse.cuda.ops calls for the optimizer's device arena (csrc/cuda/optim.cu's
+# bindings, same signatures). Fake device memory is host memory, so each runs the CPU kernel
+# (gradfuse._C) on a numpy view of it: the CUDA kernels are bitwise the CPU's
+# (tests/test_cuda_kernels.py), and so is this stand-in. `skip` / `scale` are device pointers
+# (0 for none) of the guard flag (int32) and the clip coefficient (float64).
+
+
+def _flat(isz, ptr, n):
+    return _view(ptr, 0 if isz == 4 else 1, (n,), (1,))
+
+
+def _cpu():
+    from gradfuse import _C
+
+    return _C
+
+
+def optim_step(kind, isz, p, g, s0, s1, s2, n, scalars, flags, skip, scale):
+    if skip and _view(skip, 3, (1,), (1,))[0]:
+        return
+    sc = list(scalars)
+    if scale:
+        sc[12] *= float(_view(scale, 1, (1,), (1,))[0])
+    st = [_flat(isz, s, n) if s else None for s in (s0, s1, s2)]
+    _cpu().optim_step(kind, _flat(isz, p, n), _flat(isz, g, n), *st, sc, flags)
+
+
+def lamb_step(isz, p, g, m, v, n, offsets, sizes, scalars, flags):
+    _cpu().lamb_step(_flat(isz, p, n), _flat(isz, g, n), _flat(isz, m, n), _flat(isz, v, n),
+                     offsets, sizes, list(scalars), flags)
+
+
+def arena_all_finite(isz, x, n):
+    return bool(_cpu().arena_all_finite(_flat(isz, x, n)))
+
+
+def arena_nonfinite_flag(isz, x, n, flag):
+    if not _cpu().arena_all_finite(_flat(isz, x, n)):
+        _view(flag, 3, (1,), (1,))[0] = 1
+
+
+def arena_norm_reduce(isz, x, n, norm_type):
+    return _cpu().arena_norm_reduce(_flat(isz, x, n), norm_type)
+
+
+def arena_scale(isz, x, n, s):
+    _cpu().arena_scale(_flat(isz, x, n), s)
+
+
+def arena_clamp(isz, x, n, lo, hi):
+    _cpu().arena_clamp(_flat(isz, x, n), lo, hi)

@@ -505,13 +505,14 @@ def test_parameter_of_a_device_tensor_stays_on_the_device(dev):
     assert p.grad.device == "cuda:0" and p.grad.numpy().tolist() == [[2.0] * 3] * 2
 
 
-def test_module_to_refuses_parameters_in_an_optimizer_arena(dev):
+def test_module_to_moves_parameters_in_an_optimizer_arena(dev):
+    # the arena moves as one buffer (the whole behaviour: tests/test_cuda_arena.py)
     m = gf.nn.Linear(3, 2)
-    gf.optim.SGD(m.parameters(), lr=0.1)
-    before = [p.data for p in m.parameters()]
-    with pytest.raises(RuntimeError, match="before building the optimizer"):
-        m.to("cuda")
-    assert all(p.data is b for p, b in zip(m.parameters(), before))  # nothing moved
+    opt = gf.optim.SGD(m.parameters(), lr=0.1)
+    m.to("cuda")
+    a = opt._arenas[0][0][1]
+    assert type(a.param) is DeviceArray and type(a.grad) is DeviceArray
+    assert all(p.data is v for p, v in zip(m.parameters(), a.views))
 
 
 def test_autograd_ops_on_device_match_the_cpu(dev, rng):

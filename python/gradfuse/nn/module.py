@@ -301,12 +301,16 @@ class Module:
     def to(self, *args, dtype=None, device=None):
         """Cast floating parameters and buffers (``model.to(gf.float64)``) and/or move every
         parameter, gradient and buffer to a device (``model.to("cuda")``), in place; returns
-        self. Parameters stay the same Tensor objects (leaves), so an optimizer built on
-        them before a dtype cast is caught; build the optimizer AFTER moving the model.
+        self. Parameters stay the same Tensor objects (leaves), so an optimizer built before
+        the move keeps working, as in PyTorch: each of its flat arenas the model's parameters
+        live in moves as whole buffers (parameters, gradients, optimizer state; see
+        :meth:`_move`). A dtype cast after the optimizer is built is caught at its next step;
+        build the optimizer after casting.
 
         Example::
 
             >>> model = gf.nn.Linear(4, 2)
+            >>> opt = gf.optim.Adam(model.parameters())
             >>> model.to("cuda") if gf.cuda.is_available() else model  # doctest: +SKIP
         """
         for a in args:
@@ -331,17 +335,56 @@ class Module:
         return self.to("cpu")
 
     def _move(self, dev):
-        tensors = list(self.parameters()) + list(self.buffers())
-        moving = [t for t in tensors if device_of(t.data) != dev]
-        for t in moving:  # checked before anything moves
-            if t._grad_slot is not None:
+        """Move parameters, gradients and buffers to ``dev``, all or nothing.
+
+        A parameter in an optimizer's flat arena (its ``_grad_slot`` links the arena) does not
+        move alone: the arena moves as a whole (``_Arena.prepare_move`` in
+        gradfuse/optim/optimizer.py: one copy each of the parameter, gradient and state
+        buffers), so every parameter of that arena must be in this module. Everything else
+        moves tensor by tensor. All copies are made first and swapped in only when every one
+        of them succeeded: a move that fails (out of device memory, say) changes nothing.
+        """
+        on_dev = dev.type == "cuda"
+        tensors = list({id(t): t for t in itertools.chain(self.parameters(),
+                                                           self.buffers())}.values())
+        mine = {id(t) for t in tensors}
+        arenas = {}
+        for t in tensors:
+            a = getattr(t._grad_slot, "_gf_arena", None)
+            if a is not None and a.device != on_dev:
+                arenas[id(a)] = a
+        for a in arenas.values():  # checked before anything moves
+            if not all(id(q) in mine for q in a.params):
                 raise RuntimeError(
-                    "to: a parameter lives in an optimizer's flat arena; move the model "
-                    "before building the optimizer (model.to(device), then gf.optim.X(...))")
-        for t in moving:
-            t.data = to_device(t.data, dev)
-            if t.grad is not None:
-                t.grad = Tensor(to_device(t.grad.data, dev))
+                    "to: a parameter of this module shares an optimizer's flat arena (one param "
+                    "group and dtype) with parameters outside it, and the arena moves as one "
+                    "buffer; move the module that holds all of them, or build the optimizer "
+                    "over this module's parameters only")
+        in_arena = {}  # id(param) -> (arena view, arena grad tensor) of a moving arena
+        for a in arenas.values():
+            for p, v, gt in zip(a.params, a.views, a.grad_tensors):
+                in_arena[id(p)] = (v, gt)
+        commits = [a.prepare_move(on_dev) for a in arenas.values()]
+        loose = []  # (tensor, new data or None, new grad or None)
+        for t in tensors:
+            v, gt = in_arena.get(id(t), (None, None))
+            data = None
+            if t.data is not v and device_of(t.data) != dev:
+                data = to_device(t.data, dev)
+            grad = None
+            g = t.grad
+            if g is not None and g is not gt and device_of(g.data) != dev:
+                grad = Tensor(to_device(g.data, dev))
+            if data is not None or grad is not None:
+                loose.append((t, data, grad))
+        # ---- every copy exists: swap in (nothing below can fail)
+        for commit in commits:
+            commit()
+        for t, data, grad in loose:
+            if data is not None:
+                t.data = data
+            if grad is not None:
+                t.grad = grad
 
     # ------------------------------------------------------------ state
     def _state_items(self):

@@ -35,6 +35,13 @@ Arena semantics (read this if you hold on to arrays):
   optimizer copies it back into its own at its next ``step()``, so both keep updating the same
   values (PyTorch's behaviour, at the price of a copy per step). A parameter listed twice in
   one optimizer is a ``ValueError``, as in PyTorch for two groups.
+* ``model.to(device)`` after the optimizer is built moves each arena the model's parameters
+  live in as whole buffers (:meth:`_Arena.prepare_move`): the parameter arena, the gradient
+  arena and every state buffer are copied to the device once each (not per parameter), the
+  parameters' ``.data`` and the ``.grad`` tensors become views into the moved buffers, and the
+  bound ``ArenaStep`` is dropped, to be bound again to the new buffers by the next step. The
+  parameters and their ``.grad`` tensors stay the same objects (PyTorch moves them in place),
+  so the optimizer, its state_dict and a held ``p.grad`` keep working.
 
 Example::
 
@@ -180,6 +187,10 @@ class _ArenaGrad(Tensor):
     def __reduce__(self):  # a copy or pickle is an ordinary tensor holding the values
         return (Tensor, (self._view.copy(),))
 
+    def _rebind(self, view) -> None:
+        """Point at ``view`` (the moved gradient arena's slice) without copying."""
+        self.__dict__["_view"] = view
+
 
 class _Arena:
     """The parameters of one param group with one dtype, laid out contiguously.
@@ -229,6 +240,40 @@ class _Arena:
         self.seg_table = None  # (offsets, sizes) as int64 arrays, for kernels that need them
         self.extra: dict[str, np.ndarray] = {}  # per-segment scalars (NAdam's mu_product)
 
+    # ------------------------------------------------------------ device moves
+    def prepare_move(self, to_device: bool):
+        """The first half of moving this arena to the GPU (``to_device``) or to the host, for
+        ``Module.to``: copies the parameter arena, the gradient arena and every state buffer,
+        one transfer per buffer, and changes nothing, so a failed copy (no device, out of
+        memory) leaves the arena as it was. Returns ``commit()``, which cannot fail: it swaps
+        the buffers in, makes each parameter's ``.data`` (where it is still the arena view)
+        and each ``.grad`` tensor a view into them, and drops the bound ArenaStep (the next
+        step binds one to the new buffers). Host buffers come back as fresh numpy arrays
+        (from gradfuse's pool when large), not the 2 MiB aligned ones of a host-built arena.
+
+        Per-segment step counts, the segment table and ``extra`` are host values and stay."""
+
+        def conv(x):
+            return DeviceArray.from_numpy(x) if to_device else x.numpy()
+
+        param, grad = conv(self.param), conv(self.grad)
+        state = {k: conv(v) for k, v in self.state.items()}
+
+        def commit() -> None:
+            old = self.views
+            self.param, self.grad, self.state, self.device = param, grad, state, to_device
+            self.views = []
+            for p, v, gt, o, s, shape in zip(self.params, old, self.grad_tensors, self.offsets,
+                                             self.sizes, self.shapes):
+                nv = param[o : o + s].reshape(shape)
+                self.views.append(nv)
+                if p.data is v:  # a rebound .data is moved by Module.to, adopted at step()
+                    p.data = nv
+                gt._rebind(grad[o : o + s].reshape(shape))
+            self.slot_cache = None
+
+        return commit
+
     # ------------------------------------------------------------ step counts
     @property
     def steps(self) -> np.ndarray:
@@ -258,6 +303,13 @@ class _Arena:
             v = self.views[i]
             if p.data is not v:
                 d = p.data
+                if type(d) is not type(v) and hasattr(d, "shape"):
+                    raise RuntimeError(
+                        f"parameter {i} of this optimizer's flat arena is on another device "
+                        "now: Module.to moved it with the arena of the optimizer that holds its "
+                        "gradient (the last one built over it), and a parameter shared by two "
+                        "optimizers cannot take this one's arena along; build this optimizer "
+                        "again after moving the model")
                 if type(d) is not type(v) or d.shape != v.shape or d.dtype != v.dtype:
                     raise RuntimeError(
                         f"parameter {i} of shape {v.shape} and dtype {v.dtype} in the optimizer "

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -104,16 +105,10 @@ def _gradfuse(model: str):
     net = gf.nn.Sequential(*mods)
     opt = gf.optim.Adam(net.parameters(), lr=LR)
     loss_fn = gf.nn.CrossEntropyLoss()
-    batches = [(gf.tensor(xb), gf.tensor(tb)) for xb, tb in zip(x, t)]
-    it = iter(())
+    batches = itertools.cycle([(gf.tensor(xb), gf.tensor(tb)) for xb, tb in zip(x, t)])
 
     def step():
-        nonlocal it
-        try:
-            xt, tt = next(it)
-        except StopIteration:
-            it = iter(batches)
-            xt, tt = next(it)
+        xt, tt = next(batches)
         opt.zero_grad()
         loss = loss_fn(net(xt), tt)
         loss.backward()
@@ -153,16 +148,11 @@ def _pytorch(model: str):
     except (RuntimeError, TypeError):  # no fused CPU Adam in this build
         opt = torch.optim.Adam(net.parameters(), lr=LR, foreach=True)
     loss_fn = torch.nn.CrossEntropyLoss()
-    batches = [(torch.from_numpy(xb), torch.from_numpy(tb)) for xb, tb in zip(x, t)]
-    it = iter(())
+    batches = itertools.cycle([(torch.from_numpy(xb), torch.from_numpy(tb))
+                               for xb, tb in zip(x, t)])
 
     def step():
-        nonlocal it
-        try:
-            xt, tt = next(it)
-        except StopIteration:
-            it = iter(batches)
-            xt, tt = next(it)
+        xt, tt = next(batches)
         opt.zero_grad()
         loss = loss_fn(net(xt), tt)
         loss.backward()

@@ -43,12 +43,8 @@ def _trainer():
     return lambda: trainer.fit(batches, epochs=trainer.epoch + 1)
 
 
-def _hand():
-    import gradfuse as gf
-
-    model, opt = _gf_model()
-    loss_fn = gf.nn.CrossEntropyLoss()
-    batches = [(gf.from_numpy(x), gf.from_numpy(y)) for x, y in _data()]
+def _loop(model, opt, loss_fn, batches):
+    """One epoch of the plain training loop, written the same for both libraries."""
 
     def epoch():
         model.train()
@@ -60,6 +56,14 @@ def _hand():
             loss.item()
 
     return epoch
+
+
+def _hand():
+    import gradfuse as gf
+
+    model, opt = _gf_model()
+    loss_fn = gf.nn.CrossEntropyLoss()
+    return _loop(model, opt, loss_fn, [(gf.from_numpy(x), gf.from_numpy(y)) for x, y in _data()])
 
 
 def _torch():
@@ -71,18 +75,8 @@ def _torch():
                                 torch.nn.Linear(_H[1], _C))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
-    batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in _data()]
-
-    def epoch():
-        model.train()
-        for x, y in batches:
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss.item()
-
-    return epoch
+    return _loop(model, opt, loss_fn,
+                 [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in _data()])
 
 
 CASES = [

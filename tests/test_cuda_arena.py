@@ -13,6 +13,7 @@ import importlib
 import fake_cuda
 import numpy as np
 import pytest
+from test_cuda import _Net  # the same small net with a buffer
 
 import gradfuse as gf
 from gradfuse import _backend
@@ -42,18 +43,6 @@ def dev(request, monkeypatch):
             monkeypatch.setattr(_backend, name,
                                 _backend._dispatcher(getattr(cur, "cpu", cur), getattr(ops, name)))
     return request.param
-
-
-class _Net(gf.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = gf.nn.Linear(5, 8)
-        self.fc2 = gf.nn.Linear(8, 3)
-        self.register_buffer("scale", gf.full((3,), 0.5))
-
-    def forward(self, x):
-        h = self.fc1(x)
-        return self.fc2(h * h) * self.scale
 
 
 OPTS = {

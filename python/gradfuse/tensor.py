@@ -552,6 +552,19 @@ def is_device(arg) -> bool:
         isinstance(arg, str) and arg.split(":")[0] in ("cpu", "cuda"))
 
 
+def to_args(args, dtype, device):
+    """``(dtype, device)`` from the positional and keyword arguments of ``Tensor.to`` /
+    ``Module.to``: a positional argument is a device when it names one, else the dtype."""
+    for a in args:
+        if is_device(a):
+            device = a
+        elif dtype is None:
+            dtype = a
+        else:
+            raise TypeError(f"to: unexpected argument {a!r}")
+    return dtype, device
+
+
 def check_device(dev) -> device:
     """The device ``dev`` names, when it can be used now; else a ValueError saying why."""
     d = device(dev)
@@ -763,13 +776,7 @@ class Tensor:
             >>> x.to("cuda").device if gf.cuda.is_available() else "cuda:0"
             'cuda:0'
         """
-        for a in args:
-            if is_device(a):
-                device = a
-            elif dtype is None:
-                dtype = a
-            else:
-                raise TypeError(f"to: unexpected argument {a!r}")
+        dtype, device = to_args(args, dtype, device)
         out = self
         if device is not None:
             dev = check_device(device)

@@ -8,7 +8,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from ..tensor import Tensor, check_device, device_of, is_device, to_device
+from ..tensor import Tensor, check_device, device_of, to_args, to_device
 from .parameter import Parameter
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -313,13 +313,7 @@ class Module:
             >>> opt = gf.optim.Adam(model.parameters())
             >>> model.to("cuda") if gf.cuda.is_available() else model  # doctest: +SKIP
         """
-        for a in args:
-            if is_device(a):
-                device = a
-            elif dtype is None:
-                dtype = a
-            else:
-                raise TypeError(f"to: unexpected argument {a!r}")
+        dtype, device = to_args(args, dtype, device)
         if device is not None:
             self._move(check_device(device))
         if dtype is not None:

@@ -14,6 +14,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
+#include "rng/fill_args.h"
 #include "rng/philox.h"
 
 namespace gf::cuda {
@@ -23,34 +24,8 @@ using namespace dev;
 namespace ph = gradfuse::philox;
 constexpr int64_t kTB = ph::kTileBlocks;  // 16
 
-[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
-
-std::string num(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
-}
-
-void check_n(int64_t n) {
-  if (n < 0) fail("n: expected a size >= 0, got " + std::to_string(n));
-}
-
-template <typename T>
-T at_least(double a) {
-  T t = static_cast<T>(a);
-  if (static_cast<double>(t) < a) t = std::nextafter(t, std::numeric_limits<T>::infinity());
-  return t;
-}
-template <typename T>
-T below(double b) {
-  T t = static_cast<T>(b);
-  if (static_cast<double>(t) >= b) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
-  return t;
-}
-
-uint64_t blocks_for(int64_t n, int64_t vals_per_tile) {
-  return static_cast<uint64_t>((n + vals_per_tile - 1) / vals_per_tile) * kTB;
-}
+using gradfuse::fill_args::blocks_for;
+using gradfuse::fill_args::check_n;
 
 // Map: (w0..w3, vals) -> writes V / 16 values of block j into v[0..]; kPer values per block.
 struct UniformF32 {
@@ -185,35 +160,18 @@ uint64_t fill(const Map& map, PhiloxStream s, T* out, int64_t n, int64_t vals_pe
 template <typename T>
 uint64_t uniform_fill(T* out, int64_t n, PhiloxStream s, double a, double b) {
   check_n(n);
-  if (!std::isfinite(a) || !std::isfinite(b)) {
-    fail("a, b: expected finite bounds, got [" + num(a) + ", " + num(b) + ")");
-  }
-  if (a > b) {
-    fail("uniform_ expects to return a [from, to) range, but found from=" + num(a) +
-         " > to=" + num(b));
-  }
-  const double span = b - a;
-  if (!std::isfinite(span) || !std::isfinite(static_cast<T>(span))) {
-    fail(std::string("b - a: ") + num(span) + " overflows " +
-         (sizeof(T) == 4 ? "float32" : "float64"));
-  }
-  const T amin = at_least<T>(a), bmax = below<T>(b);
-  const T lo = static_cast<T>(a);
-  const bool constant = !(amin <= bmax);
-  const T sp = constant ? T(0) : static_cast<T>(span);
-  const T cmin = constant ? lo : amin, cmax = constant ? lo : bmax;
+  const auto u = gradfuse::fill_args::uniform<T>(a, b);
   if constexpr (sizeof(T) == 4) {
-    return fill(UniformF32{lo, sp, cmin, cmax}, s, out, n, 64);
+    return fill(UniformF32{u.lo, u.span, u.cmin, u.cmax}, s, out, n, 64);
   } else {
-    return fill(UniformF64{lo, sp, cmin, cmax}, s, out, n, 32);
+    return fill(UniformF64{u.lo, u.span, u.cmin, u.cmax}, s, out, n, 32);
   }
 }
 
 template <typename T>
 uint64_t normal_fill(T* out, int64_t n, PhiloxStream s, double mean, double std) {
   check_n(n);
-  if (!std::isfinite(mean)) fail("mean: expected a finite value, got " + num(mean));
-  if (!std::isfinite(std) || std < 0.0) fail("std: expected a finite value >= 0, got " + num(std));
+  gradfuse::fill_args::check_normal(mean, std);
   if constexpr (sizeof(T) == 4) {
     return fill(NormalF32{static_cast<float>(mean), static_cast<float>(std)}, s, out, n, 64);
   } else {
@@ -224,7 +182,7 @@ uint64_t normal_fill(T* out, int64_t n, PhiloxStream s, double mean, double std)
 template <typename T>
 uint64_t bernoulli_fill(T* out, int64_t n, PhiloxStream s, double p) {
   check_n(n);
-  if (!(p >= 0.0 && p <= 1.0)) fail("p: expected a probability in [0, 1], got " + num(p));
+  gradfuse::fill_args::check_probability(p);
   const bool never = ph::bernoulli_never(p);
   return fill(Bernoulli<T>{ph::bernoulli_threshold_minus1(p), never ? T(0) : T(1)}, s, out, n,
               64);
@@ -233,17 +191,11 @@ uint64_t bernoulli_fill(T* out, int64_t n, PhiloxStream s, double p) {
 template <typename T>
 uint64_t dropout_forward(const T* x, int64_t n, PhiloxStream s, double p, T* out, uint8_t* mask) {
   check_n(n);
-  if (!(p >= 0.0 && p <= 1.0)) {
-    fail("p: dropout probability has to be between 0 and 1, but got " + num(p));
-  }
-  const double keep = 1.0 - p;
-  const bool none = ph::bernoulli_never(keep);
-  const uint32_t tm1 = ph::bernoulli_threshold_minus1(keep);
-  const T scale = none ? T(0) : static_cast<T>(1.0 / keep);
+  const auto d = gradfuse::fill_args::dropout<T>(p);
   const uint64_t nb = blocks_for(n, 64);
   if (n > 0) {
     dropout_kernel<T><<<grid_for(size_t(nb), kThreads), kThreads, 0, stream()>>>(
-        x, s.seed, s.offset, n, static_cast<int64_t>(nb), tm1, !none, scale, out, mask);
+        x, s.seed, s.offset, n, static_cast<int64_t>(nb), d.tm1, !d.none, d.scale, out, mask);
     GF_CUDA_CHECK_LAUNCH("dropout_forward");
   }
   return nb;

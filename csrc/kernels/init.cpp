@@ -23,6 +23,7 @@
 #include <string>
 
 #include "common.h"
+#include "rng/fill_args.h"
 #include "rng/philox.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -215,43 +216,12 @@ void philox_tiles(uint64_t seed, uint64_t block0, int nt, Tile* t) {
 }
 #endif
 
-// Blocks consumed by a fill of n values, vals_per_tile to a tile of 16 blocks.
-uint64_t blocks_for(int64_t n, int64_t vals_per_tile) {
-  return static_cast<uint64_t>((n + vals_per_tile - 1) / vals_per_tile) * kTileBlocks;
-}
-
-// The dtype's values inside [a, b] (inclusive) or [a, b) (exclusive upper end).
-template <typename T>
-T at_least(double a) {
-  T t = static_cast<T>(a);
-  if (static_cast<double>(t) < a) t = std::nextafter(t, std::numeric_limits<T>::infinity());
-  return t;
-}
-template <typename T>
-T at_most(double b) {
-  T t = static_cast<T>(b);
-  if (static_cast<double>(t) > b) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
-  return t;
-}
-template <typename T>
-T below(double b) {
-  T t = static_cast<T>(b);
-  if (static_cast<double>(t) >= b) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
-  return t;
-}
-
-const char* dtype_name(float) { return "float32"; }
-const char* dtype_name(double) { return "float64"; }
-
-void check_n(int64_t n) {
-  if (n < 0) fail_value("n: expected a size >= 0, got " + std::to_string(n));
-}
-
-std::string num(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
-}
+using fill_args::at_least;
+using fill_args::at_most;
+using fill_args::blocks_for;
+using fill_args::check_n;
+using fill_args::dtype_name;
+using fill_args::num;
 
 // ---------------------------------------------------------------- maps: 16 blocks -> values
 
@@ -611,37 +581,18 @@ GF_TARGET_CLONES void dropout_backward_range(const T* g, const uint8_t* mask, T 
 template <typename T>
 uint64_t uniform_fill(T* out, int64_t n, PhiloxStream s, double a, double b) {
   check_n(n);
-  if (!std::isfinite(a) || !std::isfinite(b)) {
-    fail_value("a, b: expected finite bounds, got [" + num(a) + ", " + num(b) + ")");
-  }
-  if (a > b) {
-    fail_value("uniform_ expects to return a [from, to) range, but found from=" + num(a) +
-               " > to=" + num(b));
-  }
-  const double span = b - a;
-  if (!std::isfinite(span) || !std::isfinite(static_cast<T>(span))) {
-    fail_value(std::string("b - a: ") + num(span) + " overflows " + dtype_name(T(0)));
-  }
-  const T amin = at_least<T>(a), bmax = below<T>(b);
-  const T lo = static_cast<T>(a);
-  // no value of the dtype in [a, b) (a == b included): every element is a, rounded
-  const bool constant = !(amin <= bmax);
-  const T sp = constant ? T(0) : static_cast<T>(span);
-  const T cmin = constant ? lo : amin, cmax = constant ? lo : bmax;
+  const auto u = fill_args::uniform<T>(a, b);
   if constexpr (sizeof(T) == 4) {
-    return fill(UniformF32{lo, sp, cmin, cmax}, s, out, n, 4);
+    return fill(UniformF32{u.lo, u.span, u.cmin, u.cmax}, s, out, n, 4);
   } else {
-    return fill(UniformF64{lo, sp, cmin, cmax}, s, out, n, 4);
+    return fill(UniformF64{u.lo, u.span, u.cmin, u.cmax}, s, out, n, 4);
   }
 }
 
 template <typename T>
 uint64_t normal_fill(T* out, int64_t n, PhiloxStream s, double mean, double std) {
   check_n(n);
-  if (!std::isfinite(mean)) fail_value("mean: expected a finite value, got " + num(mean));
-  if (!std::isfinite(std) || std < 0.0) {
-    fail_value("std: expected a finite value >= 0, got " + num(std));
-  }
+  fill_args::check_normal(mean, std);
   if constexpr (sizeof(T) == 4) {
     return fill(NormalF32{static_cast<float>(mean), static_cast<float>(std)}, s, out, n, 16);
   } else {
@@ -676,7 +627,7 @@ uint64_t trunc_normal_fill(T* out, int64_t n, PhiloxStream s, const TruncNormalA
 template <typename T>
 uint64_t bernoulli_fill(T* out, int64_t n, PhiloxStream s, double p) {
   check_n(n);
-  if (!(p >= 0.0 && p <= 1.0)) fail_value("p: expected a probability in [0, 1], got " + num(p));
+  fill_args::check_probability(p);
   const bool never = philox::bernoulli_never(p);
   const Bernoulli<T> map{philox::bernoulli_threshold_minus1(p), never ? T(0) : T(1)};
   return fill(map, s, out, n, 4);
@@ -685,17 +636,10 @@ uint64_t bernoulli_fill(T* out, int64_t n, PhiloxStream s, double p) {
 template <typename T>
 uint64_t dropout_forward(const T* x, int64_t n, PhiloxStream s, double p, T* out, uint8_t* mask) {
   check_n(n);
-  if (!(p >= 0.0 && p <= 1.0)) {
-    fail_value("p: dropout probability has to be between 0 and 1, but got " + num(p));
-  }
-  const double keep = 1.0 - p;
-  // p = 1: keep nothing; the threshold test alone would keep words equal to 0
-  const bool none = philox::bernoulli_never(keep);
-  const uint32_t tm1 = philox::bernoulli_threshold_minus1(keep);
-  const T scale = none ? T(0) : static_cast<T>(1.0 / keep);
+  const auto d = fill_args::dropout<T>(p);
   const int64_t tiles = (n + kTileWords - 1) / kTileWords;
   parallel_for(tiles, kTileWords * 4, [&](int64_t t0, int64_t t1) {
-    dropout_chunk<T>(x, n, s, tm1, none ? 0u : 1u, scale, out, mask, t0, t1);
+    dropout_chunk<T>(x, n, s, d.tm1, d.none ? 0u : 1u, d.scale, out, mask, t0, t1);
   });
   return blocks_for(n, kTileWords);
 }

@@ -16,6 +16,7 @@ Example::
 from .dataset import Dataset, Subset, TensorDataset, random_split
 from .datasets import load_digits, load_idx, make_classification, make_regression, make_spirals
 from .loader import DataLoader, collate, permutation
+from .sampler import DistributedSampler, Sampler, SequentialSampler
 from .scalers import MinMaxScaler, NotFittedError, StandardScaler, image_stats, scale_images
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "DataLoader",
     "collate",
     "permutation",
+    "Sampler",
+    "SequentialSampler",
+    "DistributedSampler",
     "load_digits",
     "load_idx",
     "make_spirals",

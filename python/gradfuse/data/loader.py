@@ -11,9 +11,13 @@ Epoch order (the exact contract, so a run is reproduced from its seed):
   ``e * 16 * ceil(N / 32)`` of the stream of seed s.
 * With ``shuffle=False`` batch b is ``range(b*B, min((b+1)*B, N))`` and nothing is drawn.
 * ``drop_last=True`` drops the final short batch.
+* With ``sampler=`` (e.g. a :class:`~gradfuse.data.DistributedSampler`) batch b is
+  ``idx[b*B : (b+1)*B]`` of the sampler's indices for the epoch (drawn once at its start);
+  ``shuffle`` must then be False and the generator is not used.
 
-Resuming: :meth:`DataLoader.state_dict` returns the generator state at the start of the current
-epoch and the number of batches already handed out; after :meth:`DataLoader.load_state_dict`
+Resuming: :meth:`DataLoader.state_dict` returns the generator state (with a sampler: the
+sampler's ``state_dict()``) at the start of the current epoch and the number of batches
+already handed out; after :meth:`DataLoader.load_state_dict`
 (on a loader built the same way) the next ``iter(loader)`` redraws that epoch's permutation and
 skips those batches, so the data order continues exactly as in an uninterrupted run.
 
@@ -177,6 +181,10 @@ class DataLoader:
         shuffle: draw a new order each epoch from ``generator`` (see the module docstring for
             the exact derivation).
         drop_last: drop the final batch when it has fewer than ``batch_size`` samples.
+        sampler: None, or the indices to draw from: an object with ``__len__`` and
+            ``__iter__`` (ints), e.g. :class:`~gradfuse.data.DistributedSampler`; an
+            ``indices()`` method returning an int array is used when present (no Python loop).
+            Mutually exclusive with ``shuffle=True``.
         generator: a gf.Generator (used and advanced in place: share it knowingly), an int seed
             (a new ``gf.Generator(seed)``), or None: with ``shuffle`` a new generator seeded
             from two draws of ``gf.default_generator`` at construction (so ``gf.manual_seed``
@@ -201,7 +209,7 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False,
-                 drop_last: bool = False, generator=None):
+                 drop_last: bool = False, generator=None, sampler=None):
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TypeError(
                 "dataset: expected a map-style data set (__getitem__ and __len__), got "
@@ -217,6 +225,14 @@ class DataLoader:
         n = len(dataset)
         if n == 0:
             raise ValueError("dataset: is empty (a DataLoader needs at least one sample)")
+        if sampler is not None:
+            if shuffle:
+                raise ValueError("sampler: option is mutually exclusive with shuffle=True")
+            if not hasattr(sampler, "__len__") or not (
+                    hasattr(sampler, "__iter__") or callable(getattr(sampler, "indices", None))):
+                raise TypeError(
+                    "sampler: expected a sampler (__len__ and __iter__ over sample indices), "
+                    f"got {type(sampler).__name__}")
         if generator is None and not shuffle:
             gen = Generator()  # unused unless shuffle is switched on later
         else:
@@ -226,28 +242,57 @@ class DataLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.generator = gen
+        self.sampler = sampler
         # (generator state at the epoch's start, None without shuffle; batches handed out)
         self._epoch = None
         self._resume = None  # what load_state_dict asked the next epoch to continue
 
+    def _num_samples(self) -> int:
+        return len(self.sampler) if self.sampler is not None else len(self.dataset)
+
     def __len__(self) -> int:
-        n, b = len(self.dataset), self.batch_size
+        n, b = self._num_samples(), self.batch_size
         return n // b if self.drop_last else -(-n // b)
+
+    def _sampler_state(self):
+        sd = getattr(self.sampler, "state_dict", None)
+        return sd() if callable(sd) else {}
+
+    def _sampler_indices(self) -> np.ndarray:
+        ind = getattr(self.sampler, "indices", None)
+        if callable(ind):
+            idx = np.asarray(ind())
+        else:
+            idx = np.fromiter((int(i) for i in self.sampler), dtype=np.int64)
+        n = len(self.dataset)
+        if idx.ndim != 1 or (idx.size and (idx.dtype.kind not in "iu" or idx.min() < -n
+                                           or idx.max() >= n)):
+            raise ValueError(
+                f"sampler: expected int indices in [0, {n}) (the data set's length), got "
+                f"{idx.dtype} values of shape {idx.shape}")
+        return idx.astype(np.int64, copy=False)
 
     def __iter__(self):
         return self._epoch_batches()
 
     def _epoch_batches(self):
-        n, bs = len(self.dataset), self.batch_size
+        n, bs = self._num_samples(), self.batch_size
         nb = len(self)
         skip = 0
         if self._resume is not None:
             state, skip = self._resume
             self._resume = None
-            self.generator.set_state(state)
+            if self.sampler is not None:
+                if state:
+                    self.sampler.load_state_dict(state)
+            else:
+                self.generator.set_state(state)
         start = None
         order = None
-        if self.shuffle:
+        if self.sampler is not None:
+            start = self._sampler_state()
+            order = self._sampler_indices()
+        elif self.shuffle:
             start = self.generator.get_state().data
             order = permutation(n, self.generator)
         gather = _batch_gather(self.dataset)
@@ -280,12 +325,18 @@ class DataLoader:
         """
         if self._resume is not None:
             state, done = self._resume
+            if self.sampler is not None:
+                return {"sampler": dict(state), "batches_done": done}
             return {"generator": state.copy(), "batches_done": done}
         if self._epoch is not None:
             start, done = self._epoch
             if done < len(self):
+                if self.sampler is not None:
+                    return {"sampler": dict(start), "batches_done": done}
                 state = start if start is not None else self.generator.get_state().data
                 return {"generator": state.copy(), "batches_done": done}
+        if self.sampler is not None:
+            return {"sampler": self._sampler_state(), "batches_done": 0}
         return {"generator": self.generator.get_state().data, "batches_done": 0}
 
     def load_state_dict(self, state_dict) -> None:
@@ -299,11 +350,12 @@ class DataLoader:
             >>> loader2 = gf.data.DataLoader(ds, batch_size=4, shuffle=True)
             >>> loader2.load_state_dict(loader.state_dict())
         """
-        if not isinstance(state_dict, Mapping) or set(state_dict) != {"generator",
-                                                                      "batches_done"}:
+        key = "generator" if self.sampler is None else "sampler"
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {key, "batches_done"}:
             raise ValueError(
-                "state_dict: expected a dict with keys 'generator' and 'batches_done' "
-                "(from DataLoader.state_dict())"
+                f"state_dict: expected a dict with keys {key!r} and 'batches_done' "
+                "(from the state_dict() of a DataLoader built the same way"
+                + (", with a sampler)" if self.sampler is not None else ", without sampler)")
             )
         done = state_dict["batches_done"]
         if isinstance(done, (np.ndarray, Tensor)) and done.ndim == 0:
@@ -314,6 +366,23 @@ class DataLoader:
                 f"state_dict['batches_done']: expected an int in [0, {len(self)}], got "
                 f"{state_dict['batches_done']!r}"
             )
+        if self.sampler is not None:
+            state = state_dict["sampler"]
+            if not isinstance(state, Mapping):
+                raise ValueError("state_dict['sampler']: expected the sampler's state_dict()")
+            state = dict(state)
+            if state:
+                # validated by the sampler itself, on a copy's worth of state: put back on error
+                old = self._sampler_state()
+                try:
+                    self.sampler.load_state_dict(state)
+                except Exception:
+                    if old:
+                        self.sampler.load_state_dict(old)
+                    raise
+            self._resume = (state, int(done))
+            self._epoch = None
+            return
         state = state_dict["generator"]
         if state is None:
             raise ValueError("state_dict['generator']: expected a generator state, got None")
@@ -325,5 +394,6 @@ class DataLoader:
         self.generator.set_state(state)
 
     def __repr__(self) -> str:
+        extra = "" if self.sampler is None else f", sampler={self.sampler!r}"
         return (f"DataLoader({self.dataset!r}, batch_size={self.batch_size}, "
-                f"shuffle={self.shuffle}, drop_last={self.drop_last})")
+                f"shuffle={self.shuffle}, drop_last={self.drop_last}{extra})")

@@ -861,6 +861,91 @@ py::tuple py_batch_norm_backward(const py::array& x, const py::array& dy, const 
                                           need_db);
 }
 
+// ---------------------------------------------------------------- SyncBatchNorm pieces
+// One rank's statistics / gradient sums (float64) and the input gradient from the reduced sums;
+// gradfuse.nn.SyncBatchNorm merges and all-reduces across ranks in between.
+
+template <typename T>
+py::tuple batch_norm_stats_impl(const py::array& x) {
+  const BatchNormArgs a = bn_args<T>(x);
+  py::array_t<double> mean(a.c), m2(a.c);
+  double* mp = mean.mutable_data();
+  double* qp = m2.mutable_data();
+  const T* xp = cptr<T>(x);
+  {
+    py::gil_scoped_release nogil;
+    batch_norm_stats<T>(xp, a, mp, qp);
+  }
+  return py::make_tuple(mean, m2);
+}
+
+py::tuple py_batch_norm_stats(const py::array& x) {
+  check_floating(x, "input");
+  return is_dtype<float>(x) ? batch_norm_stats_impl<float>(x) : batch_norm_stats_impl<double>(x);
+}
+
+template <typename T>
+py::tuple batch_norm_grad_sums_impl(const py::array& x, const py::array& dy,
+                                    const py::array& mean) {
+  const BatchNormArgs a = bn_args<T>(x);
+  check_same_shape<T>(dy, x, "grad_output");
+  const T* m = norm_vec<T>(std::optional<py::array>(mean), "mean", a.c);
+  py::array_t<double> sdy(a.c), sdyx(a.c);
+  double* sp = sdy.mutable_data();
+  double* qp = sdyx.mutable_data();
+  const T* xp = cptr<T>(x);
+  const T* gp = cptr<T>(dy);
+  {
+    py::gil_scoped_release nogil;
+    batch_norm_grad_sums<T>(xp, gp, m, a, sp, qp);
+  }
+  return py::make_tuple(sdy, sdyx);
+}
+
+py::tuple py_batch_norm_grad_sums(const py::array& x, const py::array& dy, const py::array& mean) {
+  check_floating(x, "input");
+  return is_dtype<float>(x) ? batch_norm_grad_sums_impl<float>(x, dy, mean)
+                            : batch_norm_grad_sums_impl<double>(x, dy, mean);
+}
+
+template <typename T>
+py::array batch_norm_grad_input_impl(const py::array& x, const py::array& dy,
+                                     const py::object& weight, const py::array& mean,
+                                     const py::array& rstd, const py::array& sdy,
+                                     const py::array& sdyx, double count) {
+  const BatchNormArgs a = bn_args<T>(x);
+  check_same_shape<T>(dy, x, "grad_output");
+  const auto wa = optional_array(weight, "weight");
+  const T* w = norm_vec<T>(wa, "weight", a.c);
+  const T* m = norm_vec<T>(std::optional<py::array>(mean), "mean", a.c);
+  const T* r = norm_vec<T>(std::optional<py::array>(rstd), "rstd", a.c);
+  const double* s = norm_vec<double>(std::optional<py::array>(sdy), "sum_dy", a.c);
+  const double* q = norm_vec<double>(std::optional<py::array>(sdyx), "sum_dy_xmu", a.c);
+  if (!(count >= 1.0) || !std::isfinite(count)) {
+    throw py::value_error("count: expected the element count over all ranks (>= 1), got " +
+                          std::to_string(count));
+  }
+  py::array_t<T> dx(same_shape(x));
+  T* dxp = dx.mutable_data();
+  const T* xp = cptr<T>(x);
+  const T* gp = cptr<T>(dy);
+  {
+    py::gil_scoped_release nogil;
+    batch_norm_grad_input<T>(xp, gp, w, m, r, s, q, count, a, dxp);
+  }
+  return std::move(dx);
+}
+
+py::array py_batch_norm_grad_input(const py::array& x, const py::array& dy,
+                                   const py::object& weight, const py::array& mean,
+                                   const py::array& rstd, const py::array& sdy,
+                                   const py::array& sdyx, double count) {
+  check_floating(x, "input");
+  return is_dtype<float>(x)
+             ? batch_norm_grad_input_impl<float>(x, dy, weight, mean, rstd, sdy, sdyx, count)
+             : batch_norm_grad_input_impl<double>(x, dy, weight, mean, rstd, sdy, sdyx, count);
+}
+
 GroupNormArgs gn_args(const py::array& x, int64_t groups, double eps) {
   GroupNormArgs a;
   a.n = x.shape(0);
@@ -2090,6 +2175,17 @@ PYBIND11_MODULE(_C, m) {
         py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("num_groups"),
         py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"),
         "-> (dx|None, dweight|None, dbias|None)");
+
+  // SyncBatchNorm pieces
+  m.def("batch_norm_stats", &py_batch_norm_stats, py::arg("input"),
+        "(input (N, C, L)) -> (mean (C,) float64, m2 (C,) float64): m2 = sum (x - mean)^2");
+  m.def("batch_norm_grad_sums", &py_batch_norm_grad_sums, py::arg("input"),
+        py::arg("grad_output"), py::arg("mean"),
+        "-> (sum dy (C,) float64, sum dy (x - mean) (C,) float64)");
+  m.def("batch_norm_grad_input", &py_batch_norm_grad_input, py::arg("input"),
+        py::arg("grad_output"), py::arg("weight"), py::arg("mean"), py::arg("rstd"),
+        py::arg("sum_dy"), py::arg("sum_dy_xmu"), py::arg("count"),
+        "-> dx = rstd w (dy - sum_dy/count - (x - mean) rstd^2 sum_dy_xmu/count)");
 
   m.def("philox4x32_10", &py_philox4x32_10, py::arg("counter"), py::arg("key"),
         "Philox4x32-10 of one counter (4 uint32) under one key (2 uint32) -> 4 uint32");

@@ -608,6 +608,53 @@ void batch_norm_backward(const T* x, const T* dy, const T* w, const T* save_mean
   }
 }
 
+// ------------------------------------------------------------------ SyncBatchNorm pieces
+
+template <typename T>
+void batch_norm_stats(const T* x, const BatchNormArgs& a, double* mean, double* m2) {
+  const int64_t C = a.c;
+  const double m = double(a.n * a.l);
+  if (a.n * a.l == 0) {  // an empty shard: count 0 contributes nothing to the merge
+    for (int64_t c = 0; c < C; ++c) mean[c] = m2[c] = 0.0;
+    return;
+  }
+  std::vector<T> k(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) k[size_t(c)] = x[c * a.l];
+  channel_sums<false>(x, static_cast<const T*>(nullptr), k.data(), a, mean, m2);
+  for (int64_t c = 0; c < C; ++c) {
+    const double s1 = mean[c], s2 = m2[c];
+    mean[c] = double(k[size_t(c)]) + s1 / m;
+    m2[c] = std::max(s2 - s1 * s1 / m, 0.0);  // sum (x - mean)^2 from the shifted sums
+  }
+}
+
+template <typename T>
+void batch_norm_grad_sums(const T* x, const T* dy, const T* mean, const BatchNormArgs& a,
+                          double* sdy, double* sdyx) {
+  if (a.n * a.l == 0) {
+    for (int64_t c = 0; c < a.c; ++c) sdy[c] = sdyx[c] = 0.0;
+    return;
+  }
+  channel_sums<true>(x, dy, mean, a, sdy, sdyx);
+}
+
+template <typename T>
+void batch_norm_grad_input(const T* x, const T* dy, const T* w, const T* mean, const T* rstd,
+                           const double* sdy, const double* sdyx, double count,
+                           const BatchNormArgs& a, T* dx) {
+  if (a.n * a.l == 0) return;
+  const size_t nc = static_cast<size_t>(a.c);
+  std::vector<T> s(nc), t(nc), u(nc);
+  for (int64_t c = 0; c < a.c; ++c) {
+    const double r = rstd[c];
+    const double rw = w ? r * double(w[c]) : r;
+    s[size_t(c)] = T(rw);
+    t[size_t(c)] = T(-rw * sdy[c] / count);
+    u[size_t(c)] = T(-rw * r * r * sdyx[c] / count);
+  }
+  bn_apply<T>(dy, mean, s.data(), t.data(), x, u.data(), a, dx);  // s dy + t + u (x - mean)
+}
+
 // ------------------------------------------------------------------ GroupNorm
 
 template <typename T>
@@ -651,6 +698,12 @@ void group_norm_backward(const T* x, const T* dy, const T* w, const T* mean, con
                                       T*, T*, T*);                                                 \
   template void batch_norm_backward<T>(const T*, const T*, const T*, const T*, const T*,           \
                                        const BatchNormArgs&, T*, T*, T*);                          \
+  template void batch_norm_stats<T>(const T*, const BatchNormArgs&, double*, double*);              \
+  template void batch_norm_grad_sums<T>(const T*, const T*, const T*, const BatchNormArgs&,        \
+                                        double*, double*);                                         \
+  template void batch_norm_grad_input<T>(const T*, const T*, const T*, const T*, const T*,         \
+                                         const double*, const double*, double,                     \
+                                         const BatchNormArgs&, T*);                                \
   template void group_norm_forward<T>(const T*, const T*, const T*, const GroupNormArgs&, T*, T*,  \
                                       T*);                                                         \
   template void group_norm_backward<T>(const T*, const T*, const T*, const T*, const T*,           \

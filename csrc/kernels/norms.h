@@ -58,6 +58,24 @@ template <typename T>
 void batch_norm_backward(const T* x, const T* dy, const T* w, const T* save_mean,
                          const T* save_rstd, const BatchNormArgs& a, T* dx, T* dw, T* db);
 
+// SyncBatchNorm's pieces (one rank's shard; the caller merges the statistics and all-reduces
+// the gradient sums across ranks in between, so the kernels stay free of communication).
+// Per channel over n and l: mean and m2 = sum (x - mean)^2, in double (shifted sums as above).
+template <typename T>
+void batch_norm_stats(const T* x, const BatchNormArgs& a, double* mean, double* m2);
+
+// Per channel: sdy = sum dy, sdyx = sum dy (x - mean), in double.
+template <typename T>
+void batch_norm_grad_sums(const T* x, const T* dy, const T* mean, const BatchNormArgs& a,
+                          double* sdy, double* sdyx);
+
+// dx = rstd w (dy - sdy/count - (x - mean) rstd^2 sdyx/count): the training backward with sums
+// and element count taken over all ranks. One read of x and dy, one write of dx.
+template <typename T>
+void batch_norm_grad_input(const T* x, const T* dy, const T* w, const T* mean, const T* rstd,
+                           const double* sdy, const double* sdyx, double count,
+                           const BatchNormArgs& a, T* dx);
+
 // GroupNorm over (n, c, s): statistics per (sample, group of c/groups channels), affine per
 // channel. mean/rstd are (n * groups).
 struct GroupNormArgs {

@@ -128,6 +128,20 @@ def batch_norm_backward(
     need_dw: bool,
     need_db: bool,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]: ...
+def batch_norm_stats(input: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+def batch_norm_grad_sums(
+    input: np.ndarray, grad_output: np.ndarray, mean: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]: ...
+def batch_norm_grad_input(
+    input: np.ndarray,
+    grad_output: np.ndarray,
+    weight: np.ndarray | None,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    sum_dy: np.ndarray,
+    sum_dy_xmu: np.ndarray,
+    count: float,
+) -> np.ndarray: ...
 def group_norm_forward(
     input: np.ndarray,
     weight: np.ndarray | None,

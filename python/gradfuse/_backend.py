@@ -92,6 +92,10 @@ row_norm_forward = _C.row_norm_forward
 row_norm_backward = _C.row_norm_backward
 batch_norm_forward = _C.batch_norm_forward
 batch_norm_backward = _C.batch_norm_backward
+# SyncBatchNorm pieces (CPU only: the statistics cross ranks through MPI on the host)
+batch_norm_stats = _C.batch_norm_stats
+batch_norm_grad_sums = _C.batch_norm_grad_sums
+batch_norm_grad_input = _C.batch_norm_grad_input
 group_norm_forward = _C.group_norm_forward
 group_norm_backward = _C.group_norm_backward
 

@@ -20,6 +20,7 @@ from .loss import CrossEntropyLoss, MSELoss
 from .module import Module
 from .normalization import BatchNorm1d, GroupNorm, LayerNorm, RMSNorm
 from .parameter import Parameter
+from .syncbn import SyncBatchNorm
 
 __all__ = [
     "Module",
@@ -32,6 +33,7 @@ __all__ = [
     "LayerNorm",
     "RMSNorm",
     "GroupNorm",
+    "SyncBatchNorm",
     "Dropout",
     "functional",
     "ReLU",

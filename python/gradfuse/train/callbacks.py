@@ -49,6 +49,9 @@ class Callback:
                 print(epoch, logs["lr"])
     """
 
+    #: data-parallel runs call this callback on rank 0 only (printing, log files)
+    main_process_only = False
+
     def on_fit_start(self, trainer) -> None:
         pass
 
@@ -110,6 +113,8 @@ class ProgressBar(Callback):
 
         >>> Trainer(model, opt, loss_fn, callbacks=[ProgressBar(verbose=2)], verbose=0)
     """
+
+    main_process_only = True
 
     def __init__(self, verbose: int = 1, file=None):
         if isinstance(verbose, bool) or verbose not in (0, 1, 2):
@@ -455,6 +460,8 @@ class CSVLogger(Callback):
         >>> Trainer(model, opt, loss_fn, callbacks=[CSVLogger("log.csv")]).fit(train, epochs=5)
     """
 
+    main_process_only = True
+
     def __init__(self, path, append: bool | None = None):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
@@ -491,6 +498,8 @@ class JSONLogger(Callback):
         >>> History.from_dict(json.load(open("run.json"))).best_epoch
         5
     """
+
+    main_process_only = True
 
     def __init__(self, path, steps: bool = True):
         if not isinstance(path, (str, os.PathLike)):

@@ -108,7 +108,7 @@ class NonFiniteGuard(Callback):
         if stop:
             trainer.stop_training = True
             trainer.history.diverged = True
-        if trainer.verbose:
+        if trainer.verbose and getattr(trainer, "is_main", True):
             print(msg, file=sys.stderr, flush=True)
 
     @staticmethod

@@ -6,6 +6,14 @@ The gradient norm costs one read pass over each of the optimizer's gradient aren
 fused update instead of rewriting the gradients). Nothing loops over parameters in Python
 unless a callback asks for per-layer statistics (:class:`GradientMonitor`) or something went
 wrong (:class:`NonFiniteGuard` looks for the layer only when it fires).
+
+Data-parallel (``distributed``, under ``mpiexec``): the model and optimizer are wrapped in
+``gf.distributed.DataParallel``; a training DataLoader is sharded over the ranks
+(:class:`~gradfuse.train._distributed.ShardedLoader`); each step's gradients are averaged
+before the gradient norm (so clipping, the non-finite guard and every callback see the same
+numbers on every rank), and the step's loss, sample count and metric are summed over ranks (one
+3-value all-reduce), so the History, the stop decisions and the checkpoints are the same on
+every rank; only rank 0 prints, logs and writes files.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..optim.optimizer import total_norm
 from ..tensor import Tensor, no_grad
 from . import _checkpoint
+from . import _distributed as _dp
 from ._util import host, model_device
 from .callbacks import Callback, ModelCheckpoint, ProgressBar
 from .history import STEP_KEYS, History
@@ -172,6 +181,38 @@ def _set_loader_state(loader, state) -> None:
             "have; resume with the same kind of loader")
 
 
+def _portable_error(err):
+    """An exception that survives pickling to the other ranks (the original when it does)."""
+    if err is None:
+        return None
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return ValueError(f"{type(err).__name__}: {err}")
+
+
+def _gather_rows(dist, outs, ys, sharded):
+    """All ranks' evaluation outputs and targets, in the data set's order when each rank held
+    the rows ``rank::world`` (shard_for_eval), else rank after rank."""
+    mine = (np.concatenate(outs) if outs else None, np.concatenate(ys) if ys else None)
+    parts = dist.all_gather_object(mine)
+    parts = [p for p in parts if p[0] is not None]
+    if not parts:
+        return [], []
+    if not sharded:
+        return [p[0] for p in parts], [p[1] for p in parts]
+    w = len(parts)
+    total = sum(len(p[0]) for p in parts)
+    out = np.empty((total,) + parts[0][0].shape[1:], parts[0][0].dtype)
+    y = np.empty((total,) + parts[0][1].shape[1:], parts[0][1].dtype)
+    for r, (o, t) in enumerate(parts):
+        out[r::w], y[r::w] = o, t
+    return [out], [y]
+
+
 class Trainer:
     """The training loop: ``fit`` / ``evaluate`` / ``predict``, with callbacks.
 
@@ -196,6 +237,19 @@ class Trainer:
         scheduler_interval: ``"epoch"`` or ``"step"``.
         verbose: 0 prints nothing; 1 a tqdm bar per epoch when stdout is a terminal and tqdm
             is installed, else one line per epoch; 2 one line per epoch.
+        distributed: data-parallel training over MPI ranks (``mpiexec -n W python train.py``,
+            the same script on every rank). None (default): when ``gf.distributed`` is
+            initialized with more than one rank; True: also initializes it (needs mpi4py);
+            False: never; a dict: True, with ``gf.distributed.DataParallel`` options
+            (``{"shard_optimizer_state": True}`` for ZeRO-1). Constructing the trainer is then
+            collective (parameters and buffers are broadcast from rank 0). A training
+            ``gf.data.DataLoader`` of batch size B is sharded (every rank B samples per step,
+            W B in all, epoch orders the same as the loader's own, see ``_distributed.py``);
+            an evaluation DataLoader is split without padding; other iterables are used as
+            they are (each rank must then get its own part, with the same number of batches).
+            Callbacks run on every rank with the same logs (so their decisions agree), except
+            ProgressBar, CSVLogger and JSONLogger, which run on rank 0 only; checkpoints are
+            gathered on every rank and written by rank 0.
 
     Attributes: ``history`` (:class:`History`), ``epoch`` (completed epochs), ``global_step``
     (optimizer steps taken, skipped ones included), ``stop_training`` (a callback sets it to
@@ -214,7 +268,8 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, loss_fn, scheduler=None, callbacks=None,
-                 grad_clip=None, metric="accuracy", scheduler_interval="epoch", verbose=1):
+                 grad_clip=None, metric="accuracy", scheduler_interval="epoch", verbose=1,
+                 distributed=None):
         if not isinstance(model, Module):
             raise TypeError(f"model: expected a gf.nn.Module, got {type(model).__name__}")
         if not isinstance(getattr(optimizer, "param_groups", None), list) or \
@@ -255,6 +310,7 @@ class Trainer:
                 f"scheduler_interval: expected 'epoch' or 'step', got {scheduler_interval!r}")
         if isinstance(verbose, bool) or verbose not in (0, 1, 2):
             raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
+        world = _dp.resolve(distributed)  # checked (and MPI initialized) before any state
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
@@ -282,6 +338,22 @@ class Trainer:
         self._epoch_loader_size = None
         self._resume_partial = None  # a partial epoch restored by load_state_dict
         self._device = "cpu"
+        self._dist = self.dp = None
+        if world is not None:
+            dist, opts = world
+            from ..distributed import DataParallel
+            self.dp = DataParallel(model, optimizer, **opts)  # collective: rank 0's weights
+            self._dist = dist
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this trainer runs data-parallel over several MPI ranks."""
+        return self._dist is not None
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (and in a single process): the rank that prints and writes."""
+        return self._dist is None or self._dist.get_rank() == 0
 
     # ------------------------------------------------------------ callbacks
     def _hooks(self, name: str) -> list:
@@ -291,10 +363,18 @@ class Trainer:
         epoch (an EarlyStopping listed after it would resume one epoch behind) and it sees
         their ``stop_training``."""
         base = getattr(Callback, name)
-        cbs = [cb for cb in self.callbacks if getattr(type(cb), name, base) is not base]
+        cbs = [cb for cb in self._callbacks_here()
+               if getattr(type(cb), name, base) is not base]
         if name in ("on_batch_end", "on_epoch_end"):
             cbs.sort(key=lambda cb: isinstance(cb, ModelCheckpoint))  # stable
         return [getattr(cb, name) for cb in cbs]
+
+    def _callbacks_here(self) -> list:
+        """The callbacks that run on this rank: all of them, except on ranks other than 0 those
+        marked ``main_process_only`` (progress and log files)."""
+        if self.is_main:
+            return list(self.callbacks)
+        return [cb for cb in self.callbacks if not getattr(cb, "main_process_only", False)]
 
     def _callback_keys(self):
         """``("EarlyStopping:0", cb)``...: a callback's state is found again by its class and
@@ -375,6 +455,8 @@ class Trainer:
         _check_loader("train", train)
         if val is not None:
             _check_loader("val", val)
+        if self._dist is not None:
+            train = self._shard_train(train)
         if isinstance(self.scheduler, ReduceLROnPlateau) and self.metric is None and \
                 getattr(self.scheduler, "mode", "min") == "max":
             # checked here, not when the first epoch ends and its steps are already taken
@@ -385,7 +467,7 @@ class Trainer:
             if not isinstance(resume_from, (str, os.PathLike)):
                 raise TypeError("resume_from: expected a str or os.PathLike, got "
                                 f"{type(resume_from).__name__}")
-            state = _checkpoint.load(resume_from)
+            state = self._read_checkpoint(resume_from)
             # refused before anything is restored: a rejected call leaves the trainer as it was
             done = state.get("epoch") if isinstance(state, dict) else None
             if isinstance(done, int) and done > epochs:
@@ -417,7 +499,7 @@ class Trainer:
         self.history.stopped_early = self.history.diverged = False  # of this fit
         started = []  # on_fit_end goes to the callbacks whose on_fit_start ran
         try:
-            for cb in self.callbacks:
+            for cb in self._callbacks_here():
                 cb.on_fit_start(self)
                 started.append(cb)
             for epoch in range(self.epoch + 1, epochs + 1):
@@ -459,6 +541,18 @@ class Trainer:
         # where a loader without its own state_dict() starts this epoch
         self._epoch_loader_start = None if _has_state_dict(train) else _loader_state(train)
         self._epoch_loader_size = _loader_size(train)
+        dist = self._dist
+        if dist is not None:
+            counts = dist.all_gather_object(_len(train))
+            if len(set(counts)) > 1:  # a rank with fewer steps would hang the others
+                raise ValueError(
+                    f"train: the ranks' loaders have different numbers of batches {counts}; "
+                    "give every rank the same number (a gf.data.DataLoader is sharded evenly "
+                    "by the trainer)")
+        sampler = getattr(train, "sampler", None)
+        if not isinstance(train, _dp.ShardedLoader) and callable(getattr(sampler, "set_epoch",
+                                                                          None)):
+            sampler.set_epoch(epoch - 1)  # a DistributedSampler of the user's: PyTorch's habit
         self._in_epoch = epoch
         for hook in self._hooks("on_epoch_start"):
             hook(self, epoch)
@@ -485,6 +579,18 @@ class Trainer:
             loss_v = float(loss.item())
             opt.zero_grad()
             loss.backward()
+            m = None
+            if dist is None:
+                loss_sum = loss_v * bs
+            else:
+                # averaged gradients before the norm: clipping, the guard and the callbacks see
+                # the same numbers on every rank; loss, samples and metric summed over ranks
+                self.dp.sync_gradients()
+                m = self._metric_batch(host(out), host(y)) if metric is not None else 0.0
+                red = np.array([loss_v * bs, bs, m], np.float64)
+                dist.all_reduce_(red, op="sum")
+                loss_sum, bs, m = float(red[0]), int(red[1]), float(red[2])
+                loss_v = loss_sum / bs
             gnorm = self._grad_norm()
             logs = {"step": step, "epoch": epoch, "loss": loss_v, "lr": lr, "grad_norm": gnorm,
                     "batch_size": bs}
@@ -502,10 +608,11 @@ class Trainer:
             steps.append({k: logs[k] for k in STEP_KEYS})
             acc["batches"] += 1
             acc["n"] += bs
-            acc["loss_sum"] += loss_v * bs
+            acc["loss_sum"] += loss_sum
             acc["lr"] = lr
             if metric is not None:
-                m = self._metric_batch(host(out), host(y))
+                if m is None:
+                    m = self._metric_batch(host(out), host(y))
                 acc["metric_sum"] += m
                 logs["metric"] = m / bs
             if math.isfinite(gnorm):
@@ -531,10 +638,15 @@ class Trainer:
                 sched.step(self._plateau_value(train_loss, train_metric, val_loss, val_metric))
             elif not step_sched:
                 sched.step()
+        total_time = time.perf_counter() - t0
+        if dist is not None:  # the slowest rank's times, so that the History is everyone's
+            times = np.array([train_time, total_time])
+            dist.all_reduce_(times, op="max")
+            train_time, total_time = float(times[0]), float(times[1])
         rec = {"epoch": epoch, "train_loss": train_loss, "train_metric": train_metric,
                "val_loss": val_loss, "val_metric": val_metric, "lr": acc["lr"],
                "grad_norm": acc["norm_sum"] / acc["norm_n"] if acc["norm_n"] else math.nan,
-               "time": time.perf_counter() - t0,
+               "time": total_time,
                "samples_per_s": (n - n0) / train_time if train_time > 0 else math.inf}
         self.history.epochs.append(rec)
         self.epoch = epoch
@@ -553,6 +665,10 @@ class Trainer:
             {'loss': 0.093, 'metric': 0.972}
         """
         _check_loader("loader", loader)
+        dist = self._dist
+        sharded = False
+        if dist is not None:
+            loader, sharded = _dp.shard_for_eval(loader, dist.get_world_size(), dist.get_rank())
         model = self.model
         was_training = model.training
         model.eval()
@@ -575,6 +691,12 @@ class Trainer:
                         ys.append(host(y))
         finally:
             model.train(was_training)
+        if dist is not None:  # sums over the ranks' shares (every rank gets the same)
+            red = np.array([loss_sum, n, metric_sum], np.float64)
+            dist.all_reduce_(red, op="sum")
+            loss_sum, n, metric_sum = float(red[0]), int(red[1]), float(red[2])
+            if self.metric is not None and self.metric != "accuracy":
+                outs, ys = _gather_rows(dist, outs, ys, sharded)
         if n == 0:
             raise ValueError("loader: it yielded no batches")
         metric = None
@@ -698,12 +820,53 @@ class Trainer:
 
     def save_checkpoint(self, path) -> None:
         """Write :meth:`state_dict` to ``path`` with :func:`gradfuse.save` (one safetensors
-        file; atomically: temporary file, fsync, rename)."""
-        _checkpoint.save(self.state_dict(), path)
+        file; atomically: temporary file, fsync, rename).
+
+        Data-parallel: collective (every rank builds the state, rank 0 writes, and a failed
+        write raises the same error on every rank)."""
+        state = self.state_dict()
+        if self._dist is None:
+            _checkpoint.save(state, path)
+            return
+        err = None
+        if self.is_main:
+            try:
+                _checkpoint.save(state, path)
+            except Exception as e:  # every rank raises, none waits on the others
+                err = e
+        err = self._dist.broadcast_object(_portable_error(err))
+        if err is not None:
+            raise err
+
+    def _read_checkpoint(self, path) -> dict:
+        """:func:`_checkpoint.load`; data-parallel: rank 0 reads and broadcasts (the file need
+        only be on rank 0's machine), errors raised on every rank."""
+        if self._dist is None:
+            return _checkpoint.load(path)
+        state = err = None
+        if self.is_main:
+            try:
+                state = _checkpoint.load(path)
+            except Exception as e:
+                err = e
+        err = self._dist.broadcast_object(_portable_error(err))
+        if err is not None:
+            raise err
+        return self._dist.broadcast_object(state)
+
+    def _shard_train(self, train):
+        """This rank's shard of a training DataLoader (see _distributed.ShardedLoader); other
+        loaders as they are."""
+        from ..data.loader import DataLoader
+
+        if type(train) is DataLoader and train.sampler is None:
+            d = self._dist
+            return _dp.ShardedLoader(train, d.get_world_size(), d.get_rank())
+        return train
 
     def load_checkpoint(self, path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` or ModelCheckpoint; the
-        next :meth:`fit` continues from its epoch."""
+        next :meth:`fit` continues from its epoch (data-parallel: collective)."""
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
-        self.load_state_dict(_checkpoint.load(path))
+        self.load_state_dict(self._read_checkpoint(path))

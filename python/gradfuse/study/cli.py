@@ -111,6 +111,13 @@ def build_parsers(sub) -> None:
     add_arguments(trn, grid=False)
     trn.add_argument("--save", default=None, metavar="PATH",
                      help="write the trained model's state_dict here (gf.save)")
+    trn.add_argument("--distributed", action="store_true",
+                     help="data-parallel over the MPI ranks of `mpiexec -n W gradfuse train "
+                          "--distributed ...` (pip install 'gradfuse[distributed]'): "
+                          "--batch-size is per rank; only rank 0 prints and saves")
+    trn.add_argument("--sync-bn", action="store_true",
+                     help="with --distributed and --norm batch: batch statistics over all "
+                          "ranks (gf.nn.SyncBatchNorm) instead of per rank")
 
 
 def _positive(parser, flag, v, minimum=1):
@@ -334,25 +341,72 @@ def compare(parser, args, log=print) -> int:
     return 0
 
 
-def train(parser, args, log=print) -> int:
-    """The ``gradfuse train`` command."""
-    from .runner import run_one
+def _init_distributed(parser, args):
+    """``gf.distributed`` initialized for ``--distributed`` (exit 2 when MPI is missing), or
+    None."""
+    if not args.distributed:
+        if args.sync_bn:
+            parser.error("--sync-bn: needs --distributed")
+        return None
+    import gradfuse as gf
 
-    spec = parse_grid(parser, args, grid=False)
-    if args.save is not None:
+    if not gf.distributed.is_available():
+        parser.error("--distributed: mpi4py is not installed (pip install "
+                     "'gradfuse[distributed]')")
+    if args.device != "cpu":
+        parser.error(f"--distributed: runs on the CPU (got --device {args.device})")
+    gf.distributed.init()
+    return gf.distributed
+
+
+def _check_save(parser, args, dist):
+    """Refuse an unusable --save before training; under --distributed rank 0 (the one that
+    writes) checks and every rank exits with its message."""
+    msg = None
+    if args.save is not None and (dist is None or dist.is_main()):
         folder = os.path.dirname(os.path.abspath(args.save))
         if not os.path.isdir(folder):
-            parser.error(f"--save: folder of {args.save!r} does not exist")
-        if os.path.isdir(args.save):
-            parser.error(f"--save: {args.save!r} is a folder; give a file name")
-        _check_writable(parser, "--save", folder)
+            msg = f"--save: folder of {args.save!r} does not exist"
+        elif os.path.isdir(args.save):
+            msg = f"--save: {args.save!r} is a folder; give a file name"
+        else:
+            try:
+                _check_writable(parser, "--save", folder)
+            except SystemExit:
+                if dist is None:
+                    raise
+                msg = f"--save: cannot write into {folder!r}"
+    if dist is not None:
+        msg = dist.broadcast_object(msg)
+    if msg is not None:
+        parser.error(msg)
+
+
+def train(parser, args, log=print) -> int:
+    """The ``gradfuse train`` command (``--distributed``: on every rank of an MPI job; rank 0
+    prints and saves)."""
+    from .runner import run_one
+
+    spec = parse_grid(parser, args, grid=False)  # the same verdict on every rank
+    dist = _init_distributed(parser, args)
+    if dist is not None and not dist.is_main():
+        def log(*a, **k):
+            return None
+    _check_save(parser, args, dist)
     data = _load(parser, args)
     cfg = spec["configs"][0]
     log(data.describe())
-    log(f"{_describe_model(data, spec['hidden'])}: {cfg.key}, batch {args.batch_size}, "
+    if dist is None:
+        batch = f"batch {args.batch_size}"
+    else:
+        w = dist.get_world_size()
+        batch = (f"batch {args.batch_size} per rank x {w} ranks = {args.batch_size * w}"
+                 f"{', SyncBatchNorm' if args.sync_bn else ''}")
+    log(f"{_describe_model(data, spec['hidden'])}: {cfg.key}, {batch}, "
         f"{args.epochs} epochs, seed {args.seed}")
     models = []
-    r = run_one(cfg, data, seed=args.seed, verbose=1, model_out=models, **_run_kwargs(args, spec))
+    r = run_one(cfg, data, seed=args.seed, verbose=1, model_out=models,
+                distributed=dist is not None, sync_bn=args.sync_bn, **_run_kwargs(args, spec))
     log("")
     log(" epoch  train loss  train acc  val loss  val acc        lr     time")
     for h in r["history"]:
@@ -371,7 +425,7 @@ def train(parser, args, log=print) -> int:
     if flags["vanishing"] or flags["exploding"]:
         log(f"gradient monitor: {flags['vanishing']} vanishing and {flags['exploding']} "
             "exploding layer-steps flagged")
-    if args.save is not None:
+    if args.save is not None and (dist is None or dist.is_main()):
         import gradfuse as gf
 
         gf.save(models[0].state_dict(), args.save)

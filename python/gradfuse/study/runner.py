@@ -108,32 +108,38 @@ def _linear_weight_series(records, model) -> dict:
 def run_one(cfg: RunConfig, data, *, epochs: int = 20, seed: int = 0, batch_size: int = 64,
             hidden=(128, 64), threshold: float = 0.9, grad_clip=None, monitor_every: int = 1,
             verbose: int = 0, model_out: list | None = None, blas: int | None = 1,
-            device: str = "cpu") -> dict:
+            device: str = "cpu", distributed: bool = False, sync_bn: bool = False) -> dict:
     """Train ``cfg`` on ``data`` (a :class:`~gradfuse.study.Dataset`) for ``epochs`` from
     ``seed``; returns the run's result dict (see the module docstring).
 
     ``model_out``: a list the trained model is appended to (for ``gradfuse train --save``).
     ``blas``: BLAS threads during the run (see :func:`blas_threads`; None leaves them).
     ``device``: where the model trains ("cpu" or "cuda"); batches move there as they come.
+    ``distributed``: data-parallel over the initialized ``gf.distributed`` ranks (call it on
+    every rank; ``batch_size`` is per rank; the history is the same on every rank).
+    ``sync_bn``: BatchNorm layers become :class:`gf.nn.SyncBatchNorm`.
     """
     with blas_threads(blas):
         return _run_one(cfg, data, epochs, seed, batch_size, hidden, threshold, grad_clip,
-                        monitor_every, verbose, model_out, device)
+                        monitor_every, verbose, model_out, device, distributed, sync_bn)
 
 
 def _run_one(cfg, data, epochs, seed, batch_size, hidden, threshold, grad_clip, monitor_every,
-             verbose, model_out, device="cpu"):
+             verbose, model_out, device="cpu", distributed=False, sync_bn=False):
     from gradfuse.train import GradientMonitor, NonFiniteGuard, Trainer
 
     # initialized on the host from the seed, then moved: the same weights on every device
     model = build_model(cfg, data.n_features, hidden, data.n_classes, seed=seed).to(device)
+    if sync_bn:
+        model = gf.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = build_optimizer(cfg, model.parameters())
     train, val = make_loaders(data, batch_size, seed, cfg.norm)
     sched = build_scheduler(cfg, opt, epochs, len(train))
     monitor = GradientMonitor(every=monitor_every)
     trainer = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched,
                       callbacks=[monitor, NonFiniteGuard(action="stop")], grad_clip=grad_clip,
-                      metric="accuracy", scheduler_interval="step", verbose=verbose)
+                      metric="accuracy", scheduler_interval="step", verbose=verbose,
+                      distributed=True if distributed else False)
     t0 = time.perf_counter()
     # a diverging configuration overflows on its way to NaN: that is a result here (the guard
     # stops the run and it is reported as diverged), not something to warn about

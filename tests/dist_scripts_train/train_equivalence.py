@@ -1,0 +1,107 @@
+"""Run under ``mpiexec -n 2``: SyncBatchNorm against BatchNorm on the concatenated batch, a
+data-parallel Trainer run (plain and ZeRO-1) and the resume of a single-process checkpoint.
+Args: OUT_DIR SINGLE_CHECKPOINT. Rank 0 prints one JSON line {"checks": {...}} and writes
+OUT_DIR/params_<run>.npz; the runs' checkpoints go to OUT_DIR/<run>/."""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+
+import _common as C  # noqa: E402
+import reference as ref  # noqa: E402
+
+import gradfuse as gf  # noqa: E402
+import gradfuse.distributed as dist  # noqa: E402
+
+out_dir, single_ckpt = sys.argv[1], sys.argv[2]
+dist.init()
+rank, world = dist.get_rank(), dist.get_world_size()
+checks = {}
+
+
+def same_everywhere(obj) -> bool:
+    mine = repr(obj) if not isinstance(obj, bytes) else obj
+    return all(o == mine for o in dist.all_gather_object(mine))
+
+
+def params_bytes(p: dict) -> bytes:
+    return b"".join(p[k].tobytes() for k in sorted(p))
+
+
+# ------------------------------------------------------------------ SyncBatchNorm
+for dtype, tol in ((np.float64, 1e-9), (np.float32, 2e-4)):
+    c, sizes = 5, (7, 4)[:world] if world == 2 else (3,) * world
+    rng = np.random.default_rng(42)
+    xs = [(rng.standard_normal((n, c, 3)) * 2 + 50).astype(dtype) for n in sizes]
+    dys = [rng.standard_normal((n, c, 3)).astype(dtype) for n in sizes]
+    m = gf.nn.SyncBatchNorm(c, momentum=0.3, dtype=dtype)
+    m.weight.data[...] = np.linspace(0.5, 2, c)
+    m.bias.data[...] = np.linspace(-1, 1, c)
+    x = gf.tensor(xs[rank], requires_grad=True)
+    y = m(x)
+    (y * gf.tensor(dys[rank])).sum().backward()
+    want, rm, rv, (dx, dw, db) = ref.batch_norm(
+        np.concatenate(xs), m.weight.data, m.bias.data, np.zeros(c), np.ones(c), True, 0.3,
+        1e-5, np.concatenate(dys))
+    lo = sum(sizes[:rank])
+    rows = slice(lo, lo + sizes[rank])
+    name = np.dtype(dtype).name
+    checks[f"syncbn_forward_{name}"] = bool(np.allclose(y.detach().numpy(), want[rows],
+                                                         rtol=tol, atol=tol))
+    checks[f"syncbn_dx_{name}"] = bool(np.allclose(x.grad.numpy(), dx[rows], rtol=tol, atol=tol))
+    gw = m.weight.grad.numpy().copy()
+    gb = m.bias.grad.numpy().copy()
+    dist.all_reduce_(gw)
+    dist.all_reduce_(gb)
+    checks[f"syncbn_dweight_sum_{name}"] = bool(np.allclose(gw, dw, rtol=tol, atol=tol))
+    checks[f"syncbn_dbias_sum_{name}"] = bool(np.allclose(gb, db, rtol=tol, atol=tol))
+    checks[f"syncbn_running_{name}"] = bool(
+        np.allclose(m.running_mean.numpy(), rm, rtol=tol, atol=tol)
+        and np.allclose(m.running_var.numpy(), rv, rtol=tol, atol=tol))
+    checks[f"syncbn_stats_bitwise_{name}"] = same_everywhere(
+        m.running_mean.numpy().tobytes() + m.running_var.numpy().tobytes())
+
+# ------------------------------------------------------------------ Trainer runs
+for run, opts in (("dist", True), ("zero", {"shard_optimizer_state": True})):
+    tr, train, val = C.trainer(C.PER_RANK_BATCH, sync_bn=True,
+                               ckpt_dir=os.path.join(out_dir, run), every_steps=8,
+                               distributed=opts)
+    checks[f"{run}_is_distributed"] = tr.distributed and tr.is_main == (rank == 0)
+    h = tr.fit(train, val=val, epochs=C.EPOCHS)
+    p = C.params(tr.model)
+    checks[f"{run}_params_bitwise_across_ranks"] = same_everywhere(params_bytes(p))
+    checks[f"{run}_history_identical"] = same_everywhere(h.to_dict())
+    checks[f"{run}_steps"] = tr.global_step == C.EPOCHS * C.N_TRAIN // (C.PER_RANK_BATCH * world)
+    if rank == 0:
+        np.savez(os.path.join(out_dir, f"params_{run}.npz"), **p)
+        with open(os.path.join(out_dir, f"history_{run}.json"), "w") as f:
+            json.dump(h.to_dict(), f)
+
+# a single-process checkpoint (taken mid-epoch) resumed on all ranks
+tr, train, val = C.trainer(C.PER_RANK_BATCH, sync_bn=True, distributed=True)
+tr.fit(train, val=val, epochs=C.EPOCHS, resume_from=single_ckpt)
+p = C.params(tr.model)
+checks["resumed_params_bitwise_across_ranks"] = same_everywhere(params_bytes(p))
+if rank == 0:
+    np.savez(os.path.join(out_dir, "params_resumed.npz"), **p)
+    with open(os.path.join(out_dir, "history_resumed.json"), "w") as f:
+        json.dump(tr.history.to_dict(), f)
+
+# a missing checkpoint: the same error on every rank, nobody hangs
+try:
+    tr.load_checkpoint(os.path.join(out_dir, "missing.safetensors"))
+    checks["missing_checkpoint_raises"] = False
+except ValueError:
+    checks["missing_checkpoint_raises"] = True
+checks["missing_checkpoint_raises"] = all(dist.all_gather_object(
+    checks["missing_checkpoint_raises"]))
+
+allc = dist.all_gather_object(checks)
+if rank == 0:
+    merged = {k: all(c[k] for c in allc) for k in checks}
+    print(json.dumps({"checks": merged, "world": world}), flush=True)

@@ -1,0 +1,170 @@
+"""Data-parallel training (issue 8): Trainer(distributed=...), SyncBatchNorm and
+``gradfuse train --distributed`` under ``mpiexec -n 2`` (skipped without mpi4py/mpiexec), plus
+the single-process parts (argument checks, the sharded loader) without MPI."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi_util import check_ok, json_lines, requires_mpi, run_mpi
+
+import gradfuse as gf
+from gradfuse.train import Trainer
+from gradfuse.train._distributed import ShardedLoader, resolve
+
+SCRIPTS = Path(__file__).parent / "dist_scripts_train"
+sys.path.insert(0, str(SCRIPTS))
+import _common as C  # noqa: E402
+
+
+def _close(a: dict, b: dict, tol=2e-4):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=tol, atol=tol, err_msg=k)
+
+
+# ------------------------------------------------------------------ without MPI
+
+
+def test_distributed_argument_is_checked_before_anything():
+    net = gf.nn.Linear(2, 2)
+    opt = gf.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="distributed"):
+        Trainer(net, opt, gf.nn.MSELoss(), distributed="yes")
+    with pytest.raises(ValueError, match="distributed"):
+        Trainer(net, opt, gf.nn.MSELoss(), distributed={"zero": True})
+    with pytest.raises(TypeError, match="distributed"):
+        Trainer(net, opt, gf.nn.MSELoss(), distributed={"shard_optimizer_state": 1})
+    assert resolve(None) is None and resolve(False) is None  # not launched: one process
+    tr = Trainer(net, opt, gf.nn.MSELoss(), verbose=0)
+    assert not tr.distributed and tr.is_main and tr.dp is None
+
+
+def test_sharded_loader_single_rank_is_the_loader_itself():
+    (xt, yt), _ = C.data()
+    ds = gf.data.TensorDataset(xt, yt)
+    plain = gf.data.DataLoader(ds, batch_size=16, shuffle=True, generator=3)
+    wrapped = ShardedLoader(gf.data.DataLoader(ds, batch_size=16, shuffle=True, generator=3),
+                            world=1, rank=0)
+    for _ in range(2):  # two epochs: the generator moves on the same way
+        a = [yb.numpy().tolist() for _, yb in plain]
+        b = [yb.numpy().tolist() for _, yb in wrapped]
+        assert a == b
+    assert wrapped.state_dict()["generator"].tobytes() == \
+        plain.state_dict()["generator"].tobytes()
+
+
+def test_sharded_loader_ranks_cover_the_global_batches_and_resume():
+    (xt, yt), _ = C.data()
+    ds = gf.data.TensorDataset(xt, yt)
+    single = [yb.numpy() for _, yb in gf.data.DataLoader(ds, batch_size=16, shuffle=True,
+                                                          generator=8)]
+    shards = [ShardedLoader(gf.data.DataLoader(ds, batch_size=8, shuffle=True, generator=8), 2, r)
+              for r in range(2)]
+    per_rank = [[yb.numpy() for _, yb in s] for s in shards]
+    for b, ref in enumerate(single):
+        np.testing.assert_array_equal(np.sort(np.concatenate([p[b] for p in per_rank])),
+                                      np.sort(ref))
+    # the state is the single loader's format: a single-process loader continues it
+    s = ShardedLoader(gf.data.DataLoader(ds, batch_size=8, shuffle=True, generator=8), 2, 1)
+    it = iter(s)
+    next(it), next(it)
+    sd = s.state_dict()
+    assert sd["batches_done"] == 2
+    one = gf.data.DataLoader(ds, batch_size=16, shuffle=True, generator=0)
+    one.load_state_dict(sd)
+    np.testing.assert_array_equal(np.concatenate([yb.numpy() for _, yb in one]),
+                                  np.concatenate(single[2:]))
+    s2 = ShardedLoader(gf.data.DataLoader(ds, batch_size=8, shuffle=True, generator=0), 2, 1)
+    s2.load_state_dict(sd)
+    rest = [yb.numpy() for _, yb in s2]
+    assert len(rest) == len(single) - 2
+    np.testing.assert_array_equal(rest[0], per_rank[1][2])
+    with pytest.raises(ValueError, match="batches_done"):
+        s2.load_state_dict({"generator": sd["generator"], "batches_done": 99})
+
+
+# ------------------------------------------------------------------ under mpiexec
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    """The one-process reference: global batch 2 x PER_RANK_BATCH, BatchNorm1d."""
+    d = tmp_path_factory.mktemp("single")
+    tr, train, val = C.trainer(2 * C.PER_RANK_BATCH, sync_bn=False, ckpt_dir=str(d),
+                               every_steps=8)
+    h = tr.fit(train, val=val, epochs=C.EPOCHS)
+    return d, C.params(tr.model), h.to_dict()
+
+
+def _resume_single(path):
+    tr, train, val = C.trainer(2 * C.PER_RANK_BATCH, sync_bn=False)
+    tr.fit(train, val=val, epochs=C.EPOCHS, resume_from=path)
+    return C.params(tr.model), tr.history.to_dict()
+
+
+@requires_mpi
+def test_two_ranks_equal_one_process_and_checkpoints_move_both_ways(tmp_path, single_run):
+    sdir, p1, h1 = single_run
+    res = run_mpi(SCRIPTS / "train_equivalence.py", n=2,
+                  args=(tmp_path, sdir / "step8.safetensors"), timeout=180)
+    check_ok(res)
+    (line,) = json_lines(res.stdout)
+    assert line["world"] == 2
+    failed = [k for k, v in line["checks"].items() if not v]
+    assert not failed, f"{failed}\n{res.stderr}"
+    for run in ("dist", "zero", "resumed"):
+        p = dict(np.load(tmp_path / f"params_{run}.npz"))
+        _close(p, p1)  # the same parameters as one process with the global batch
+    # the History of the distributed run matches the single process's (sample-weighted means)
+    hd = json.loads((tmp_path / "history_dist.json").read_text())
+    for e1, ed in zip(h1["epochs"], hd["epochs"]):
+        for k in ("train_loss", "train_metric", "val_loss", "val_metric", "lr"):
+            assert ed[k] == pytest.approx(e1[k], rel=1e-4, abs=1e-5), k
+    assert [s["step"] for s in hd["steps"]] == [s["step"] for s in h1["steps"]]
+    # checkpoints of the 2-rank runs (epoch end, mid-epoch, ZeRO) resume in one process
+    for ck in ("dist/epoch1", "dist/step8", "zero/epoch1"):
+        p, h = _resume_single(tmp_path / f"{ck}.safetensors")
+        _close(p, p1)
+        assert len(h["epochs"]) == C.EPOCHS
+
+
+@requires_mpi
+def test_killed_rank_ends_the_job_and_the_last_checkpoint_loads(tmp_path):
+    t0 = time.monotonic()
+    try:
+        res = run_mpi(SCRIPTS / "kill_rank.py", n=2, args=(tmp_path,), timeout=60)
+    except subprocess.TimeoutExpired as e:  # pragma: no cover - the failure being tested
+        pytest.fail(f"the job hung after a rank was killed:\n{e.stdout}\n{e.stderr}")
+    assert time.monotonic() - t0 < 60
+    assert res.returncode != 0
+    assert "finished" not in res.stdout
+    saved = sorted(os.listdir(tmp_path))
+    assert "step6.safetensors" in saved and "step8.safetensors" not in saved, saved
+    tr, train, val = C.trainer(2 * C.PER_RANK_BATCH, sync_bn=False)
+    tr.load_checkpoint(tmp_path / "step6.safetensors")
+    assert tr.global_step == 6
+    tr.fit(train, val=val, epochs=C.EPOCHS)  # and the run goes on from there
+    assert tr.global_step == C.EPOCHS * C.N_TRAIN // (2 * C.PER_RANK_BATCH)
+
+
+@requires_mpi
+def test_cli_train_distributed_prints_and_saves_once(tmp_path):
+    save = tmp_path / "model.safetensors"
+    res = run_mpi(SCRIPTS / "cli_main.py", n=2, timeout=120, args=(
+        "train", "--distributed", "--sync-bn", "--dataset", "spirals", "--epochs", "2",
+        "--hidden", "16", "--batch-size", "16", "--lr-schedule", "none", "--save", save))
+    check_ok(res)
+    out = res.stdout
+    assert out.count("final: val acc") == 1, out
+    assert out.count("per rank x 2 ranks = 32, SyncBatchNorm") == 1, out
+    assert out.count("epoch 2/2") == 1, out  # the progress lines: rank 0 only
+    assert out.count("saved the model's state_dict") == 1, out
+    state = gf.load(save)
+    assert any(k.endswith("running_mean") for k in state)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no stray temp file

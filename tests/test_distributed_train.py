@@ -124,7 +124,7 @@ def test_two_ranks_equal_one_process_and_checkpoints_move_both_ways(tmp_path, si
     # the History of the distributed run matches the single process's (sample-weighted means)
     hd = json.loads((tmp_path / "history_dist.json").read_text())
     for e1, ed in zip(h1["epochs"], hd["epochs"]):
-        for k in ("train_loss", "train_metric", "val_loss", "val_metric", "lr"):
+        for k in ("train_loss", "train_metric", "val_loss", "val_metric", "lr", "grad_norm"):
             assert ed[k] == pytest.approx(e1[k], rel=1e-4, abs=1e-5), k
     assert [s["step"] for s in hd["steps"]] == [s["step"] for s in h1["steps"]]
     # checkpoints of the 2-rank runs (epoch end, mid-epoch, ZeRO) resume in one process
@@ -168,3 +168,29 @@ def test_cli_train_distributed_prints_and_saves_once(tmp_path):
     state = gf.load(save)
     assert any(k.endswith("running_mean") for k in state)
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no stray temp file
+
+
+def _readme_block() -> str:
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return re.search(r"## Distributed training \(MPI\).*?```python\n(.*?)```", text,
+                     re.S).group(1)
+
+
+def test_readme_example_runs_in_one_process(capsys):
+    exec(compile(_readme_block(), "README distributed", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.startswith("1 rank(s): val acc ")
+    assert float(out.split()[-1]) > 0.8
+
+
+@requires_mpi
+def test_readme_example_runs_under_mpiexec(tmp_path):
+    script = tmp_path / "train_dp.py"
+    script.write_text(_readme_block())
+    res = run_mpi(script, n=2, timeout=120)
+    check_ok(res)
+    lines = [ln for ln in res.stdout.splitlines() if "rank(s): val acc" in ln]
+    assert len(lines) == 1 and lines[0].startswith("2 rank(s)"), res.stdout
+    assert float(lines[0].split()[-1]) > 0.8

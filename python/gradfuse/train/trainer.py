@@ -400,6 +400,11 @@ class Trainer:
                 return float(clip(self.grad_clip))
             from ..nn.utils import clip_grad_norm_
             return float(clip_grad_norm_(self.model.parameters(), self.grad_clip).item())
+        sync = getattr(opt, "_grad_sync", None)
+        if sync is not None and getattr(sync, "sharded", False):
+            # ZeRO-1: only this rank's shard of the arena holds averaged gradients; the shards'
+            # partial sums are combined in rank order (the same float on every rank)
+            return float(sync.grad_norm(opt._plans(), 2.0))
         plans = getattr(opt, "_plans", None)
         if plans is not None:  # a gradfuse optimizer: whole arenas (active segments only)
             return float(total_norm(opt._grad_ranges(plans()), 2.0))
@@ -515,6 +520,9 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, train, val) -> None:
         model, opt, loss_fn = self.model, self.optimizer, self.loss_fn
+        # data-parallel: the forward goes through DataParallel, which first broadcasts rank 0's
+        # buffers (BatchNorm running statistics), as PyTorch's DDP does
+        forward = model if self.dp is None else self.dp
         sched = self.scheduler
         plateau = isinstance(sched, ReduceLROnPlateau)
         step_sched = sched is not None and not plateau and self.scheduler_interval == "step"
@@ -574,7 +582,7 @@ class Trainer:
             for hook in on_batch_start:
                 hook(self, step)
             lr = self._lr()
-            out = model(x)
+            out = forward(x)
             loss = loss_fn(out, y)
             loss_v = float(loss.item())
             opt.zero_grad()

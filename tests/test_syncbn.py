@@ -6,9 +6,9 @@ import threading
 
 import numpy as np
 import pytest
-import reference as ref
 
 import gradfuse as gf
+import reference as ref
 from gradfuse.nn import syncbn
 
 
@@ -251,3 +251,58 @@ def test_bad_input_changes_nothing():
         m(np.ones((4, 3)))
     assert int(m.num_batches_tracked.data) == 0
     np.testing.assert_array_equal(m.running_mean.numpy(), np.zeros(3))
+
+
+@pytest.mark.parametrize("shape", [(70001, 3), (300, 5, 70), (2000, 6, 5)])
+def test_kernels_are_bitwise_independent_of_threads(rng, shape):
+    from gradfuse import _backend
+
+    x = (rng.standard_normal(shape) + 5).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    mean = x.mean(axis=(0,) + tuple(range(2, x.ndim))).astype(np.float32)
+    rstd = np.full(c, 0.7, np.float32)
+    w = np.linspace(0.5, 1.5, c).astype(np.float32)
+    sdy, sdyx = rng.standard_normal(c), rng.standard_normal(c)
+    old = gf.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            gf.set_num_threads(n)
+            outs.append((*_backend.batch_norm_stats(x), *_backend.batch_norm_grad_sums(x, dy, mean),
+                         _backend.batch_norm_grad_input(x, dy, w, mean, rstd, sdy, sdyx, 1e5)))
+    finally:
+        gf.set_num_threads(old)
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    # and against numpy
+    axes = (0,) + tuple(range(2, x.ndim))
+    x64 = x.astype(np.float64)
+    # block sums in float32 (the norms kernels' documented scheme), blocks added in double
+    np.testing.assert_allclose(outs[0][0], x64.mean(axis=axes), rtol=1e-6)
+    sh = (1, -1) + (1,) * (x.ndim - 2)
+    np.testing.assert_allclose(outs[0][1], ((x64 - x64.mean(axis=axes).reshape(sh)) ** 2)
+                               .sum(axis=axes), rtol=1e-6)
+    np.testing.assert_allclose(outs[0][2], dy.astype(np.float64).sum(axis=axes), rtol=1e-5,
+                               atol=1e-3)
+    want = (rstd * w).reshape(sh) * (dy - (sdy / 1e5).reshape(sh)
+                                     - (x - mean.reshape(sh)) * (rstd ** 2 * sdyx / 1e5).reshape(sh))
+    np.testing.assert_allclose(outs[0][4], want, rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_arguments_are_checked():
+    from gradfuse import _backend
+
+    x = np.ones((4, 3), np.float32)
+    m = np.zeros(3, np.float32)
+    s = np.zeros(3)
+    with pytest.raises(ValueError, match="sum_dy"):
+        _backend.batch_norm_grad_input(x, x, None, m, m, np.zeros(2), s, 4.0)
+    with pytest.raises(ValueError, match="count"):
+        _backend.batch_norm_grad_input(x, x, None, m, m, s, s, 0.0)
+    with pytest.raises(ValueError, match="grad_output"):
+        _backend.batch_norm_grad_sums(x, np.ones((4, 2), np.float32), m)
+    with pytest.raises(TypeError, match="input"):
+        _backend.batch_norm_stats(np.ones((4, 3), np.int64))
+    mean, m2 = _backend.batch_norm_stats(np.ones((0, 3), np.float64))  # an empty shard
+    assert mean.tolist() == [0, 0, 0] and m2.tolist() == [0, 0, 0]

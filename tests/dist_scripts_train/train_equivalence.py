@@ -13,10 +13,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
 
 import _common as C  # noqa: E402
-import reference as ref  # noqa: E402
 
 import gradfuse as gf  # noqa: E402
 import gradfuse.distributed as dist  # noqa: E402
+import reference as ref  # noqa: E402
 
 out_dir, single_ckpt = sys.argv[1], sys.argv[2]
 dist.init()

@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _backend
-from ..tensor import Function
 from ..functional import _as_ncl, _contig, _shaped, _vec
+from ..tensor import Function
 from . import functional as F
 from .module import Module
 from .normalization import BatchNorm1d

@@ -92,6 +92,31 @@ if rank == 0:
     with open(os.path.join(out_dir, "history_resumed.json"), "w") as f:
         json.dump(tr.history.to_dict(), f)
 
+# the same decisions on every rank: a NaN input on rank 1 only makes the step's loss NaN on
+# every rank (NonFiniteGuard skips it everywhere), and EarlyStopping stops everywhere
+class Poison(gf.train.Callback):
+    def on_batch_start(self, trainer, step):
+        if step == 3 and rank == 1:
+            trainer.batch[0].data[0, 0] = np.nan
+
+
+(xt, yt), _ = C.data()
+gf.manual_seed(1)
+net = gf.nn.Sequential(gf.nn.Linear(C.FEATURES, 16), gf.nn.ReLU(), gf.nn.Linear(16, C.CLASSES))
+opt = gf.optim.Adam(net.parameters(), lr=1e-2)
+guard = gf.train.NonFiniteGuard(action="skip")
+stop = gf.train.EarlyStopping(monitor="train_metric", patience=1, min_delta=10.0)
+tr = gf.train.Trainer(net, opt, gf.nn.CrossEntropyLoss(), callbacks=[Poison(), guard, stop],
+                      verbose=0)
+h = tr.fit(gf.data.DataLoader(gf.data.TensorDataset(xt, yt), batch_size=8, shuffle=True,
+                              generator=1), epochs=5)
+checks["guard_skipped_step3_everywhere"] = same_everywhere(
+    [(e["step"], e["what"]) for e in guard.events]) and [e["step"] for e in guard.events] == [3]
+checks["early_stop_everywhere"] = same_everywhere((len(h.epochs), h.stopped_early)) and \
+    len(h.epochs) == 2 and h.stopped_early
+checks["after_skip_params_bitwise"] = same_everywhere(params_bytes(C.params(net)))
+checks["after_skip_finite"] = all(np.isfinite(v).all() for v in C.params(net).values())
+
 # a missing checkpoint: the same error on every rank, nobody hangs
 try:
     tr.load_checkpoint(os.path.join(out_dir, "missing.safetensors"))

@@ -43,6 +43,16 @@ def test_distributed_argument_is_checked_before_anything():
     assert resolve(None) is None and resolve(False) is None  # not launched: one process
     tr = Trainer(net, opt, gf.nn.MSELoss(), verbose=0)
     assert not tr.distributed and tr.is_main and tr.dp is None
+    # a DataParallel in one process (MPI not initialized) trains its module as one process
+    dp = gf.distributed.DataParallel(net, opt)
+    tr = Trainer(dp, opt, gf.nn.MSELoss(), verbose=0, metric=None)
+    assert tr.model is net and not tr.distributed
+    with pytest.raises(ValueError, match="optimizer"):
+        Trainer(dp, gf.optim.SGD(net.parameters(), lr=0.1), gf.nn.MSELoss())
+    with pytest.raises(ValueError, match="distributed"):
+        Trainer(dp, opt, gf.nn.MSELoss(), distributed=False)
+    x = gf.tensor(np.ones((4, 2), np.float32))
+    assert len(tr.fit([(x, x)], epochs=2).epochs) == 2
 
 
 def test_sharded_loader_single_rank_is_the_loader_itself():

@@ -117,6 +117,15 @@ checks["early_stop_everywhere"] = same_everywhere((len(h.epochs), h.stopped_earl
 checks["after_skip_params_bitwise"] = same_everywhere(params_bytes(C.params(net)))
 checks["after_skip_finite"] = all(np.isfinite(v).all() for v in C.params(net).values())
 
+# a DataParallel of the user's given as the model: used as it is
+net = C.model(sync_bn=True)
+opt = gf.optim.SGD(net.parameters(), lr=0.1)
+dp = dist.DataParallel(net, opt)
+tr = gf.train.Trainer(dp, opt, gf.nn.CrossEntropyLoss(), verbose=0)
+checks["given_dataparallel_used"] = tr.dp is dp and tr.model is net and tr.distributed
+tr.fit([(gf.tensor(xt[rank::2][:16]), gf.tensor(yt[rank::2][:16]))], epochs=2)
+checks["given_dataparallel_params_bitwise"] = same_everywhere(params_bytes(C.params(net)))
+
 # a missing checkpoint: the same error on every rank, nobody hangs
 try:
     tr.load_checkpoint(os.path.join(out_dir, "missing.safetensors"))

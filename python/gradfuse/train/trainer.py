@@ -218,7 +218,8 @@ class Trainer:
 
     Args:
         model: a :class:`gf.nn.Module` mapping a batch ``x`` to outputs (logits ``(N, C)`` for
-            classification).
+            classification), or a ``gf.distributed.DataParallel`` of one (built with
+            ``optimizer``; the trainer then runs data-parallel with it).
         optimizer: a gradfuse optimizer over the model's parameters.
         loss_fn: ``loss_fn(outputs, y) -> scalar Tensor`` with mean reduction (the epoch loss
             is the sample-weighted mean of the batch losses).
@@ -270,6 +271,15 @@ class Trainer:
     def __init__(self, model, optimizer, loss_fn, scheduler=None, callbacks=None,
                  grad_clip=None, metric="accuracy", scheduler_interval="epoch", verbose=1,
                  distributed=None):
+        given_dp = None
+        if type(model).__name__ == "DataParallel" and isinstance(getattr(model, "module", None),
+                                                                  Module):
+            given_dp, model = model, model.module  # a gf.distributed.DataParallel of the user's
+            if getattr(given_dp, "optimizer", optimizer) is not optimizer:
+                raise ValueError("optimizer: the DataParallel given as model was built for "
+                                 "another optimizer")
+            if distributed is False:
+                raise ValueError("distributed: False, but model is a DataParallel")
         if not isinstance(model, Module):
             raise TypeError(f"model: expected a gf.nn.Module, got {type(model).__name__}")
         if not isinstance(getattr(optimizer, "param_groups", None), list) or \
@@ -310,7 +320,10 @@ class Trainer:
                 f"scheduler_interval: expected 'epoch' or 'step', got {scheduler_interval!r}")
         if isinstance(verbose, bool) or verbose not in (0, 1, 2):
             raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
-        world = _dp.resolve(distributed)  # checked (and MPI initialized) before any state
+        # checked (and MPI initialized) before any state
+        # (a DataParallel given as model: data-parallel exactly when it is, i.e. in a world of
+        # more than one rank)
+        world = _dp.resolve(None if given_dp is not None else distributed)
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
@@ -341,8 +354,14 @@ class Trainer:
         self._dist = self.dp = None
         if world is not None:
             dist, opts = world
-            from ..distributed import DataParallel
-            self.dp = DataParallel(model, optimizer, **opts)  # collective: rank 0's weights
+            if given_dp is not None:
+                if opts:
+                    raise ValueError("distributed: DataParallel options with a DataParallel "
+                                     "given as model (set them where it is built)")
+                self.dp = given_dp
+            else:
+                from ..distributed import DataParallel
+                self.dp = DataParallel(model, optimizer, **opts)  # collective: rank 0's weights
             self._dist = dist
 
     @property

@@ -204,3 +204,17 @@ def test_readme_example_runs_under_mpiexec(tmp_path):
     lines = [ln for ln in res.stdout.splitlines() if "rank(s): val acc" in ln]
     assert len(lines) == 1 and lines[0].startswith("2 rank(s)"), res.stdout
     assert float(lines[0].split()[-1]) > 0.8
+
+
+def test_cli_distributed_flags_are_checked(monkeypatch, capsys):
+    from gradfuse.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--sync-bn", "--epochs", "1"])
+    assert e.value.code == 2 and "--sync-bn: needs --distributed" in capsys.readouterr().err
+    monkeypatch.setattr(gf.distributed, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--distributed", "--epochs", "1"])
+    assert e.value.code == 2 and "--distributed: mpi4py is not installed" in \
+        capsys.readouterr().err
+    assert not gf.distributed.is_initialized()

@@ -228,3 +228,34 @@ def test_failing_rank_ends_the_job(mode):
     else:
         both = res.stdout + res.stderr  # hydra reports the signal on stdout
         assert "signal 9" in both or "Killed" in both, both
+
+
+@requires_mpi
+def test_readme_example_two_ranks_matches_one_process(tmp_path, monkeypatch, capsys):
+    # the README's DataParallel example: under mpiexec -n 2 and in this process (one rank);
+    # both checkpoints hold the same model up to float32 summation order
+    import re
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"### gf.distributed and DataParallel\n+```python\n(.*?)```", text,
+                      re.S).group(1)
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    script = tmp_path / "readme_dp.py"
+    script.write_text(block)
+    res = run_mpi(script, n=2, cwd=tmp_path / "two", timeout=120)
+    check_ok(res)
+    assert re.fullmatch(r"2 ranks, last loss \d+\.\d{3}\n", res.stdout), res.stdout
+    monkeypatch.chdir(tmp_path / "one")
+    exec(compile(block, "README distributed", "exec"), {})
+    assert capsys.readouterr().out.startswith("1 ranks, last loss")
+    two, one = gf.load(tmp_path / "two" / "ckpt.gf"), gf.load(tmp_path / "one" / "ckpt.gf")
+    for k, v in one["model"].items():
+        np.testing.assert_allclose(two["model"][k], v, rtol=1e-4, atol=1e-5)
+    assert sorted(two["optim"]["state"]) == sorted(one["optim"]["state"])
+    # the full ZeRO state loads into a single-process optimizer
+    model = gf.nn.Sequential(gf.nn.Linear(20, 64), gf.nn.ReLU(), gf.nn.Linear(64, 2))
+    model.load_state_dict(two["model"])
+    opt = gf.optim.Adam(model.parameters(), lr=1e-2)
+    opt.load_state_dict(two["optim"])
+    assert float(opt.state_dict()["state"][0]["step"]) == 40

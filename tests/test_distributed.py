@@ -119,7 +119,8 @@ def test_dp_checks_pass_on_every_rank(dp_run):
     # the checks that matter most are there (a renamed check must not vanish silently)
     for k in ("plain_bitwise_every_step", "zero_bitwise_every_step", "zero_state_is_shard",
               "plain_nonfinite_skipped_everywhere", "zero_clip_norm_matches_single",
-              "zero_nadam_params_match_single", "resumed_bitwise"):
+              "zero_nadam_params_match_single", "resumed_bitwise",
+              "plain_utils_clip_matches_single", "zero_accumulate_params_match_single"):
         assert k in report["checks"][0]
 
 
@@ -176,7 +177,11 @@ def test_dp_errors_are_raised_on_every_rank(dp_run):
         assert msg.startswith("ValueError") and "'3.weight'" in msg
     for msg in errs["lamb_zero"]:
         assert msg.startswith("ValueError") and "shard_optimizer_state" in msg
+    for msg in errs["zero_utils_clip"]:
+        assert msg.startswith("RuntimeError") and "optimizer.clip_grad_norm_" in msg
     for tag in ("plain", "zero"):
+        for msg in errs[f"{tag}_add_param_group"]:
+            assert msg.startswith("RuntimeError") and "add_param_group" in msg
         for msg in errs[f"{tag}_active_mismatch"]:
             assert msg.startswith("RuntimeError") and "'2.bias'" in msg
             assert "ranks [0]" in msg and "ranks [1]" in msg

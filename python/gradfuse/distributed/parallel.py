@@ -279,6 +279,8 @@ class _GradSync:
             pos = {id(p): i for i, p in enumerate(g["params"])}
             self._seg_names += [names.get(id(p), f"param_groups[{gi}][{pos[id(p)]}]")
                                 for p in a.params]
+        for _, a in arenas:
+            a.grad_sync = self
         # one 0/1 per parameter (has a gradient), summed over the ranks: 0 or W everywhere
         self._ctl = np.zeros(len(self._seg_names), np.int32)
         if sharded:
@@ -300,6 +302,15 @@ class _GradSync:
             self._reduce()
         # a step uses the averaged gradients: the next backward's need averaging again
         self._synced = not consume
+
+    def sync_for_utils(self) -> None:
+        """For gf.nn.utils.clip_grad_norm_, which reads and scales whole gradient arenas."""
+        if self.sharded:
+            raise RuntimeError(
+                "gf.nn.utils.clip_grad_norm_ under ZeRO-1 (shard_optimizer_state=True): each "
+                "rank holds only its shard of the averaged gradients; use "
+                "optimizer.clip_grad_norm_(max_norm), which combines the shards' norms")
+        self.sync()
 
     def _reduce(self) -> None:
         from mpi4py import MPI
@@ -484,5 +495,6 @@ class _GradSync:
                 a.shard = None
             a.rebind_buffers(param=_arena_empty(a.n, a.dtype) if self.sharded else None,
                              grad=_arena_empty(a.n, a.dtype))
+            a.grad_sync = None
         self.optimizer._grad_sync = None
         self.reducer.close()

@@ -264,3 +264,56 @@ def test_readme_example_two_ranks_matches_one_process(tmp_path, monkeypatch, cap
     opt = gf.optim.Adam(model.parameters(), lr=1e-2)
     opt.load_state_dict(two["optim"])
     assert float(opt.state_dict()["state"][0]["step"]) == 40
+
+
+def test_init_without_mpi4py_is_a_clear_error(monkeypatch):
+    if dist.is_initialized():
+        pytest.skip("the process group was initialized in this process")
+    from gradfuse.distributed import _comm
+
+    monkeypatch.setattr(_comm, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="mpi4py is not installed"):
+        dist.init()
+    assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arena_rebind_buffers_keeps_training_identical(dtype):
+    # what DataParallel does to the arenas (into a reducer's buffers), in one process: the
+    # views follow, the bound step rebinds, training continues bitwise as without the move
+    def run(move):
+        gf.manual_seed(0)
+        model = gf.nn.Sequential(gf.nn.Linear(5, 7), gf.nn.Tanh(), gf.nn.Linear(7, 3))
+        if dtype == np.float64:
+            model.double()
+        opt = gf.optim.Adam(model.parameters(), lr=1e-2)
+        x = gf.Tensor(np.linspace(-1, 1, 40, dtype=dtype).reshape(8, 5))
+        for s in range(4):
+            if move and s == 2:
+                a = opt._arenas[0][0][1]
+                old_grad = a.grad
+                p_buf, g_buf = np.zeros(a.n + 3, dtype)[3:], np.zeros(a.n, dtype)
+                a.rebind_buffers(param=p_buf, grad=g_buf)
+                assert a.param is p_buf and a.grad is g_buf and a.slot_cache is None
+                assert all(np.shares_memory(p.data, p_buf) for p in model.parameters())
+                assert all(np.shares_memory(p.grad.data, g_buf) for p in model.parameters())
+                assert np.array_equal(g_buf, old_grad)
+            opt.zero_grad()
+            (model(x) ** 2).mean().backward()
+            opt.step()
+        return [p.data.copy() for p in model.parameters()]
+
+    for a, b in zip(run(False), run(True)):
+        assert np.array_equal(a, b)
+
+
+def test_arena_rebind_buffers_rejects_bad_buffers():
+    model = gf.nn.Linear(3, 2)
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    a = opt._arenas[0][0][1]
+    before = a.param
+    with pytest.raises(ValueError, match="grad"):
+        a.rebind_buffers(param=np.zeros(a.n, np.float32), grad=np.zeros(a.n + 1, np.float32))
+    with pytest.raises(ValueError, match="param"):
+        a.rebind_buffers(param=np.zeros(a.n, np.float64))
+    assert a.param is before and np.shares_memory(model.weight.data, before)

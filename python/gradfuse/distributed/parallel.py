@@ -113,6 +113,7 @@ class DataParallel:
         self.shard_optimizer_state = shard_optimizer_state
         self.broadcast_buffers = broadcast_buffers
         self._sync = None
+        self._has_buffers = False
         if _comm.get_world_size() == 1:
             return  # one process: nothing to synchronize, the optimizer stays as it is
 
@@ -134,7 +135,7 @@ class DataParallel:
         for _, p in model.named_parameters():
             if id(p) not in in_arena:
                 _comm.broadcast_(p.data)
-        self._bcast_buffers()
+        self._has_buffers = self._bcast_buffers()
         self._sync = _GradSync(optimizer, arenas, reducer, comm, names, shard_optimizer_state)
         optimizer._grad_sync = self._sync
 
@@ -172,19 +173,30 @@ class DataParallel:
                 if msg:
                     raise ValueError(f"DataParallel: {msg}")
 
-    def _bcast_buffers(self) -> None:
+    def _bcast_buffers(self) -> bool:
+        """Broadcast rank 0's buffers; returns whether the module has any."""
         if not self.broadcast_buffers:
-            return
+            return False
+        found = False
         for _, b in self.module.named_buffers():
+            found = True
             arr = b.data if isinstance(b, Tensor) else b
-            if isinstance(arr, np.ndarray) and arr.size:
-                _comm.broadcast_(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+            if not isinstance(arr, np.ndarray) or not arr.size:
+                continue
+            if arr.flags.c_contiguous and arr.flags.writeable:
+                _comm.broadcast_(arr)
+            else:
+                tmp = np.ascontiguousarray(arr)
+                _comm.broadcast_(tmp)
+                arr[...] = tmp
+        return found
 
     # ------------------------------------------------------------ the model's interface
     def __call__(self, *args, **kwargs):
         """``model(*args, **kwargs)``; in training mode with ``broadcast_buffers``, rank 0's
-        buffers are broadcast first (PyTorch DDP's behaviour)."""
-        if self._sync is not None and self.module.training:
+        buffers are broadcast first (PyTorch DDP's behaviour), which makes the call collective
+        for a model that has buffers: call it on every rank, or the module itself on one."""
+        if self._has_buffers and self.module.training and self._sync is not None:
             self._bcast_buffers()
         return self.module(*args, **kwargs)
 
@@ -234,7 +246,7 @@ class DataParallel:
 
     def __getattr__(self, name):
         # anything else is the module's (its methods and submodules)
-        if name in ("module", "optimizer", "_sync"):
+        if name in ("module", "optimizer", "_sync", "_has_buffers"):
             raise AttributeError(name)
         return getattr(self.module, name)
 

@@ -119,7 +119,8 @@ def test_dp_checks_pass_on_every_rank(dp_run):
     # the checks that matter most are there (a renamed check must not vanish silently)
     for k in ("plain_bitwise_every_step", "zero_bitwise_every_step", "zero_state_is_shard",
               "plain_nonfinite_skipped_everywhere", "zero_clip_norm_matches_single",
-              "zero_nadam_params_match_single", "resumed_bitwise"):
+              "zero_nadam_params_match_single", "resumed_bitwise",
+              "plain_utils_clip_matches_single", "zero_accumulate_params_match_single"):
         assert k in report["checks"][0]
 
 
@@ -176,7 +177,11 @@ def test_dp_errors_are_raised_on_every_rank(dp_run):
         assert msg.startswith("ValueError") and "'3.weight'" in msg
     for msg in errs["lamb_zero"]:
         assert msg.startswith("ValueError") and "shard_optimizer_state" in msg
+    for msg in errs["zero_utils_clip"]:
+        assert msg.startswith("RuntimeError") and "optimizer.clip_grad_norm_" in msg
     for tag in ("plain", "zero"):
+        for msg in errs[f"{tag}_add_param_group"]:
+            assert msg.startswith("RuntimeError") and "add_param_group" in msg
         for msg in errs[f"{tag}_active_mismatch"]:
             assert msg.startswith("RuntimeError") and "'2.bias'" in msg
             assert "ranks [0]" in msg and "ranks [1]" in msg
@@ -228,3 +233,87 @@ def test_failing_rank_ends_the_job(mode):
     else:
         both = res.stdout + res.stderr  # hydra reports the signal on stdout
         assert "signal 9" in both or "Killed" in both, both
+
+
+@requires_mpi
+def test_readme_example_two_ranks_matches_one_process(tmp_path, monkeypatch, capsys):
+    # the README's DataParallel example: under mpiexec -n 2 and in this process (one rank);
+    # both checkpoints hold the same model up to float32 summation order
+    import re
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"### gf.distributed and DataParallel\n+```python\n(.*?)```", text,
+                      re.S).group(1)
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    script = tmp_path / "readme_dp.py"
+    script.write_text(block)
+    res = run_mpi(script, n=2, cwd=tmp_path / "two", timeout=120)
+    check_ok(res)
+    assert re.fullmatch(r"2 ranks, last loss \d+\.\d{3}\n", res.stdout), res.stdout
+    monkeypatch.chdir(tmp_path / "one")
+    exec(compile(block, "README distributed", "exec"), {})
+    assert capsys.readouterr().out.startswith("1 ranks, last loss")
+    two, one = gf.load(tmp_path / "two" / "ckpt.gf"), gf.load(tmp_path / "one" / "ckpt.gf")
+    for k, v in one["model"].items():
+        np.testing.assert_allclose(two["model"][k], v, rtol=1e-4, atol=1e-5)
+    assert sorted(two["optim"]["state"]) == sorted(one["optim"]["state"])
+    # the full ZeRO state loads into a single-process optimizer
+    model = gf.nn.Sequential(gf.nn.Linear(20, 64), gf.nn.ReLU(), gf.nn.Linear(64, 2))
+    model.load_state_dict(two["model"])
+    opt = gf.optim.Adam(model.parameters(), lr=1e-2)
+    opt.load_state_dict(two["optim"])
+    assert float(opt.state_dict()["state"][0]["step"]) == 40
+
+
+def test_init_without_mpi4py_is_a_clear_error(monkeypatch):
+    if dist.is_initialized():
+        pytest.skip("the process group was initialized in this process")
+    from gradfuse.distributed import _comm
+
+    monkeypatch.setattr(_comm, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="mpi4py is not installed"):
+        dist.init()
+    assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arena_rebind_buffers_keeps_training_identical(dtype):
+    # what DataParallel does to the arenas (into a reducer's buffers), in one process: the
+    # views follow, the bound step rebinds, training continues bitwise as without the move
+    def run(move):
+        gf.manual_seed(0)
+        model = gf.nn.Sequential(gf.nn.Linear(5, 7), gf.nn.Tanh(), gf.nn.Linear(7, 3))
+        if dtype == np.float64:
+            model.double()
+        opt = gf.optim.Adam(model.parameters(), lr=1e-2)
+        x = gf.Tensor(np.linspace(-1, 1, 40, dtype=dtype).reshape(8, 5))
+        for s in range(4):
+            if move and s == 2:
+                a = opt._arenas[0][0][1]
+                old_grad = a.grad
+                p_buf, g_buf = np.zeros(a.n + 3, dtype)[3:], np.zeros(a.n, dtype)
+                a.rebind_buffers(param=p_buf, grad=g_buf)
+                assert a.param is p_buf and a.grad is g_buf and a.slot_cache is None
+                assert all(np.shares_memory(p.data, p_buf) for p in model.parameters())
+                assert all(np.shares_memory(p.grad.data, g_buf) for p in model.parameters())
+                assert np.array_equal(g_buf, old_grad)
+            opt.zero_grad()
+            (model(x) ** 2).mean().backward()
+            opt.step()
+        return [p.data.copy() for p in model.parameters()]
+
+    for a, b in zip(run(False), run(True)):
+        assert np.array_equal(a, b)
+
+
+def test_arena_rebind_buffers_rejects_bad_buffers():
+    model = gf.nn.Linear(3, 2)
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    a = opt._arenas[0][0][1]
+    before = a.param
+    with pytest.raises(ValueError, match="grad"):
+        a.rebind_buffers(param=np.zeros(a.n, np.float32), grad=np.zeros(a.n + 1, np.float32))
+    with pytest.raises(ValueError, match="param"):
+        a.rebind_buffers(param=np.zeros(a.n, np.float64))
+    assert a.param is before and np.shares_memory(model.weight.data, before)

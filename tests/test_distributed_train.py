@@ -184,7 +184,7 @@ def _readme_block() -> str:
     import re
 
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    return re.search(r"## Distributed training \(MPI\).*?```python\n(.*?)```", text,
+    return re.search(r"### Trainer and CLI\n+```python\n(.*?)```", text,
                      re.S).group(1)
 
 

@@ -3,6 +3,7 @@ ZeRO-1 against the single-process run (tests/test_distributed.py compares the fi
 to OUTDIR), plus the in-job error checks. Rank 0 prints one JSON line:
 {"checks": {name: bool}, "errors": {name: [message per rank]}, "info": {...}}."""
 
+import functools
 import hashlib
 import json
 import math
@@ -137,6 +138,45 @@ for zero in (False, True):
     collect_error(f"{tag}_active_mismatch", opt.step)
     checks[f"{tag}_active_mismatch_unchanged"] = all(
         np.array_equal(before[n], p.data) for n, p in model.named_parameters())
+    dp.close()
+
+# gf.nn.utils.clip_grad_norm_ (the module-level one) averages first too; refused under ZeRO;
+# gradient accumulation over two backwards per step; add_param_group after DataParallel
+for zero in (False, True):
+    tag = "zero" if zero else "plain"
+    ref = make_model(seed=12)
+    ref_opt = gf.optim.Adam(ref.parameters(), **ADAM)
+    model = make_model(seed=12 + rank)
+    opt = gf.optim.Adam(model.parameters(), **ADAM)
+    dp = dist.DataParallel(model, opt, shard_optimizer_state=zero)
+    norms, ref_norms = [], []
+    for s in range(3):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        for half in (slice(0, 32), slice(32, 64)):  # accumulate: this rank's 64 rows in two
+            xb, yb = X[s][rows][half], Y[s][rows][half]
+            (gf.nn.functional.cross_entropy(dp(gf.Tensor(xb)), gf.Tensor(yb)) * 0.5).backward()
+        gf.nn.functional.cross_entropy(ref(gf.Tensor(X[s])), gf.Tensor(Y[s])).backward()
+        if not zero:
+            norms.append(float(gf.nn.utils.clip_grad_norm_(model.parameters(), 0.5).data))
+            ref_norms.append(float(gf.nn.utils.clip_grad_norm_(ref.parameters(), 0.5).data))
+        opt.step()
+        ref_opt.step()
+    checks[f"{tag}_accumulate_params_match_single"] = all(
+        np.allclose(p.data, q.data, rtol=1e-4, atol=1e-6)
+        for p, q in zip(model.parameters(), ref.parameters()))
+    if zero:
+        loss = gf.nn.functional.cross_entropy(dp(gf.Tensor(X[0][rows])), gf.Tensor(Y[0][rows]))
+        loss.backward()
+        collect_error("zero_utils_clip", functools.partial(
+            gf.nn.utils.clip_grad_norm_, list(model.parameters()), 0.5))
+    else:
+        checks["plain_utils_clip_same_on_ranks"] = len(
+            set(map(tuple, dist.all_gather_object(norms)))) == 1
+        checks["plain_utils_clip_matches_single"] = np.allclose(norms, ref_norms, rtol=1e-5)
+    extra = gf.nn.Linear(2, 2)
+    opt.add_param_group({"params": list(extra.parameters())})
+    collect_error(f"{tag}_add_param_group", opt.step)
     dp.close()
 
 # other elementwise optimizers under ZeRO, two param groups, one parameter frozen on all ranks

@@ -113,6 +113,7 @@ class DataParallel:
         self.shard_optimizer_state = shard_optimizer_state
         self.broadcast_buffers = broadcast_buffers
         self._sync = None
+        self._has_buffers = False
         if _comm.get_world_size() == 1:
             return  # one process: nothing to synchronize, the optimizer stays as it is
 
@@ -134,7 +135,7 @@ class DataParallel:
         for _, p in model.named_parameters():
             if id(p) not in in_arena:
                 _comm.broadcast_(p.data)
-        self._bcast_buffers()
+        self._has_buffers = self._bcast_buffers()
         self._sync = _GradSync(optimizer, arenas, reducer, comm, names, shard_optimizer_state)
         optimizer._grad_sync = self._sync
 
@@ -172,19 +173,30 @@ class DataParallel:
                 if msg:
                     raise ValueError(f"DataParallel: {msg}")
 
-    def _bcast_buffers(self) -> None:
+    def _bcast_buffers(self) -> bool:
+        """Broadcast rank 0's buffers; returns whether the module has any."""
         if not self.broadcast_buffers:
-            return
+            return False
+        found = False
         for _, b in self.module.named_buffers():
+            found = True
             arr = b.data if isinstance(b, Tensor) else b
-            if isinstance(arr, np.ndarray) and arr.size:
-                _comm.broadcast_(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+            if not isinstance(arr, np.ndarray) or not arr.size:
+                continue
+            if arr.flags.c_contiguous and arr.flags.writeable:
+                _comm.broadcast_(arr)
+            else:
+                tmp = np.ascontiguousarray(arr)
+                _comm.broadcast_(tmp)
+                arr[...] = tmp
+        return found
 
     # ------------------------------------------------------------ the model's interface
     def __call__(self, *args, **kwargs):
         """``model(*args, **kwargs)``; in training mode with ``broadcast_buffers``, rank 0's
-        buffers are broadcast first (PyTorch DDP's behaviour)."""
-        if self._sync is not None and self.module.training:
+        buffers are broadcast first (PyTorch DDP's behaviour), which makes the call collective
+        for a model that has buffers: call it on every rank, or the module itself on one."""
+        if self._has_buffers and self.module.training and self._sync is not None:
             self._bcast_buffers()
         return self.module(*args, **kwargs)
 
@@ -234,7 +246,7 @@ class DataParallel:
 
     def __getattr__(self, name):
         # anything else is the module's (its methods and submodules)
-        if name in ("module", "optimizer", "_sync"):
+        if name in ("module", "optimizer", "_sync", "_has_buffers"):
             raise AttributeError(name)
         return getattr(self.module, name)
 
@@ -279,6 +291,8 @@ class _GradSync:
             pos = {id(p): i for i, p in enumerate(g["params"])}
             self._seg_names += [names.get(id(p), f"param_groups[{gi}][{pos[id(p)]}]")
                                 for p in a.params]
+        for _, a in arenas:
+            a.grad_sync = self
         # one 0/1 per parameter (has a gradient), summed over the ranks: 0 or W everywhere
         self._ctl = np.zeros(len(self._seg_names), np.int32)
         if sharded:
@@ -300,6 +314,15 @@ class _GradSync:
             self._reduce()
         # a step uses the averaged gradients: the next backward's need averaging again
         self._synced = not consume
+
+    def sync_for_utils(self) -> None:
+        """For gf.nn.utils.clip_grad_norm_, which reads and scales whole gradient arenas."""
+        if self.sharded:
+            raise RuntimeError(
+                "gf.nn.utils.clip_grad_norm_ under ZeRO-1 (shard_optimizer_state=True): each "
+                "rank holds only its shard of the averaged gradients; use "
+                "optimizer.clip_grad_norm_(max_norm), which combines the shards' norms")
+        self.sync()
 
     def _reduce(self) -> None:
         from mpi4py import MPI
@@ -484,5 +507,6 @@ class _GradSync:
                 a.shard = None
             a.rebind_buffers(param=_arena_empty(a.n, a.dtype) if self.sharded else None,
                              grad=_arena_empty(a.n, a.dtype))
+            a.grad_sync = None
         self.optimizer._grad_sync = None
         self.reducer.close()

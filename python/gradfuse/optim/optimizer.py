@@ -242,6 +242,7 @@ class _Arena:
         # ZeRO-1 (gradfuse.distributed.DataParallel): this rank's [lo, hi) of the arena; the
         # state buffers then hold only that range (length hi - lo). None: the whole arena.
         self.shard: tuple[int, int] | None = None
+        self.grad_sync = None  # DataParallel's synchronizer (gf.nn.utils.clip_grad_norm_ syncs)
 
     # ------------------------------------------------------------ device moves
     def prepare_move(self, to_device: bool):

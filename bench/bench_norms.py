@@ -145,3 +145,56 @@ def _case(kind: str, n: int, d: int, backward: bool) -> Case:
 
 CASES = [_case(kind, n, d, backward) for kind in ("layer_norm", "batch_norm")
          for backward in (False, True) for n, d in SHAPES]
+
+
+# ---------------------------------------------------------------- SyncBatchNorm (one rank's work)
+# The compute a rank does in SyncBatchNorm's training forward + backward (statistics kernel,
+# apply, gradient sums, input gradient), with a world of one standing in for MPI so that only
+# the kernels are timed: the same traffic as BatchNorm1d's (x read twice and y written forward;
+# x and dy read twice and dx written backward), split into the pieces between which the ranks
+# exchange their per-channel numbers. numpy and PyTorch run their BatchNorm1d (PyTorch's
+# SyncBatchNorm needs a process group).
+
+
+class _OneRank:
+    @staticmethod
+    def get_world_size():
+        return 1
+
+    @staticmethod
+    def get_rank():
+        return 0
+
+    @staticmethod
+    def all_reduce_(buf, op="sum"):
+        return buf
+
+
+def _gradfuse_sync(n: int, d: int):
+    import gradfuse as gf
+    from gradfuse.nn import syncbn
+
+    x, g = _inputs(n, d)
+    xt, gt = gf.tensor(x, requires_grad=True), gf.tensor(g)
+    layer = gf.nn.SyncBatchNorm(d)
+    real = syncbn._dist_world
+
+    def step():
+        syncbn._dist_world = lambda: _OneRank
+        try:
+            xt.grad = None
+            for p in layer.parameters():
+                p.grad = None
+            layer(xt).backward(gt)
+        finally:
+            syncbn._dist_world = real
+
+    return step
+
+
+CASES += [Case(name=f"SyncBatchNorm fwd_bwd {n}x{d} (one rank's kernels)",
+               bytes_moved=8 * n * d * 4,
+               impls={GRADFUSE: (lambda n=n, d=d: _gradfuse_sync(n, d)),
+                      NUMPY: (lambda n=n, d=d: _numpy("batch_norm", n, d, True)),
+                      PYTORCH: (lambda n=n, d=d: _pytorch("batch_norm", n, d, True))})
+          for n, d in SHAPES]

@@ -256,7 +256,11 @@ class Trainer:
     (optimizer steps taken, skipped ones included), ``stop_training`` (a callback sets it to
     end the run), ``skip_step`` (set in ``on_after_backward`` to skip this batch's update),
     ``batch`` (the ``(x, y)`` Tensors of the step in progress), ``train_loader``,
-    ``val_loader``, ``epochs`` (the target of the current fit).
+    ``val_loader``, ``epochs`` (the target of the current fit); data-parallel: ``dp`` (the
+    ``gf.distributed.DataParallel``, None in one process), ``distributed``, ``is_main``
+    (rank 0). Under ZeRO-1, ``p.grad`` outside this rank's shard is not averaged, so
+    GradientMonitor's per-layer norms (and NonFiniteGuard's layer name) are this rank's view;
+    the total gradient norm, the loss and every decision are global.
 
     Example::
 

@@ -73,7 +73,8 @@ def test_shard_range_covers_in_rank_order():
 
 @requires_mpi
 def test_comm_api_and_reducer_three_ranks():
-    # 3 ranks: uneven shards; integer-valued data makes the references exact
+    # 3 ranks: uneven shards; integer-valued data makes the references exact; DataParallel
+    # with and without ZeRO-1 (shards cutting segments) against one process
     res = run_mpi("comm_api.py", n=3, timeout=120)
     check_ok(res)
     lines = json_lines(res.stdout)
@@ -81,6 +82,9 @@ def test_comm_api_and_reducer_three_ranks():
     for d in lines:
         bad = [k for k, ok in d["checks"].items() if not ok]
         assert not bad, f"rank {d['rank']}: failed {bad}\n{res.stderr}"
+        for k in ("avg_bitwise_equal", "reduce_scatter_float32_1500017", "dp_zero_bitwise",
+                  "dp_zero_matches_single", "dp_matches_single"):
+            assert k in d["checks"]
 
 
 # ------------------------------------------------------------------ DataParallel, ZeRO-1

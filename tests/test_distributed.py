@@ -179,6 +179,10 @@ def test_dp_errors_are_raised_on_every_rank(dp_run):
         assert "(34, 20)" in msg and "(33, 20)" in msg
     for msg in errs["extra_param"]:
         assert msg.startswith("ValueError") and "'3.weight'" in msg
+    for msg in errs["lr_mismatch"]:
+        assert msg.startswith("ValueError") and "lr = 0.2 on rank 1 but lr = 0.1 on rank 0" in msg
+    for msg in errs["steps_mismatch"]:
+        assert msg.startswith("ValueError") and "step counts [0, 0, 0, 0] on rank 1" in msg
     for msg in errs["lamb_zero"]:
         assert msg.startswith("ValueError") and "shard_optimizer_state" in msg
     for msg in errs["zero_utils_clip"]:

@@ -1,0 +1,143 @@
+"""Run under mpiexec (any number of ranks): checks gf.distributed's communication API and
+MPIReducer against numpy references. Rank 0 prints one JSON line per rank:
+{"rank": r, "world": w, "checks": {name: bool}}."""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+import gradfuse as gf
+import gradfuse.distributed as dist
+
+before = (dist.is_initialized(), dist.get_rank(), dist.get_world_size(), dist.is_main(),
+          dist.get_comm() is None)
+launched = dist.launched()
+dist.init()
+dist.init()  # idempotent
+rank, world = dist.get_rank(), dist.get_world_size()
+checks = {}
+checks["before_init_is_single"] = before == (False, 0, 1, True, True)
+checks["launched"] = launched
+checks["initialized"] = dist.is_initialized() and dist.get_comm() is not None
+checks["rank_range"] = 0 <= rank < world and dist.is_main() == (rank == 0)
+checks["local"] = dist.get_local_world_size() == world and dist.get_local_rank() == rank
+cores = len(os.sched_getaffinity(0))
+if not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("GRADFUSE_NUM_THREADS")):
+    checks["threads_limited"] = gf.get_num_threads() == max(1, cores // world)
+checks["abort_hook_installed"] = sys.excepthook.__name__ == "hook"
+
+
+def data(r, shape, dtype):
+    # integer-valued floats: sums are exact in any order, so references are exact
+    return np.random.default_rng(100 + r).integers(-50, 50, size=shape).astype(dtype)
+
+
+def gathered_equal(arr):
+    """Whether every rank holds bitwise the same array."""
+    mine = arr.tobytes()
+    return all(b == mine for b in dist.all_gather_object(mine))
+
+
+for dtype in (np.float32, np.float64):
+    shape = (7, 5)
+    ref = sum(data(r, shape, dtype) for r in range(world))
+    x = data(rank, shape, dtype)
+    out = dist.all_reduce_(x)
+    checks[f"sum_{np.dtype(dtype).name}"] = out is x and np.array_equal(x, ref)
+    t = gf.Tensor(data(rank, shape, dtype))
+    dist.all_reduce_(t, op="avg")
+    checks[f"avg_tensor_{np.dtype(dtype).name}"] = np.allclose(t.data, ref / world) and \
+        gathered_equal(t.data)
+    x = data(rank, shape, dtype)
+    dist.all_reduce_(x, op="max")
+    checks[f"max_{np.dtype(dtype).name}"] = np.array_equal(
+        x, np.max([data(r, shape, dtype) for r in range(world)], axis=0))
+    x = data(rank, shape, dtype)
+    dist.all_reduce_(x, op="min")
+    checks[f"min_{np.dtype(dtype).name}"] = np.array_equal(
+        x, np.min([data(r, shape, dtype) for r in range(world)], axis=0))
+xi = np.array([rank + 1], dtype=np.int64)
+dist.all_reduce_(xi)
+checks["sum_int"] = int(xi[0]) == world * (world + 1) // 2
+# non-integer floats: every rank ends bitwise equal
+xf = np.random.default_rng(rank).standard_normal(1001).astype(np.float32)
+dist.all_reduce_(xf, op="avg")
+checks["avg_bitwise_equal"] = gathered_equal(xf)
+
+# bad input is refused before any communication
+errs = []
+for bad, kw in ((np.zeros((4, 4), np.float32)[:, 1], {}), (np.zeros(3, np.float32), {"op": "x"}),
+                (np.zeros(3, np.int32), {"op": "avg"}), ([1.0, 2.0], {})):
+    try:
+        dist.all_reduce_(bad, **kw)
+        errs.append(None)
+    except (TypeError, ValueError) as e:
+        errs.append(type(e).__name__)
+checks["bad_input"] = errs == ["ValueError", "ValueError", "TypeError", "TypeError"]
+try:
+    dist.broadcast_(np.zeros(2), src=world)
+    checks["bad_src"] = False
+except ValueError as e:
+    checks["bad_src"] = "src" in str(e)
+
+b = np.full(5, float(rank), np.float64)
+dist.broadcast_(b, src=world - 1)
+checks["broadcast"] = np.array_equal(b, np.full(5, world - 1.0))
+tb = gf.Tensor(np.full((2, 3), float(rank), np.float32))
+checks["broadcast_tensor"] = dist.broadcast_(tb) is tb and np.all(tb.data == 0.0)
+checks["all_gather_object"] = dist.all_gather_object({"r": rank}) == [
+    {"r": r} for r in range(world)]
+checks["broadcast_object"] = dist.broadcast_object(("cfg", rank), src=1 % world) == (
+    "cfg", 1 % world)
+dist.barrier()
+
+# ---- shard_range and MPIReducer
+for n in (0, 1, 15, 16, 17, 100, 1000, 4099):
+    rs = [dist.shard_range(n, r, world) for r in range(world)]
+    ok = rs[0][0] == 0 and rs[-1][1] == n and all(
+        rs[i][1] == rs[i + 1][0] for i in range(world - 1))
+    ok &= all(lo % 16 == 0 and lo <= hi for lo, hi in rs)
+    sizes = [hi - lo for lo, hi in rs]
+    ok &= max(sizes) - min(sizes) <= 16
+    checks[f"shard_range_{n}"] = ok
+red = dist.make_reducer()
+checks["reducer_shard_range"] = red.shard_range(100) == dist.shard_range(100, rank, world)
+for dtype in (np.float32, np.float64):
+    for n in (5, 1000, 4099):
+        name = f"{np.dtype(dtype).name}_{n}"
+        buf = red.buffer(n, dtype)
+        checks[f"buffer_{name}"] = (buf.shape == (n,) and buf.dtype == dtype and
+                                    buf.ctypes.data % 64 == 0 and not buf.any())
+        ref = sum(data(r, n, dtype) for r in range(world))
+        buf[:] = data(rank, n, dtype)
+        red.all_reduce_(buf)
+        checks[f"all_reduce_sum_{name}"] = np.array_equal(buf, ref)
+        buf[:] = data(rank, n, dtype)
+        red.all_reduce_(buf, "avg")
+        checks[f"all_reduce_avg_{name}"] = np.allclose(buf, ref / world) and gathered_equal(buf)
+        buf[:] = data(rank, n, dtype)
+        lo, hi = red.reduce_scatter_(buf, "sum")
+        checks[f"reduce_scatter_{name}"] = (lo, hi) == red.shard_range(n) and np.array_equal(
+            buf[lo:hi], ref[lo:hi])
+        buf[:] = data(rank, n, dtype)
+        red.reduce_scatter_(buf, "avg")
+        checks[f"reduce_scatter_avg_{name}"] = np.allclose(buf[lo:hi], ref[lo:hi] / world)
+        full = np.arange(n, dtype=dtype) * 3
+        buf[:] = -1
+        buf[lo:hi] = full[lo:hi]
+        red.all_gather_(buf)
+        checks[f"all_gather_{name}"] = np.array_equal(buf, full)
+try:
+    red.all_reduce_(np.zeros((2, 2), np.float32))
+    checks["reducer_bad_buf"] = False
+except ValueError as e:
+    checks["reducer_bad_buf"] = "buf" in str(e)
+red.close()
+
+checks = {k: bool(v) for k, v in checks.items()}
+everyone = dist.all_gather_object(checks)  # one writer: ranks' stdout lines could interleave
+if rank == 0:
+    for r, c in enumerate(everyone):
+        print(json.dumps({"rank": r, "world": world, "checks": c}), flush=True)

@@ -19,13 +19,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mpi_util import check_ok, requires_mpi, run_mpi
 
 SIZES = (1, 15, 17, 100, 4099, 300_001)
 DTYPES = ("float32", "float64")
@@ -123,29 +122,6 @@ def _worker(out_dir: str) -> None:
 
 
 # ------------------------------------------------------------------------------ the tests
-def _mpiexec() -> str | None:
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
-
-
-def _have_mpi() -> bool:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return False
-    return _mpiexec() is not None
-
-
-requires_mpi = pytest.mark.skipif(not _have_mpi(), reason="mpi4py or mpiexec not installed")
-
-
-def _run_mpi(script, n=2, args=(), timeout=120, env=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    cmd = [_mpiexec(), "-n", str(n), sys.executable, str(script), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
-
-
 def _expected_sum(xs: list, nodes: list) -> np.ndarray:
     """The documented order: rank order inside a node, then node partials in node order."""
     partial = [functools.reduce(np.add, [xs[r] for r in node]) for node in nodes]
@@ -171,8 +147,7 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
     n, fake, nodes = LAYOUTS[layout]
     env = {"GRADFUSE_SHM_FAKE_NODES": fake} if fake else {}
     env["GRADFUSE_NUM_THREADS"] = "1"
-    r = _run_mpi(__file__, n=n, args=(tmp_path,), env=env, timeout=180)
-    assert r.returncode == 0, f"mpiexec failed:\n{r.stdout}\n{r.stderr}"
+    check_ok(run_mpi(Path(__file__), n=n, args=(tmp_path,), env=env, timeout=180))
     out = [dict(np.load(tmp_path / f"rank{i}.npz")) for i in range(n)]
     meta = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(n)]
     fake_nodes = len(nodes) if fake else 1
@@ -229,19 +204,6 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         assert errs[7].startswith("TypeError: dtype:")
         np.testing.assert_array_equal(out[i]["unchanged"], np.full(33, i, np.float32))
         assert "after close" in meta[i]["after_close"]
-
-
-def test_shard_split_covers_in_order_with_aligned_bounds():
-    """The split the reducer uses inside a node and across nodes (no MPI needed)."""
-    _shm = pytest.importorskip("gradfuse.distributed._shm")
-    for n in (0, 1, 15, 16, 17, 100, 4099, 300_001):
-        for parts in (1, 2, 3, 4, 7):
-            got = [_shm._split(n, parts, i) for i in range(parts)]
-            assert got[0][0] == 0 and got[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
-            assert all(lo % 16 == 0 or lo == n for lo, _ in got)
-            blocks = [-(-(hi - lo) // 16) for lo, hi in got]  # 16-element blocks per part
-            assert max(blocks) - min(blocks) <= 1
 
 
 def test_fake_nodes_env_is_validated(monkeypatch):

@@ -56,11 +56,12 @@ import os
 
 import numpy as np
 
-__all__ = ["ShmReducer", "shard_range", "FAKE_NODES_ENV"]
+from ._reduce import shard_range
+
+__all__ = ["ShmReducer", "FAKE_NODES_ENV"]
 
 FAKE_NODES_ENV = "GRADFUSE_SHM_FAKE_NODES"
 
-_ALIGN_ELEMS = 16  # shard boundaries (the contract: multiples of 16 elements)
 _PAGE = 4096
 # Elements summed per block: the running sum stays in L2 (256 KiB of float32) while the W
 # segments stream through, so each element costs W reads + W writes of memory, no more; numpy's
@@ -68,29 +69,6 @@ _PAGE = 4096
 _BLOCK = 1 << 16
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _OPS = ("sum", "avg")
-
-
-def _split(n: int, parts: int, i: int) -> tuple[int, int]:
-    """Part ``i`` of ``parts`` of ``range(n)``: boundaries multiples of 16 elements, in order,
-    as even as that allows (the first ``blocks % parts`` parts get one 16-block more)."""
-    blocks = -(-n // _ALIGN_ELEMS)
-    q, r = divmod(blocks, parts)
-    lo = (i * q + min(i, r)) * _ALIGN_ELEMS
-    hi = lo + (q + (1 if i < r else 0)) * _ALIGN_ELEMS
-    return min(lo, n), min(hi, n)
-
-
-try:  # the contract's one shard_range, shared by every reducer
-    from ._reduce import shard_range as _contract_shard_range
-except ImportError:  # before dcore's _reduce.py is merged
-    _contract_shard_range = None
-
-
-def shard_range(n: int, rank: int, size: int) -> tuple[int, int]:
-    """This reducer's global shards: the contract's ``_reduce.shard_range`` when present."""
-    if _contract_shard_range is not None:
-        return _contract_shard_range(n, rank, size)
-    return _split(n, size, rank)
 
 
 def _mpi():
@@ -250,7 +228,7 @@ class ShmReducer:
             return
         b, off = found
         n = buf.size
-        lo, hi = _split(n, self.local_size, self.local_rank)
+        lo, hi = shard_range(n, self.local_rank, self.local_size)
         div = self.size if op == "avg" else 1
         self._fence(b)
         if self.n_nodes == 1:
@@ -391,7 +369,7 @@ class ShmReducer:
             if div > 1:
                 np.divide(x, div, out=x)
             return
-        parts = [_split(n, size, j) for j in range(size)]
+        parts = [shard_range(n, j, size) for j in range(size)]
         counts = [hi - lo for lo, hi in parts]
         displs = [lo for lo, _ in parts]
         mlo, mhi = parts[me]

@@ -206,6 +206,61 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         assert "after close" in meta[i]["after_close"]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 15, 17, 2047, 2049, 70_001])
+@pytest.mark.parametrize("nsrc", [1, 2, 3, 5])
+def test_segment_sum_kernel_matches_numpy_order_and_threads(dtype, n, nsrc):
+    """The owner's step (csrc/kernels/reduce.cpp): sum in source order, / div, into every dst;
+    bitwise numpy's chain, the same bits on 1 and 2 threads, a dst may be a src."""
+    import gradfuse as gf
+    from gradfuse import _backend
+
+    rng = np.random.default_rng(n * 10 + nsrc)
+    srcs = [rng.standard_normal(n).astype(dtype) for _ in range(nsrc)]
+    for div in (1, 3):
+        want = functools.reduce(np.add, srcs)
+        if div > 1:
+            want = want / np.asarray(div, dtype)
+        got = {}
+        for threads in (1, 2):
+            old = gf.get_num_threads()
+            gf.set_num_threads(threads)
+            try:
+                ins = [x.copy() for x in srcs]
+                dsts = [np.full(n, np.nan, dtype), ins[-1]]  # a fresh array and a source
+                _backend.segment_sum(ins, dsts, float(div))
+            finally:
+                gf.set_num_threads(old)
+            for d in dsts:
+                np.testing.assert_array_equal(d, want)
+            got[threads] = dsts[0]
+        assert got[1].tobytes() == got[2].tobytes()
+
+
+def test_segment_sum_kernel_rejects_bad_input():
+    from gradfuse import _backend
+
+    a, b = np.ones(8, np.float32), np.ones(8, np.float32)
+    out = np.zeros(8, np.float32)
+    cases = [
+        (([], [out], 1.0), ValueError, "srcs"),
+        (([a, b.astype(np.float64)], [out], 1.0), TypeError, "srcs"),
+        (([a.astype(np.int32)], [out], 1.0), TypeError, "srcs"),
+        (([a, b[:7]], [out], 1.0), ValueError, "srcs"),
+        (([a, b], [out[:7]], 1.0), ValueError, "dsts"),
+        (([a, b], [out.reshape(2, 4)], 1.0), ValueError, "dsts"),
+        (([a, b], [np.zeros(16, np.float32)[::2]], 1.0), ValueError, "dsts"),
+        (([a, b], [out], 0.0), ValueError, "div"),
+    ]
+    ro = np.zeros(8, np.float32)
+    ro.flags.writeable = False
+    cases.append((([a, b], [ro], 1.0), ValueError, "dsts"))
+    for args, exc, name in cases:
+        with pytest.raises(exc, match=name):
+            _backend.segment_sum(*args)
+        assert not out.any() and not ro.any()  # nothing written
+
+
 def test_fake_nodes_env_is_validated(monkeypatch):
     _shm = pytest.importorskip("gradfuse.distributed._shm")
     for bad in ("0", "x", "2,ring"):

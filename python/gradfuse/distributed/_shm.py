@@ -56,6 +56,7 @@ import os
 
 import numpy as np
 
+from .. import _backend
 from ._reduce import shard_range
 
 __all__ = ["ShmReducer", "FAKE_NODES_ENV"]
@@ -63,10 +64,7 @@ __all__ = ["ShmReducer", "FAKE_NODES_ENV"]
 FAKE_NODES_ENV = "GRADFUSE_SHM_FAKE_NODES"
 
 _PAGE = 4096
-# Elements summed per block: the running sum stays in L2 (256 KiB of float32) while the W
-# segments stream through, so each element costs W reads + W writes of memory, no more; numpy's
-# per-call overhead (~1 us per add/copy) stays below 5% of a block's time.
-_BLOCK = 1 << 16
+_BLOCK = 1 << 16  # minimum size of the scratch buffer of the cross-node sum
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _OPS = ("sum", "avg")
 
@@ -330,28 +328,12 @@ class ShmReducer:
         return t[:n]
 
     def _reduce_block(self, b: _Buffer, lo: int, hi: int, div: int, outs: list) -> None:
-        """Sum ``[lo, hi)`` over the node's segments in local-rank order (block by block,
-        the running sum in cache), divide by ``div`` if > 1, write into each of ``outs``."""
-        segs = b.segs
-        if len(segs) == 1:
-            if div > 1:
-                for o in outs:
-                    np.divide(segs[0][lo:hi], div, out=o[lo:hi])
-            elif not all(o is segs[0] for o in outs):
-                for o in outs:
-                    np.copyto(o[lo:hi], segs[0][lo:hi])
-            return
-        tmp_all = self._tmp(b.dtype, min(_BLOCK, max(hi - lo, 1)))
-        for s in range(lo, hi, _BLOCK):
-            e = min(s + _BLOCK, hi)
-            t = tmp_all[: e - s]
-            np.add(segs[0][s:e], segs[1][s:e], out=t)
-            for seg in segs[2:]:
-                np.add(t, seg[s:e], out=t)
-            if div > 1:
-                np.divide(t, div, out=t)
-            for o in outs:
-                np.copyto(o[s:e], t)
+        """Sum ``[lo, hi)`` over the node's segments in local-rank order, divide by ``div`` if
+        > 1, write into each of ``outs``: one C++ pass (csrc/kernels/reduce.cpp), the running
+        sum of each block in L1."""
+        if hi > lo:
+            _backend.segment_sum([s[lo:hi] for s in b.segs], [o[lo:hi] for o in outs],
+                                 float(div))
 
     def _copy_out(self, b: _Buffer, lo: int, hi: int) -> None:
         src = b.mine[lo:hi]

@@ -44,11 +44,12 @@ requires_mpi = pytest.mark.skipif(mpi_missing() is not None, reason=str(mpi_miss
 
 
 def run_mpi(script: str | Path, n: int = 2, args=(), timeout: float = 120,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+            env: dict | None = None, cwd: str | Path | None = None
+            ) -> subprocess.CompletedProcess:
     """Run ``mpiexec -n n sys.executable script *args``; returns the CompletedProcess.
 
     ``script`` is a path, or a file name in tests/dist_scripts. ``env`` entries are added to
-    the current environment. On timeout the launcher and its ranks (a process group of their
+    the current environment; ``cwd`` is the ranks' working directory. On timeout the launcher and its ranks (a process group of their
     own) are killed and ``subprocess.TimeoutExpired`` is raised, so a hang fails the test
     instead of stalling the suite.
     """
@@ -63,7 +64,7 @@ def run_mpi(script: str | Path, n: int = 2, args=(), timeout: float = 120,
         full_env.update({k: str(v) for k, v in env.items()})
     cmd = [mpiexec, "-n", str(n), sys.executable, str(path), *map(str, args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=full_env, start_new_session=True)
+                            env=full_env, cwd=cwd, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

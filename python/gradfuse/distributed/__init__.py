@@ -33,6 +33,7 @@ from ._comm import (
     launched,
 )
 from ._reduce import MPIReducer, make_reducer, shard_range
+from .parallel import DataParallel
 
 __all__ = [
     "is_available",
@@ -50,6 +51,7 @@ __all__ = [
     "all_gather_object",
     "broadcast_object",
     "get_comm",
+    "DataParallel",
     "MPIReducer",
     "make_reducer",
     "shard_range",

@@ -88,9 +88,10 @@ def init(comm=None) -> None:
       ``gradfuse.distributed: rank R: <error>`` (after the traceback) to stderr and calls
       ``comm.Abort(1)``, so the whole job ends instead of the other ranks waiting forever in
       their next collective;
-    * limits the threads of each rank to ``max(1, cores // local ranks)`` (gradfuse's kernels
-      and numpy's BLAS through threadpoolctl), so ranks on one machine do not oversubscribe its
-      cores, unless ``OMP_NUM_THREADS`` or ``GRADFUSE_NUM_THREADS`` is set (then that wins).
+    * when several ranks share this machine, limits the threads of each to
+      ``max(1, cores // local ranks)`` (gradfuse's kernels and numpy's BLAS through
+      threadpoolctl), so they do not oversubscribe its cores, unless ``OMP_NUM_THREADS`` or
+      ``GRADFUSE_NUM_THREADS`` is set (then that wins).
 
     Raises RuntimeError when mpi4py is not installed.
 
@@ -117,6 +118,7 @@ def init(comm=None) -> None:
                   local_rank=node.Get_rank(), local_size=node.Get_size())
     if _state["size"] > 1:
         _install_abort_hook(comm)
+    if _state["local_size"] > 1:
         _limit_threads(_state["local_size"])
 
 

@@ -74,8 +74,8 @@ class MPIReducer:
     * ``all_reduce_(buf, op)``: ``MPI_Allreduce(MPI_IN_PLACE)``; ``"avg"`` then multiplies by
       ``1 / world_size`` in place (exact for power-of-two worlds, the reciprocal's rounding
       otherwise).
-    * ``reduce_scatter_(buf, op)``: ``MPI_Reduce_scatter`` in place; MPI leaves the result at
-      the start of ``buf``, so this rank's shard is then moved to ``buf[lo:hi]``.
+    * ``reduce_scatter_(buf, op)``: ``MPI_Reduce_scatter`` from ``buf`` into a receive buffer
+      of shard length, copied to ``buf[lo:hi]``.
     * ``all_gather_(buf)``: ``MPI_Allgatherv(MPI_IN_PLACE)`` of the shards.
 
     Each element is reduced once (or symmetrically) and the result distributed, so all ranks
@@ -94,6 +94,7 @@ class MPIReducer:
         self.rank = comm.Get_rank()
         self.world_size = comm.Get_size()
         self._layouts: dict = {}  # n -> (counts, displacements) of the shards
+        self._scratch: dict = {}  # (n, dtype) -> receive buffer of reduce_scatter_
 
     def buffer(self, n: int, dtype) -> np.ndarray:
         """A zeroed 1-D array of ``n`` elements of ``dtype``, 64-byte aligned."""
@@ -146,10 +147,16 @@ class MPIReducer:
         from mpi4py import MPI
 
         counts, _ = self._layout(buf.size)
-        self.comm.Reduce_scatter(MPI.IN_PLACE, [buf, self._mpi_type(buf.dtype)], counts,
-                                 MPI.SUM)
-        if lo:  # MPI leaves the shard at the front; it may overlap its place (copyto handles it)
-            np.copyto(buf[lo:hi], buf[: hi - lo])
+        # Not MPI_IN_PLACE: MPICH then moves the shard to the front of buf with a memcpy that
+        # asserts when source and destination overlap (rank 1 of 2 with a shard longer than
+        # rank 0's). A receive buffer of shard length (kept per size) and one copy instead.
+        key = (buf.size, buf.dtype.str)
+        tmp = self._scratch.get(key)
+        if tmp is None:
+            tmp = self._scratch[key] = _aligned_zeros(max(hi - lo, 1), buf.dtype)
+        self.comm.Reduce_scatter([buf, self._mpi_type(buf.dtype)],
+                                 [tmp, hi - lo, self._mpi_type(buf.dtype)], counts, MPI.SUM)
+        np.copyto(buf[lo:hi], tmp[: hi - lo])
         if op == "avg" and hi > lo:
             _backend.arena_scale(buf[lo:hi], 1.0 / self.world_size)
         return lo, hi
@@ -165,7 +172,8 @@ class MPIReducer:
         self.comm.Allgatherv(MPI.IN_PLACE, [buf, counts, displs, self._mpi_type(buf.dtype)])
 
     def close(self) -> None:
-        """Nothing to release (the buffers are ordinary arrays)."""
+        """Drop the scratch buffers (the arrays handed out are ordinary numpy arrays)."""
+        self._scratch.clear()
 
 
 def make_reducer(comm=None):

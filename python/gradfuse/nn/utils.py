@@ -48,6 +48,12 @@ def _grad_buffers(parameters):
             by_arena.setdefault(id(a), [a, set()])[1].add(id(g))
         else:
             loose.append(g)
+    for a, _ in by_arena.values():
+        # gradfuse.distributed.DataParallel: the norm is that of the averaged gradients (the
+        # same on every rank); under ZeRO-1 no rank holds them all
+        sync = a.grad_sync
+        if sync is not None:
+            sync.sync_for_utils()
     out = []
     for a, ids in by_arena.values():
         live = {id(p.grad) for p in a.params if p.grad is not None}

@@ -239,6 +239,10 @@ class _Arena:
         self.slot_cache = None
         self.seg_table = None  # (offsets, sizes) as int64 arrays, for kernels that need them
         self.extra: dict[str, np.ndarray] = {}  # per-segment scalars (NAdam's mu_product)
+        # ZeRO-1 (gradfuse.distributed.DataParallel): this rank's [lo, hi) of the arena; the
+        # state buffers then hold only that range (length hi - lo). None: the whole arena.
+        self.shard: tuple[int, int] | None = None
+        self.grad_sync = None  # DataParallel's synchronizer (gf.nn.utils.clip_grad_norm_ syncs)
 
     # ------------------------------------------------------------ device moves
     def prepare_move(self, to_device: bool):
@@ -273,6 +277,36 @@ class _Arena:
             self.slot_cache = None
 
         return commit
+
+    def rebind_buffers(self, param=None, grad=None) -> None:
+        """Move the parameter arena into ``param`` and/or the gradient arena into ``grad`` (1-D
+        host arrays of ``n`` elements and the arena's dtype, e.g. the buffers a
+        ``gradfuse.distributed`` reducer reduces in place): the values are copied once, each
+        parameter's ``.data`` (where it is still the arena view) and each ``.grad`` tensor
+        become views into the new buffers, as ``prepare_move``'s commit does, and the bound
+        ArenaStep is dropped (the next step binds one to the new buffers)."""
+        for name, buf in (("param", param), ("grad", grad)):
+            if buf is not None and (not isinstance(buf, np.ndarray) or buf.shape != (self.n,)
+                                    or buf.dtype != self.dtype or self.device):
+                raise ValueError(
+                    f"{name}: expected a host array of shape ({self.n},) and dtype {self.dtype}")
+        if param is not None:
+            np.copyto(param, self.param)
+            old = self.views
+            self.param = param
+            self.views = []
+            for p, v, o, s, shape in zip(self.params, old, self.offsets, self.sizes,
+                                         self.shapes):
+                nv = param[o : o + s].reshape(shape)
+                self.views.append(nv)
+                if p.data is v:  # a rebound .data is adopted by the next sync()
+                    p.data = nv
+        if grad is not None:
+            np.copyto(grad, self.grad)
+            self.grad = grad
+            for gt, o, s, shape in zip(self.grad_tensors, self.offsets, self.sizes, self.shapes):
+                gt._rebind(grad[o : o + s].reshape(shape))
+        self.slot_cache = None
 
     # ------------------------------------------------------------ step counts
     @property
@@ -359,10 +393,13 @@ class _Arena:
     def ensure_state(self, name: str, init: float = 0.0) -> np.ndarray:
         a = self.state.get(name)
         if a is None:
-            a = _arena_empty(self.n, self.dtype, self.device)
+            lo, hi = (0, self.n) if self.shard is None else self.shard
+            a = _arena_empty(hi - lo, self.dtype, self.device)
             if init:
                 for o, s in zip(self.offsets, self.sizes):
-                    a[o : o + s] = init
+                    b, e = max(o, lo), min(o + s, hi)
+                    if b < e:
+                        a[b - lo : e - lo] = init
             self.state[name] = a
         return a
 
@@ -393,6 +430,12 @@ class Optimizer:
     # Whether _scalars gives the same values for every step after the first (for one group
     # version): the bound path then reuses them.
     _fixed_scalars = False
+    # gradfuse.distributed.DataParallel's gradient synchronizer, None in a single process.
+    # step() and clip_grad_norm_() call its sync() first (one in-place all-reduce per gradient
+    # arena per backward, so the guard and the clipping see the averaged gradients), zero_grad()
+    # its reset(); with ZeRO-1 (``.sharded``) it also runs the update, the gradient norm and
+    # the state gathering (see gradfuse/distributed/parallel.py).
+    _grad_sync = None
 
     def __init__(self, params, defaults: dict, *, skip_nonfinite: bool = False):
         if isinstance(params, Tensor):
@@ -495,6 +538,8 @@ class Optimizer:
         reads zeros; one that is None stays None, as PyTorch). A clip scale folded by
         :meth:`clip_grad_norm_` belonged to the dropped gradients: it is dropped too."""
         self._clip_scale = self._clip_norm = None
+        if self._grad_sync is not None:
+            self._grad_sync.reset()
         for arenas in self._arenas:
             for _, a in arenas:
                 if set_to_none:
@@ -550,8 +595,14 @@ class Optimizer:
                 f"norm_type: expected a number, got {type(norm_type).__name__}") from None
         if math.isnan(norm_type) or norm_type <= 0:
             raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
+        sync = self._grad_sync
+        if sync is not None:
+            sync.sync()
         plans = self._plans()
-        total = total_norm(self._grad_ranges(plans), norm_type)
+        if sync is not None and sync.sharded:
+            total = sync.grad_norm(plans, norm_type)
+        else:
+            total = total_norm(self._grad_ranges(plans), norm_type)
         if error_if_nonfinite and not math.isfinite(total):
             raise RuntimeError(
                 f"The total norm of order {norm_type} for gradients from `parameters` is "
@@ -572,6 +623,11 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        sync = self._grad_sync
+        if sync is not None:
+            sync.sync(consume=True)
+            if sync.sharded:
+                return sync.step(loss, closure)
         if self._clip_scale is None and self.skip_nonfinite and self._fast_step:
             # the guard through the bound steps: all gradients are checked before any update
             bound = self._bound_steps()
@@ -743,7 +799,15 @@ class Optimizer:
     @property
     def state(self) -> dict:
         """param -> its state dict (PyTorch's ``optimizer.state``), built on each access; the
-        arrays are copies: write state through :meth:`load_state_dict`."""
+        arrays are copies: write state through :meth:`load_state_dict`. Collective under
+        ZeRO-1 (DataParallel with ``shard_optimizer_state=True``): every rank gets it whole."""
+        sync = self._grad_sync
+        if sync is not None and sync.sharded:
+            with sync.full_state():
+                return self._local_state()
+        return self._local_state()
+
+    def _local_state(self) -> dict:
         out = {}
         for gi, a, seg in self._param_index():
             st = self._segment_state(self.param_groups[gi], a, seg)
@@ -758,7 +822,17 @@ class Optimizer:
 
         Unlike PyTorch (which returns references to the live state tensors), the arrays are
         copies: a snapshot that later steps do not change and whose mutation does not reach the
-        optimizer. :meth:`load_state_dict` copies in the same way."""
+        optimizer. :meth:`load_state_dict` copies in the same way.
+
+        Under ZeRO-1 (DataParallel with ``shard_optimizer_state=True``) it is collective (every
+        rank calls it) and every rank gets the full state, the dict one process would have."""
+        sync = self._grad_sync
+        if sync is not None and sync.sharded:
+            with sync.full_state():
+                return self._local_state_dict()
+        return self._local_state_dict()
+
+    def _local_state_dict(self) -> dict:
         state = {}
         for i, (gi, a, seg) in enumerate(self._param_index()):
             st = self._segment_state(self.param_groups[gi], a, seg)
@@ -776,7 +850,15 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state_dict from gradfuse or from PyTorch (tensors converted with
         ``.numpy()``, or left as tensors). Everything is checked first; on any error the
-        optimizer is left untouched."""
+        optimizer is left untouched. Under ZeRO-1 each rank takes the full dict and keeps its
+        shard of the state (no communication)."""
+        sync = self._grad_sync
+        if sync is not None and sync.sharded:
+            with sync.full_state(load=True):
+                return self._load_local_state_dict(state_dict)
+        return self._load_local_state_dict(state_dict)
+
+    def _load_local_state_dict(self, state_dict: dict) -> None:
         if not isinstance(state_dict, dict) or "state" not in state_dict or \
                 "param_groups" not in state_dict:
             raise ValueError("state_dict: expected a dict with 'state' and 'param_groups'")

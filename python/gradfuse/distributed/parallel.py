@@ -1,0 +1,512 @@
+"""DataParallel: one model replica per rank, gradients averaged over the flat arenas.
+
+Every rank runs the same script on its own share of each batch. ``DataParallel`` makes the
+replicas start equal (rank 0's parameters and buffers are broadcast) and keeps them equal: the
+optimizer's gradient arenas (one contiguous buffer per param group and dtype) are averaged over
+the ranks with ONE in-place all-reduce each before the fused update, which then runs on the
+same numbers everywhere, so the parameters stay bitwise identical across ranks without ever
+being sent again.
+
+The optimizer calls the synchronizer itself (``Optimizer._grad_sync``): ``step()`` and
+``clip_grad_norm_()`` average the gradients first, once per backward, so the norm, the
+clipping and the non-finite guard (``skip_nonfinite``) see the averaged gradients and every
+rank takes the same decision. Before the all-reduce the ranks compare which parameters got a
+gradient (one small all-reduce of a 0/1 vector): a parameter whose ``.grad`` is None on some
+ranks only is an error, not a silent divergence.
+
+ZeRO-1 (``shard_optimizer_state=True``, Rajbhandari et al. 2019,
+https://arxiv.org/abs/1910.02054): the gradient arena is reduce-scattered instead, each rank
+updates only its shard of the parameters (:func:`shard_range`) with optimizer state buffers of
+shard length (state memory divided by the world size), and the parameter arena is all-gathered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+
+from .. import _backend
+from ..cuda.array import DeviceArray
+from ..optim.optimizer import Optimizer, _arena_empty
+from ..tensor import Tensor
+from . import _comm
+from ._reduce import make_reducer
+
+__all__ = ["DataParallel"]
+
+
+def _describe(arr) -> tuple:
+    return (tuple(int(d) for d in arr.shape), str(arr.dtype))
+
+
+class DataParallel:
+    """Data-parallel training of ``model`` with ``optimizer`` over the ranks of
+    ``gf.distributed.init()`` (collective: every rank constructs it, in the same order).
+
+    Args:
+        model: the ``gf.nn.Module`` replica on this rank.
+        optimizer: a gradfuse optimizer over (some of) ``model``'s parameters.
+        shard_optimizer_state: ZeRO-1: each rank keeps and updates only its shard of the
+            optimizer state and parameters (elementwise optimizers: not LAMB, whose trust
+            ratio needs whole-tensor norms). ``optimizer.state_dict()`` is then collective and
+            returns the full state on every rank; ``load_state_dict`` takes a full dict.
+        broadcast_buffers: broadcast ``model``'s buffers (BatchNorm running statistics) from
+            rank 0 at construction and before every forward in training mode (PyTorch DDP's
+            default), so all replicas hold rank 0's statistics.
+
+    Construction checks that every rank has the same parameters (names, shapes, dtypes; and
+    the same optimizer layout) and raises ValueError on every rank, naming the first
+    mismatching parameter, instead of hanging. It then broadcasts rank 0's parameters (one
+    ``Bcast`` per parameter arena) and buffers, and moves each gradient arena (with ZeRO-1 the
+    parameter arena too) into a buffer of the reducer.
+
+    After that, ``loss.backward(); optimizer.step()`` is all a training step needs: ``step()``
+    (or ``clip_grad_norm_()``, whichever comes first) averages the gradients. Under ZeRO-1,
+    ``p.grad`` holds the averaged gradient only in this rank's shard after the reduction.
+
+    Outside ``gf.distributed.init()`` or with one rank, nothing is attached and the model
+    trains exactly as in one process.
+
+    Example (``mpiexec -n 2 python train.py``)::
+
+        gf.distributed.init()
+        model = gf.nn.Sequential(gf.nn.Linear(784, 256), gf.nn.ReLU(), gf.nn.Linear(256, 10))
+        opt = gf.optim.Adam(model.parameters(), lr=1e-3)
+        dp = gf.distributed.DataParallel(model, opt)
+        for x, y in loader:                 # this rank's share of each batch
+            loss = gf.nn.functional.cross_entropy(dp(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()                      # averages the gradients, then the fused update
+    """
+
+    def __init__(self, model, optimizer, *, shard_optimizer_state: bool = False,
+                 broadcast_buffers: bool = True):
+        from ..nn.module import Module
+
+        if not isinstance(model, Module):
+            raise TypeError(f"model: expected a gf.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"optimizer: expected a gradfuse optimizer, got {type(optimizer).__name__}")
+        for name, v in (("shard_optimizer_state", shard_optimizer_state),
+                        ("broadcast_buffers", broadcast_buffers)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name}: expected a bool, got {v!r}")
+        if optimizer._grad_sync is not None:
+            raise ValueError("optimizer: already attached to a DataParallel (close() it first)")
+        arenas = [(g, a) for g, ars in zip(optimizer.param_groups, optimizer._arenas)
+                  for _, a in ars]
+        if any(a.device for _, a in arenas) or any(
+                type(p.data) is DeviceArray for p in model.parameters()):
+            raise TypeError("model: DataParallel runs on CPU parameters (move the model to the "
+                            "CPU before building the optimizer)")
+        if shard_optimizer_state and (type(optimizer)._update is not Optimizer._update):
+            raise ValueError(
+                f"shard_optimizer_state: {type(optimizer).__name__} is not elementwise (its "
+                "update needs whole-tensor norms), so its state cannot be sharded; use "
+                "shard_optimizer_state=False")
+        self.module = model
+        self.optimizer = optimizer
+        self.shard_optimizer_state = shard_optimizer_state
+        self.broadcast_buffers = broadcast_buffers
+        self._sync = None
+        self._has_buffers = False
+        if _comm.get_world_size() == 1:
+            return  # one process: nothing to synchronize, the optimizer stays as it is
+
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._check_same_everywhere(model, optimizer, names)
+        comm = _comm.get_comm()
+        reducer = make_reducer(comm)
+        for _, a in arenas:
+            if shard_optimizer_state:
+                a.rebind_buffers(param=reducer.buffer(a.n, a.dtype),
+                                 grad=reducer.buffer(a.n, a.dtype))
+            else:
+                a.rebind_buffers(grad=reducer.buffer(a.n, a.dtype))
+        # rank 0's values everywhere: one Bcast per parameter arena, then what no arena holds
+        in_arena = set()
+        for _, a in arenas:
+            _comm.broadcast_(a.param)
+            in_arena.update(id(p) for p in a.params)
+        for _, p in model.named_parameters():
+            if id(p) not in in_arena:
+                _comm.broadcast_(p.data)
+        self._has_buffers = self._bcast_buffers()
+        self._sync = _GradSync(optimizer, arenas, reducer, comm, names, shard_optimizer_state)
+        optimizer._grad_sync = self._sync
+
+    # ------------------------------------------------------------ construction checks
+    @staticmethod
+    def _check_same_everywhere(model, optimizer, names) -> None:
+        """Compare parameter names/shapes/dtypes, buffers and the optimizer's layout with rank
+        0's; every rank sees all descriptions, so every rank raises the same error."""
+        desc = {
+            "params": [(n, *_describe(p.data)) for n, p in model.named_parameters()],
+            "buffers": [(n, *_describe(b.data if isinstance(b, Tensor) else np.asarray(b)))
+                        for n, b in model.named_buffers()],
+            "optimizer": [[(names.get(id(p), f"param_groups[{gi}][{i}]"), *_describe(p.data))
+                           for i, p in enumerate(g["params"])]
+                          for gi, g in enumerate(optimizer.param_groups)],
+            "optimizer_type": type(optimizer).__name__,
+        }
+        every = _comm.all_gather_object(desc)
+        ref = every[0]
+        for r, d in enumerate(every[1:], start=1):
+            for kind, what in (("params", "parameter"), ("buffers", "buffer")):
+                msg = _first_mismatch(ref[kind], d[kind], what, r)
+                if msg:
+                    raise ValueError(f"DataParallel: {msg}")
+            if d["optimizer_type"] != ref["optimizer_type"]:
+                raise ValueError(
+                    f"DataParallel: optimizer is {d['optimizer_type']} on rank {r} but "
+                    f"{ref['optimizer_type']} on rank 0")
+            if len(d["optimizer"]) != len(ref["optimizer"]):
+                raise ValueError(
+                    f"DataParallel: optimizer has {len(d['optimizer'])} param groups on rank {r}"
+                    f" but {len(ref['optimizer'])} on rank 0")
+            for gi, (a, b) in enumerate(zip(ref["optimizer"], d["optimizer"])):
+                msg = _first_mismatch(a, b, f"optimizer param group {gi}: parameter", r)
+                if msg:
+                    raise ValueError(f"DataParallel: {msg}")
+
+    def _bcast_buffers(self) -> bool:
+        """Broadcast rank 0's buffers; returns whether the module has any."""
+        if not self.broadcast_buffers:
+            return False
+        found = False
+        for _, b in self.module.named_buffers():
+            found = True
+            arr = b.data if isinstance(b, Tensor) else b
+            if not isinstance(arr, np.ndarray) or not arr.size:
+                continue
+            if arr.flags.c_contiguous and arr.flags.writeable:
+                _comm.broadcast_(arr)
+            else:
+                tmp = np.ascontiguousarray(arr)
+                _comm.broadcast_(tmp)
+                arr[...] = tmp
+        return found
+
+    # ------------------------------------------------------------ the model's interface
+    def __call__(self, *args, **kwargs):
+        """``model(*args, **kwargs)``; in training mode with ``broadcast_buffers``, rank 0's
+        buffers are broadcast first (PyTorch DDP's behaviour), which makes the call collective
+        for a model that has buffers: call it on every rank, or the module itself on one."""
+        if self._has_buffers and self.module.training and self._sync is not None:
+            self._bcast_buffers()
+        return self.module(*args, **kwargs)
+
+    forward = __call__
+
+    def sync_gradients(self) -> None:
+        """Average the gradients now (collective). ``optimizer.step()`` and
+        ``optimizer.clip_grad_norm_()`` do it by themselves, once per backward; call this to
+        read averaged ``p.grad`` values before them (under ZeRO-1 only this rank's shard of
+        the gradient arena is averaged)."""
+        if self._sync is not None:
+            self._sync.sync()
+
+    def parameters(self, recurse: bool = True):
+        return self.module.parameters(recurse)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        return self.module.named_parameters(prefix, recurse)
+
+    def train(self, mode: bool = True):
+        self.module.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        """The module's state_dict (keys without PyTorch DDP's ``module.`` prefix, so a
+        checkpoint loads into the bare model)."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        return self.module.load_state_dict(state_dict, strict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none)
+
+    def close(self) -> None:
+        """Detach from the optimizer (collective under ZeRO-1, which gathers the full state
+        back onto every rank): the arenas move back into ordinary buffers and the optimizer
+        steps as in one process again. A second call does nothing."""
+        sync = self._sync
+        if sync is None:
+            return
+        sync.detach()
+        self._sync = None
+
+    def __getattr__(self, name):
+        # anything else is the module's (its methods and submodules)
+        if name in ("module", "optimizer", "_sync", "_has_buffers"):
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+    def __repr__(self) -> str:
+        return (f"DataParallel(world_size={_comm.get_world_size()}, "
+                f"shard_optimizer_state={self.shard_optimizer_state},\n  {self.module!r})")
+
+
+def _first_mismatch(ref: list, mine: list, what: str, rank: int) -> str | None:
+    for i in range(max(len(ref), len(mine))):
+        a = ref[i] if i < len(ref) else None
+        b = mine[i] if i < len(mine) else None
+        if a == b:
+            continue
+        if a is None:
+            return f"{what} {b[0]!r} exists on rank {rank} but not on rank 0"
+        if b is None:
+            return f"{what} {a[0]!r} exists on rank 0 but not on rank {rank}"
+        if a[0] != b[0]:
+            return (f"{what} {i} is named {a[0]!r} on rank 0 but {b[0]!r} on rank {rank} (the "
+                    "models differ)")
+        return (f"{what} {a[0]!r} has shape {b[1]} and dtype {b[2]} on rank {rank}, but shape "
+                f"{a[1]} and dtype {a[2]} on rank 0")
+    return None
+
+
+class _GradSync:
+    """The object DataParallel hangs on ``optimizer._grad_sync`` (see Optimizer)."""
+
+    def __init__(self, optimizer, arenas, reducer, comm, names, sharded: bool):
+        self.optimizer = optimizer
+        self.arenas = arenas  # [(group, arena)] in the optimizer's order
+        self.reducer = reducer
+        self.comm = comm
+        self.world = comm.Get_size()
+        self.sharded = sharded
+        self._synced = False
+        self._n_arenas = len(arenas)
+        self._seg_names = []
+        for g, a in arenas:
+            gi = next(k for k, gg in enumerate(optimizer.param_groups) if gg is g)
+            pos = {id(p): i for i, p in enumerate(g["params"])}
+            self._seg_names += [names.get(id(p), f"param_groups[{gi}][{pos[id(p)]}]")
+                                for p in a.params]
+        for _, a in arenas:
+            a.grad_sync = self
+        # one 0/1 per parameter (has a gradient), summed over the ranks: 0 or W everywhere
+        self._ctl = np.zeros(len(self._seg_names), np.int32)
+        if sharded:
+            for _, a in arenas:
+                a.shard = reducer.shard_range(a.n)
+                lo, hi = a.shard
+                for k, v in list(a.state.items()):  # state made before (Adagrad's, a load)
+                    s = _arena_empty(hi - lo, a.dtype)
+                    np.copyto(s, v[lo:hi])
+                    a.state[k] = s
+                a.slot_cache = None
+
+    # ------------------------------------------------------------ gradients
+    def reset(self) -> None:
+        self._synced = False
+
+    def sync(self, consume: bool = False) -> None:
+        if not self._synced:
+            self._reduce()
+        # a step uses the averaged gradients: the next backward's need averaging again
+        self._synced = not consume
+
+    def sync_for_utils(self) -> None:
+        """For gf.nn.utils.clip_grad_norm_, which reads and scales whole gradient arenas."""
+        if self.sharded:
+            raise RuntimeError(
+                "gf.nn.utils.clip_grad_norm_ under ZeRO-1 (shard_optimizer_state=True): each "
+                "rank holds only its shard of the averaged gradients; use "
+                "optimizer.clip_grad_norm_(max_norm), which combines the shards' norms")
+        self.sync()
+
+    def _reduce(self) -> None:
+        from mpi4py import MPI
+
+        if sum(len(ars) for ars in self.optimizer._arenas) != self._n_arenas:
+            raise RuntimeError(
+                "DataParallel: the optimizer got a new param group after DataParallel was "
+                "built; build DataParallel after add_param_group")
+        ctl = self._ctl
+        pos = 0
+        for _, a in self.arenas:
+            active = a.sync()  # adopts hand-set .grad / rebound .data into the arenas first
+            k = len(a.params)
+            ctl[pos : pos + k] = 1 if active is None else active
+            pos += k
+        mine = ctl.copy()
+        self.comm.Allreduce(MPI.IN_PLACE, ctl, MPI.SUM)
+        if ctl.size and ctl.min() != self.world and not np.all((ctl == 0) | (ctl == self.world)):
+            i = int(np.flatnonzero((ctl != 0) & (ctl != self.world))[0])
+            has = self.comm.allgather(bool(mine[i]))  # every rank is here: safe to gather
+            with_grad = [r for r, h in enumerate(has) if h]
+            without = [r for r, h in enumerate(has) if not h]
+            raise RuntimeError(
+                f"DataParallel: parameter {self._seg_names[i]!r} has a gradient on ranks "
+                f"{with_grad} but none (.grad is None) on ranks {without}; every rank must "
+                "compute gradients for the same parameters (use set_to_none=False in "
+                "zero_grad, or make unused parameters take part in the loss)")
+        for _, a in self.arenas:
+            if self.sharded:
+                self.reducer.reduce_scatter_(a.grad, "avg")
+            else:
+                self.reducer.all_reduce_(a.grad, "avg")
+
+    def _shard_grads(self, plans):
+        """This rank's shard of the gradients of the parameters taking part in the step."""
+        for _, a, active in plans:
+            lo, hi = a.shard
+            if active is None:
+                if hi > lo:
+                    yield a.grad[lo:hi]
+                continue
+            for i, on in enumerate(active):
+                if on:
+                    o = a.offsets[i]
+                    b, e = max(o, lo), min(o + a.sizes[i], hi)
+                    if b < e:
+                        yield a.grad[b:e]
+
+    def grad_norm(self, plans, norm_type: float) -> float:
+        """The total gradient norm under ZeRO-1: each rank reduces its shard, the partial sums
+        are gathered and combined in rank order (the same float on every rank)."""
+        inf = math.isinf(norm_type)
+        part = 0.0
+        for x in self._shard_grads(plans):
+            v = _backend.arena_norm_reduce(x, norm_type)
+            if math.isnan(v):
+                part = v
+                break
+            part = max(part, v) if inf else part + v
+        parts = np.zeros(self.world, np.float64)
+        self.comm.Allgather(np.array([part], np.float64), parts)
+        if np.isnan(parts).any():
+            return float("nan")
+        if inf:
+            return float(parts.max())
+        total = 0.0
+        for v in parts:
+            total += float(v)
+        if norm_type == 2.0:
+            return math.sqrt(total)
+        if norm_type == 1.0:
+            return total
+        return total ** (1.0 / norm_type)
+
+    def _all_finite(self, plans) -> bool:
+        from mpi4py import MPI
+
+        ok = all(_backend.arena_all_finite(x) for x in self._shard_grads(plans))
+        return bool(self.comm.allreduce(int(ok), op=MPI.MIN))
+
+    # ------------------------------------------------------------ ZeRO-1 step
+    def step(self, loss, closure):
+        """Optimizer.step() under ZeRO-1, after the reduce-scatter: update this rank's shard,
+        all-gather the parameters. The guard and the clip scale act as in Optimizer.step."""
+        opt = self.optimizer
+        plans = opt._plans()
+        scale, norm = opt._clip_scale, opt._clip_norm
+        opt._clip_scale = opt._clip_norm = None
+        if opt.skip_nonfinite:
+            finite = math.isfinite(norm) if norm is not None else self._all_finite(plans)
+            if not finite:
+                opt.skipped_steps += 1
+                opt.last_step_skipped = True
+                return loss if closure is not None else False
+        opt.last_step_skipped = False
+        gs = 1.0 if scale is None else float(scale)
+        for group, a, active in plans:
+            self._update_shard(group, a, active, gs)
+        for _, a in self.arenas:
+            self.reducer.all_gather_(a.param)
+        return loss if closure is not None else True
+
+    def _update_shard(self, group, a, active, grad_scale: float) -> None:
+        """Optimizer._update restricted to the shard [lo, hi): the same _scalars calls (so
+        per-segment side effects such as NAdam's mu_product happen on every rank), the kernel
+        only on this rank's elements, state indexed from lo."""
+        opt = self.optimizer
+        lo, hi = a.shard
+        slots = [a.ensure_state(k, opt._state_init(group, k)) if k else None
+                 for k in opt._state_keys(group)]
+        slots += [None] * (3 - len(slots))
+        kind = opt._kind
+        if active is None and a.count is not None:
+            step = a.count + 1
+            sc, flags = opt._scalars(group, step, a, 0, len(a.params))
+            sc[12] = grad_scale
+            if hi > lo:
+                _backend.optim_step(kind, a.param[lo:hi], a.grad[lo:hi], slots[0], slots[1],
+                                    slots[2], sc, flags)
+            a.count = step
+            return
+        for rlo, rhi, step0, i0, i1 in a.runs(active):
+            sc, flags = opt._scalars(group, step0 + 1, a, i0, i1)
+            sc[12] = grad_scale
+            b, e = max(rlo, lo), min(rhi, hi)
+            if b < e:
+                s = [None if x is None else x[b - lo : e - lo] for x in slots]
+                _backend.optim_step(kind, a.param[b:e], a.grad[b:e], s[0], s[1], s[2], sc,
+                                    flags)
+            a.steps[i0:i1] += 1
+        a.settle()
+
+    # ------------------------------------------------------------ ZeRO-1 state
+    def _gather(self, shard: np.ndarray, a) -> np.ndarray:
+        from mpi4py import MPI
+
+        full = _arena_empty(a.n, a.dtype)
+        lo, hi = a.shard
+        full[lo:hi] = shard
+        rs = [self.reducer.shard_range(a.n, r) for r in range(self.world)]
+        mpi_t = MPI.FLOAT if a.dtype == np.float32 else MPI.DOUBLE
+        self.comm.Allgatherv(MPI.IN_PLACE, [full, [h - lo_ for lo_, h in rs],
+                                            [lo_ for lo_, _ in rs], mpi_t])
+        return full
+
+    @contextlib.contextmanager
+    def full_state(self, load: bool = False):
+        """Within it every arena has its full state (shard None): gathered from all ranks
+        (collective), or, with ``load``, fresh full buffers that load_state_dict fills and
+        this rank's shard is cut from on exit. On an error everything is put back."""
+        saved = [(a.state, a.shard, a.slot_cache) for _, a in self.arenas]
+        try:
+            for _, a in self.arenas:
+                if load:
+                    full = {k: _arena_empty(a.n, a.dtype) for k in a.state}
+                else:
+                    full = {k: self._gather(a.state[k], a) for k in sorted(a.state)}
+                a.state, a.shard, a.slot_cache = full, None, None
+            yield
+        except BaseException:
+            for (_, a), (st, sh, sc) in zip(self.arenas, saved):
+                a.state, a.shard, a.slot_cache = st, sh, sc
+            raise
+        for (_, a), (st, sh, sc) in zip(self.arenas, saved):
+            if load:
+                lo, hi = sh
+                new = {}
+                for k, v in a.state.items():
+                    s = _arena_empty(hi - lo, a.dtype)
+                    np.copyto(s, v[lo:hi])
+                    new[k] = s
+                a.state, a.shard, a.slot_cache = new, sh, None
+            else:
+                a.state, a.shard, a.slot_cache = st, sh, sc
+
+    def detach(self) -> None:
+        """Undo DataParallel: full state on every rank (collective under ZeRO-1), arenas back
+        in ordinary buffers, the optimizer's hook removed."""
+        for _, a in self.arenas:
+            if self.sharded:
+                a.state = {k: self._gather(a.state[k], a) for k in sorted(a.state)}
+                a.shard = None
+            a.rebind_buffers(param=_arena_empty(a.n, a.dtype) if self.sharded else None,
+                             grad=_arena_empty(a.n, a.dtype))
+            a.grad_sync = None
+        self.optimizer._grad_sync = None
+        self.reducer.close()

@@ -1,0 +1,32 @@
+"""Run under ``mpiexec -n 2 python fatal.py raise|kill``: rank 1 fails in the middle of
+training (an uncaught exception, or SIGKILL) while rank 0 waits in the next all-reduce. The
+job must end by itself (the test bounds the time) with a clear error on stderr."""
+
+import os
+import signal
+import sys
+import time
+
+from dp_common import ADAM, make_data, make_model, rank_slice, train_step
+
+import gradfuse as gf
+import gradfuse.distributed as dist
+
+mode = sys.argv[1]
+dist.init()
+rank = dist.get_rank()
+model = make_model()
+opt = gf.optim.Adam(model.parameters(), **ADAM)
+dp = dist.DataParallel(model, opt)
+X, Y = make_data()
+rows = rank_slice(rank, dist.get_world_size())
+for s in range(20):
+    if s == 3 and rank == 1:
+        print(f"rank 1 fails at step {s}", flush=True)
+        if mode == "raise":
+            raise RuntimeError("rank 1 fails on purpose")
+        os.kill(os.getpid(), signal.SIGKILL)
+    train_step(dp, opt, X[s][rows], Y[s][rows])
+    if s == 3:
+        time.sleep(0.2)  # rank 0 reached step 4's all-reduce alone; it must not wait forever
+print(f"rank {rank} finished", flush=True)

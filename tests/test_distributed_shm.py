@@ -44,6 +44,7 @@ def _gather_vals(size: int, dtype: str, rank: int) -> np.ndarray:
 def _worker(out_dir: str) -> None:
     from mpi4py import MPI
 
+    from gradfuse.distributed import _shm
     from gradfuse.distributed._shm import ShmReducer
 
     comm = MPI.COMM_WORLD
@@ -109,7 +110,15 @@ def _worker(out_dir: str) -> None:
         errors.append(f"{type(e).__name__}: {e}")
     meta["errors"] = errors
     res["unchanged"] = b.copy()
+    held = red.buffer(5, "float64")  # a view kept past close(): its window stays mapped
+    held[:] = rank + 0.5
+    view = held[1:4]
+    del held
+    gone = red.buffer(1 << 20, "float32")  # no view left: freed
+    del gone
     red.close()
+    meta["held_after_close"] = view.tolist()
+    meta["kept"] = len(_shm._KEPT)
     red.close()  # idempotent
     try:
         red.all_reduce_(np.zeros(4, np.float32))
@@ -204,6 +213,8 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         assert errs[7].startswith("TypeError: dtype:")
         np.testing.assert_array_equal(out[i]["unchanged"], np.full(33, i, np.float32))
         assert "after close" in meta[i]["after_close"]
+        assert meta[i]["held_after_close"] == [i + 0.5] * 3
+        assert meta[i]["kept"] == 1  # only the viewed window of the 3 * 12 + 2 stayed mapped
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

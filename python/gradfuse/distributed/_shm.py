@@ -52,7 +52,9 @@ Example (under ``mpiexec -n 2 python script.py``)::
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 
 import numpy as np
 
@@ -65,6 +67,8 @@ FAKE_NODES_ENV = "GRADFUSE_SHM_FAKE_NODES"
 
 _PAGE = 4096
 _BLOCK = 1 << 16  # minimum size of the scratch buffer of the cross-node sum
+# windows that close() could not free because arrays still view them (kept until exit)
+_KEPT: list = []
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _OPS = ("sum", "avg")
 
@@ -113,10 +117,11 @@ def _fake_nodes() -> tuple[int, str] | None:
 class _Buffer:
     """One shared window: ``segs[l]`` is local rank l's segment (n elements)."""
 
-    __slots__ = ("win", "n", "dtype", "segs", "mine", "addr", "nbytes")
+    __slots__ = ("win", "n", "dtype", "segs", "mine", "addr", "nbytes", "mems")
 
-    def __init__(self, win, n, dtype, segs, mine):
+    def __init__(self, win, n, dtype, segs, mine, mems):
         self.win, self.n, self.dtype, self.segs, self.mine = win, n, dtype, segs, mine
+        self.mems = mems  # the mpi4py buffer objects: every numpy view of a segment refers to one
         self.addr = mine.ctypes.data
         self.nbytes = n * dtype.itemsize
 
@@ -193,9 +198,10 @@ class ShmReducer:
             win = MPI.Win.Allocate_shared(nbytes, dt.itemsize, info, self.node)
         finally:
             info.Free()
-        segs = []
+        segs, mems = [], []
         for r in range(self.local_size):
             mem, _ = win.Shared_query(r)
+            mems.append(mem)
             arr = np.frombuffer(mem, dtype=np.uint8)
             skip = -arr.ctypes.data % _PAGE  # page-aligned start (64-byte aligned at least)
             segs.append(arr[skip:skip + n * dt.itemsize].view(dt))
@@ -204,7 +210,7 @@ class ShmReducer:
         # Passive-target epoch for the window's lifetime; Win.Sync + node barrier then order
         # the plain loads and stores (the unified-model pattern of the MPI standard).
         win.Lock_all(MPI.MODE_NOCHECK)
-        b = _Buffer(win, n, dt, segs, mine)
+        b = _Buffer(win, n, dt, segs, mine, mems)
         self._buffers.append(b)
         self._fence(b)
         return mine
@@ -279,15 +285,31 @@ class ShmReducer:
         self._fence(b)
 
     def close(self) -> None:
-        """Free every window (collective). Arrays from :meth:`buffer` must not be used
-        afterwards (their memory is unmapped). Idempotent."""
+        """Free the windows (collective); idempotent.
+
+        A window whose memory some array still views, on any rank of the node (a ``.data`` of
+        a gradient kept after ``DataParallel.close()``), is not freed but kept mapped until
+        the process ends, so such an array stays valid instead of pointing at unmapped memory.
+        """
         if self._closed:
             return
+        MPI = _mpi()
         self._closed = True
         for b in self._buffers:
             b.win.Unlock_all()
             b.segs = b.mine = None
-            b.win.Free()
+        in_use = np.array([self._viewed(b) for b in self._buffers], dtype=np.int32)
+        if in_use.any():
+            gc.collect()  # arrays only cycles still hold (autograd graphs)
+            in_use = np.array([self._viewed(b) for b in self._buffers], dtype=np.int32)
+        if in_use.size:
+            self.node.Allreduce(MPI.IN_PLACE, in_use, MPI.MAX)
+        for b, keep in zip(self._buffers, in_use):
+            if keep:
+                _KEPT.append((b.win, b.mems))
+            else:
+                b.mems = None
+                b.win.Free()
         self._buffers.clear()
         self._scratch.clear()
         self.cross.Free()
@@ -303,6 +325,12 @@ class ShmReducer:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("ShmReducer: used after close()")
+
+    @staticmethod
+    def _viewed(b: _Buffer) -> int:
+        # numpy points every view's .base at the first non-array owner: the mpi4py buffer.
+        # References left: our list's and getrefcount's argument.
+        return int(any(sys.getrefcount(m) > 2 for m in b.mems))
 
     def _fence(self, b: _Buffer) -> None:
         # stores before the barrier are visible to loads after it on every rank of the node

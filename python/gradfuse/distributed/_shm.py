@@ -328,9 +328,13 @@ class ShmReducer:
 
     @staticmethod
     def _viewed(b: _Buffer) -> int:
-        # numpy points every view's .base at the first non-array owner: the mpi4py buffer.
-        # References left: our list's and getrefcount's argument.
-        return int(any(sys.getrefcount(m) > 2 for m in b.mems))
+        # A view of a segment keeps its root array alive, which holds the mpi4py buffer. With
+        # no view left, the buffer's references are our list's, the loop variable's and
+        # getrefcount's argument.
+        for m in b.mems:
+            if sys.getrefcount(m) > 3:
+                return 1
+        return 0
 
     def _fence(self, b: _Buffer) -> None:
         # stores before the barrier are visible to loads after it on every rank of the node

@@ -3,20 +3,24 @@
 ``python -m bench.bench_distributed`` launches MPI jobs (``mpiexec -n 2`` by default) and
 prints tables:
 
-1. All-reduce (sum, in place) of 1M / 16M / 64M float32 on every rank, side by side in one
-   job: gradfuse's ``ShmReducer`` (shared-memory window), gradfuse's ``MPIReducer`` (when
-   dcore's ``_reduce.py`` is present), raw ``mpi4py`` ``Allreduce(IN_PLACE)`` and
-   ``torch.distributed`` (gloo, ``env://`` rendezvous from the MPI rank). The implementations
-   take turns (round-robin rounds), so machine noise hits them alike. Columns: time per call
-   (slowest rank; min and median over samples), algorithm bandwidth ``S / t`` (S = the buffer's
-   bytes, NCCL-tests' algbw) and the memory traffic an all-reduce of W private copies must
-   make at least, ``2 W S`` (every copy read once and written once), as a fraction of the
-   machine's copy bandwidth measured just before (W threads copying, read + write).
+1. All-reduce (sum, in place) of 1M / 3M (about the MLP's gradient arena) / 16M / 64M float32
+   on every rank, side by side in one job: gradfuse's ``ShmReducer`` (shared-memory window),
+   gradfuse's ``MPIReducer`` (plain ``MPI_Allreduce``), raw ``mpi4py``
+   ``Allreduce(IN_PLACE)`` and ``torch.distributed`` (gloo, ``env://`` rendezvous from the MPI
+   rank). The implementations take turns (round-robin rounds), so machine noise hits them
+   alike. Columns: time per call (slowest rank; min and median over samples), algorithm
+   bandwidth ``S / t`` (S = the buffer's bytes, NCCL-tests' algbw) and the memory traffic an
+   all-reduce of W private copies must make at least, ``2 W S`` (every copy read once and
+   written once), as a fraction of the machine's copy bandwidth measured just before (W
+   threads copying, read + write).
 2. Training throughput of the 784-1024x3-10 ReLU MLP (bench/bench_train.py's model), Adam,
    float32, global batch 256 cycling through 32 random batches: 1 process x 1 thread with
-   batch 256 against 2 ranks x 1 thread with batch 128 each (gradfuse ``DataParallel`` /
-   PyTorch ``DistributedDataParallel`` on gloo), samples/s and the scaling efficiency
-   ``samples/s(2 ranks) / (2 * samples/s(1 process))``. Each (library, ranks) runs in its own
+   batch 256 against 2 ranks x 1 thread with batch 128 each (gradfuse ``DataParallel`` with
+   ShmReducer, with ShmReducer and ZeRO-1, with MPIReducer; PyTorch ``DistributedDataParallel``
+   on gloo), samples/s and the scaling efficiency
+   ``samples/s(2 ranks) / (2 * samples/s(1 process))``. One more row runs the 2 processes
+   without any gradient exchange: the bound the machine allows at that moment (on a shared
+   machine, far below 2x). Each (library, ranks) runs in its own
    job, gradfuse's without torch loaded (they would share one libgomp).
 
 Options: ``--quick`` (shorter), ``--ranks N`` (all-reduce ranks), ``--skip-train``,
@@ -42,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZES = {"1M": 1 << 20, "16M": 1 << 24, "64M": 1 << 26}
+SIZES = {"1M": 1 << 20, "3M": 3 << 20, "16M": 1 << 24, "64M": 1 << 26}
 SHM, MPIRED, MPI4PY, GLOO = ("gradfuse ShmReducer", "gradfuse MPIReducer", "mpi4py Allreduce",
                              "torch.distributed gloo")
 WIDTHS = (784, 1024, 1024, 1024, 10)
@@ -53,6 +57,7 @@ TORCH_PLAIN, TORCH_DDP = "pytorch", "pytorch DDP gloo"
 # 2 ranks each training alone on its half batch, no gradient exchange: what the machine gives
 # two concurrent processes at that moment (the bound DataParallel can reach)
 GF_NOSYNC = "gradfuse 2 processes, no all-reduce (bound)"
+GF_ZERO = "gradfuse DataParallel ShmReducer ZeRO-1"
 N_BATCHES = 32
 LR = 1e-3
 
@@ -104,6 +109,7 @@ def _allreduce_impls(comm, n: int):
     """name -> (callable doing one in-place sum all-reduce of n float32, cleanup)."""
     from mpi4py import MPI
 
+    from gradfuse.distributed._reduce import MPIReducer
     from gradfuse.distributed._shm import ShmReducer
 
     impls = {}
@@ -111,15 +117,10 @@ def _allreduce_impls(comm, n: int):
     a = shm.buffer(n, np.float32)
     a.fill(1.0)
     impls[SHM] = (lambda: shm.all_reduce_(a, "sum"), shm.close)
-    try:
-        from gradfuse.distributed._reduce import MPIReducer
-    except ImportError:
-        MPIReducer = None
-    if MPIReducer is not None:
-        mr = MPIReducer(comm)
-        b = mr.buffer(n, np.float32)
-        b.fill(1.0)
-        impls[MPIRED] = (lambda: mr.all_reduce_(b, "sum"), mr.close)
+    mr = MPIReducer(comm)
+    b = mr.buffer(n, np.float32)
+    b.fill(1.0)
+    impls[MPIRED] = (lambda: mr.all_reduce_(b, "sum"), mr.close)
     c = np.ones(n, np.float32)
     impls[MPI4PY] = (lambda: comm.Allreduce(MPI.IN_PLACE, c, MPI.SUM), lambda: None)
     try:
@@ -217,7 +218,8 @@ def _layers(seed: int = 0):
     return out
 
 
-def _gf_step(rank: int, world: int, reducer: str = "shm", sync: bool = True):
+def _gf_step(rank: int, world: int, reducer: str = "shm", sync: bool = True,
+             zero: bool = False):
     import gradfuse as gf
     import gradfuse.distributed.parallel as parallel
     from gradfuse.distributed._reduce import MPIReducer
@@ -238,7 +240,7 @@ def _gf_step(rank: int, world: int, reducer: str = "shm", sync: bool = True):
     model = net
     if world > 1 and sync:
         gf.distributed.init()
-        model = gf.distributed.DataParallel(net, opt)
+        model = gf.distributed.DataParallel(net, opt, shard_optimizer_state=zero)
     loss_fn = gf.nn.CrossEntropyLoss()
     x, t = _data(rank, world)
     batches = [(gf.tensor(xb), gf.tensor(tb)) for xb, tb in zip(x, t)]
@@ -301,7 +303,7 @@ def _worker_train(lib: str, steps: int, samples: int) -> None:
 
         gf.set_num_threads(1)
         step = _gf_step(rank, world, "mpi" if lib.endswith("MPIReducer") else "shm",
-                        sync=lib != GF_NOSYNC)
+                        sync=lib != GF_NOSYNC, zero=lib == GF_ZERO)
         if "torch" in sys.modules:
             raise RuntimeError("the gradfuse worker must not load torch (shared libgomp)")
     else:
@@ -330,7 +332,7 @@ def _worker_train(lib: str, steps: int, samples: int) -> None:
 
 def run_train(steps: int, samples: int, with_torch: bool, repeats: int) -> list:
     """Every job ``repeats`` times, in turns; per job the run with the best min is kept."""
-    jobs = [(GF_PLAIN, 1), (GF_SHM, 2), (GF_MPI, 2), (GF_NOSYNC, 2)]
+    jobs = [(GF_PLAIN, 1), (GF_SHM, 2), (GF_ZERO, 2), (GF_MPI, 2), (GF_NOSYNC, 2)]
     if with_torch:
         jobs += [(TORCH_PLAIN, 1), (TORCH_DDP, 2)]
     best = {}
@@ -342,7 +344,8 @@ def run_train(steps: int, samples: int, with_torch: bool, repeats: int) -> list:
     return [best[lib] for lib, _ in jobs]
 
 
-_BASE = {GF_SHM: GF_PLAIN, GF_MPI: GF_PLAIN, GF_NOSYNC: GF_PLAIN, TORCH_DDP: TORCH_PLAIN}
+_BASE = {GF_SHM: GF_PLAIN, GF_ZERO: GF_PLAIN, GF_MPI: GF_PLAIN, GF_NOSYNC: GF_PLAIN,
+         TORCH_DDP: TORCH_PLAIN}
 
 
 def format_train(rows: list) -> str:

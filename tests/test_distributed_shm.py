@@ -217,6 +217,24 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         assert meta[i]["kept"] == 1  # only the viewed window of the 3 * 12 + 3 stays mapped
 
 
+@requires_mpi
+def test_bench_distributed_allreduce_runs(tmp_path):
+    """Smoke test of `python -m bench.bench_distributed` (speed is never asserted)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-m", "bench.bench_distributed", "--quick", "--skip-train",
+                        "--sizes", "1M", "--json", str(out)], cwd=root, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["allreduce"]["rows"]
+    impls = {row["impl"] for row in rows}
+    assert {"gradfuse ShmReducer", "gradfuse MPIReducer", "mpi4py Allreduce"} <= impls
+    assert all(row["min_s"] > 0 and row["median_s"] >= row["min_s"] for row in rows)
+    assert "| 1M | gradfuse ShmReducer |" in r.stdout
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 15, 17, 2047, 2049, 70_001])
 @pytest.mark.parametrize("nsrc", [1, 2, 3, 5])

@@ -8,7 +8,17 @@ maps (``MPI.Win.Allocate_shared``), nothing has to be sent: after one barrier ea
 *its shard* of the buffer straight from every rank's segment, in rank order, and writes the
 sum into every segment; a second barrier and everyone holds the result. Each element is read
 W times and written W times in all, once per segment, which is the minimum for W private
-copies, and the work is spread over the W ranks' cores, so it runs at memory bandwidth.
+copies, and the work is spread over the W ranks' cores, so it runs at memory bandwidth. The
+owner's pass is one C++ call (``segment_sum``, csrc/kernels/reduce.cpp: the running sum of a
+block in L1). Measured side by side on 2 ranks here (bench/bench_distributed.py): 16M floats in
+3.4 ms against 28 ms for ``MPI_Allreduce``, 64M in 21 ms against 115 ms.
+
+``reduce_scatter_`` (ZeRO-1) is the same pass with the result written only into the owner's
+own segment, over the contract's ``shard_range`` (the world's shards); ``all_gather_`` copies
+each rank's shard into every segment. Every operation is fenced by ``Win.Sync``, a barrier of
+the node and ``Win.Sync`` again on entry and on exit (the unified memory model's pattern: the
+window is in a ``Lock_all`` epoch for its lifetime), so a rank never reads a segment that
+another rank is still writing, nor writes one that another is still reading.
 
 Because each element is computed once, by its owner, and copied, every rank ends with bitwise
 identical values, and the result does not depend on timing (it is the same from run to run).
@@ -32,8 +42,9 @@ Nodes of different sizes (``-hosts a:3,b:1``): the node-local shards would not l
 nodes, so every operation uses the deterministic cross-rank sum above over the whole world
 (correct and bitwise identical, but no shared-memory speed-up).
 
-Averages are the sum divided by the world size (``s / W``, correctly rounded, not
-``s * (1 / W)``), computed once by the element's owner.
+Averages are the sum divided by the world size (``s / W``, correctly rounded, as PyTorch's
+DDP divides), computed once by the element's owner. ``MPIReducer`` multiplies by ``1 / W``:
+the two agree bitwise when W is a power of two and may differ in the last bit otherwise.
 
 Arrays that are not (a contiguous 1-D piece of) a buffer of this reducer are reduced with the
 same deterministic cross-rank sum over the world communicator (a fallback, not an error);
@@ -47,7 +58,7 @@ Example (under ``mpiexec -n 2 python script.py``)::
     g = red.buffer(1000, "float32")      # this rank's segment of a shared window, zeroed
     g[:] = MPI.COMM_WORLD.rank + 1
     red.all_reduce_(g, op="avg")         # g == 1.5 on both ranks, bitwise
-    red.close()                          # collective; g must not be used afterwards
+    red.close()                          # collective: frees the windows no array views
 """
 
 from __future__ import annotations
@@ -133,7 +144,8 @@ class ShmReducer:
         comm: an mpi4py intracommunicator (``MPI.COMM_WORLD``); collective.
 
     Every method is collective over ``comm``: all ranks call it in the same order with the
-    same sizes (for a view of a buffer: the same offset and length).
+    same sizes, and with the same kind of array (a buffer of this reducer, or a view of one at
+    the same offset and length, on every rank; or a foreign array on every rank).
 
     Example::
 
@@ -168,7 +180,6 @@ class ShmReducer:
         self.n_nodes = self.cross.Get_size()
         sizes = comm.allgather(self.local_size)
         self.uniform = len(set(sizes)) == 1
-        self.world_is_node = self.local_size == self.size
         self._buffers: list[_Buffer] = []
         self._scratch: dict[np.dtype, np.ndarray] = {}
         self._closed = False

@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,20 @@ def _worker(out_dir: str) -> None:
         errors.append(f"{type(e).__name__}: {e}")
     meta["errors"] = errors
     res["unchanged"] = b.copy()
+    # /dev/shm too small for a window (a container's 64 MiB): a private buffer, a warning
+    real_free = _shm._shm_free_bytes
+    _shm._shm_free_bytes = lambda: 1 << 16
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            small = red.buffer(40_001, "float64")
+    finally:
+        _shm._shm_free_bytes = real_free
+    meta["shm_full_warning"] = [str(w.message) for w in caught]
+    assert red._find(small) is None and not small.any() and small.ctypes.data % 64 == 0
+    small[:] = _inputs(40_001, "float64", rank, 999)
+    red.all_reduce_(small, "avg")
+    res["private"] = small
     held = red.buffer(5, "float64")  # a view kept past close(): its window stays mapped
     held[:] = rank + 0.5
     view = held[1:4]
@@ -214,7 +229,11 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         np.testing.assert_array_equal(out[i]["unchanged"], np.full(33, i, np.float32))
         assert "after close" in meta[i]["after_close"]
         assert meta[i]["held_after_close"] == [i + 0.5] * 3
-        assert meta[i]["kept"] == 1  # only the viewed window of the 3 * 12 + 3 stays mapped
+        assert meta[i]["kept"] == 1
+        assert len(meta[i]["shm_full_warning"]) == 1
+        assert "/dev/shm" in meta[i]["shm_full_warning"][0]
+        want = _expected_sum([_inputs(40_001, "float64", r, 999) for r in range(n)], world)
+        np.testing.assert_array_equal(out[i]["private"], want / np.float64(n))  # only the viewed window of the 3 * 12 + 3 stays mapped
 
 
 @requires_mpi

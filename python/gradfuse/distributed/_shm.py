@@ -66,11 +66,12 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import warnings
 
 import numpy as np
 
 from .. import _backend
-from ._reduce import shard_range
+from ._reduce import _aligned_zeros, shard_range
 
 __all__ = ["ShmReducer", "FAKE_NODES_ENV"]
 
@@ -107,6 +108,15 @@ def _check_array(buf, name: str = "buf") -> None:
 def _check_op(op) -> None:
     if op not in _OPS:
         raise ValueError(f"op: expected 'sum' or 'avg', got {op!r}")
+
+
+def _shm_free_bytes() -> int | None:
+    """Bytes free in /dev/shm (where MPICH puts shared windows), None when unknown."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _fake_nodes() -> tuple[int, str] | None:
@@ -192,6 +202,12 @@ class ShmReducer:
         Segments start on page boundaries (``alloc_shared_noncontig``: each rank's segment is
         placed on its own pages, first touched by its owner). Any number of buffers may be
         alive; they stay valid until :meth:`close`.
+
+        MPICH backs the window with a file in ``/dev/shm``. When the node's window would not
+        fit in the space left there (containers default to a 64 MiB ``/dev/shm``; touching a
+        page past it kills the process with SIGBUS), the buffer is an ordinary private array
+        instead, reduced like a foreign array (correct, bitwise identical on every rank, but
+        at MPI speed), and a ``RuntimeWarning`` says so (``docker run --shm-size`` fixes it).
         """
         self._check_open()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
@@ -203,6 +219,17 @@ class ShmReducer:
         n = int(n)
         # one page of slack: a window of one rank (or MPICH's fallback) may come from malloc
         nbytes = -(-n * dt.itemsize // _PAGE) * _PAGE + _PAGE
+        # decided once per node (rank 0's view of /dev/shm) so every rank takes the same path
+        free = _shm_free_bytes() if self.local_rank == 0 else None
+        free = self.node.bcast(free, root=0)
+        need = self.local_size * nbytes
+        if free is not None and need > free:
+            warnings.warn(
+                f"ShmReducer: a {need / 2**20:.1f} MiB shared window does not fit in the "
+                f"{free / 2**20:.1f} MiB free in /dev/shm; this buffer is private and reduced "
+                "through MPI (slower). Give the container more shared memory "
+                "(docker run --shm-size=...).", RuntimeWarning, stacklevel=2)
+            return _aligned_zeros(n, dt)
         info = MPI.Info.Create()
         info.Set("alloc_shared_noncontig", "true")
         try:

@@ -73,7 +73,8 @@ def test_shard_range_covers_in_rank_order():
 
 @requires_mpi
 def test_comm_api_and_reducer_three_ranks():
-    # 3 ranks: uneven shards; integer-valued data makes the references exact
+    # 3 ranks: uneven shards; integer-valued data makes the references exact; DataParallel
+    # with and without ZeRO-1 (shards cutting segments) against one process
     res = run_mpi("comm_api.py", n=3, timeout=120)
     check_ok(res)
     lines = json_lines(res.stdout)
@@ -81,6 +82,9 @@ def test_comm_api_and_reducer_three_ranks():
     for d in lines:
         bad = [k for k, ok in d["checks"].items() if not ok]
         assert not bad, f"rank {d['rank']}: failed {bad}\n{res.stderr}"
+        for k in ("avg_bitwise_equal", "reduce_scatter_float32_1500017", "dp_zero_bitwise",
+                  "dp_zero_matches_single", "dp_matches_single"):
+            assert k in d["checks"]
 
 
 # ------------------------------------------------------------------ DataParallel, ZeRO-1
@@ -175,6 +179,10 @@ def test_dp_errors_are_raised_on_every_rank(dp_run):
         assert "(34, 20)" in msg and "(33, 20)" in msg
     for msg in errs["extra_param"]:
         assert msg.startswith("ValueError") and "'3.weight'" in msg
+    for msg in errs["lr_mismatch"]:
+        assert msg.startswith("ValueError") and "lr = 0.2 on rank 1 but lr = 0.1 on rank 0" in msg
+    for msg in errs["steps_mismatch"]:
+        assert msg.startswith("ValueError") and "step counts [0, 0, 0, 0] on rank 1" in msg
     for msg in errs["lamb_zero"]:
         assert msg.startswith("ValueError") and "shard_optimizer_state" in msg
     for msg in errs["zero_utils_clip"]:

@@ -1,5 +1,6 @@
-"""Run under mpiexec (any number of ranks): checks gf.distributed's communication API and
-MPIReducer against numpy references. Rank 0 prints one JSON line per rank:
+"""Run under mpiexec (any number of ranks; the test uses 3): checks gf.distributed's
+communication API and MPIReducer against numpy references, and DataParallel (with and without
+ZeRO-1) on that world against one process. Rank 0 prints one JSON line per rank:
 {"rank": r, "world": w, "checks": {name: bool}}."""
 
 import json
@@ -139,6 +140,31 @@ except ValueError as e:
 red.close()
 
 checks = {k: bool(v) for k, v in checks.items()}
+# ---- DataParallel on an odd world (uneven ZeRO shards that cut segments) vs one process
+from dp_common import make_data, make_model, train_step  # noqa: E402
+
+X, Y = make_data(steps=5, batch=32 * world)
+for zero in (False, True):
+    ref = make_model(seed=3)
+    ref_opt = gf.optim.AdamW(ref.parameters(), lr=1e-2)
+    model = make_model(seed=3 + rank)
+    opt = gf.optim.AdamW(model.parameters(), lr=1e-2)
+    dp = dist.DataParallel(model, opt, shard_optimizer_state=zero)
+    same = []
+    for s in range(5):
+        train_step(dp, opt, X[s][rank::world], Y[s][rank::world])
+        train_step(ref, ref_opt, X[s], Y[s])
+        same.append(gathered_equal(np.concatenate([p.data.ravel() for p in model.parameters()])))
+    tag = "dp_zero" if zero else "dp"
+    checks[f"{tag}_bitwise"] = all(same)
+    checks[f"{tag}_matches_single"] = all(
+        np.allclose(p.data, q.data, rtol=1e-4, atol=1e-6)
+        for p, q in zip(model.parameters(), ref.parameters()))
+    if zero:
+        a = opt._arenas[0][0][1]
+        checks["dp_zero_shards"] = a.shard == dist.shard_range(a.n, rank, world)
+    dp.close()
+
 everyone = dist.all_gather_object(checks)  # one writer: ranks' stdout lines could interleave
 if rank == 0:
     for r, c in enumerate(everyone):

@@ -229,6 +229,15 @@ else:
     model = make_model()
 collect_error("extra_param", lambda: dist.DataParallel(model, gf.optim.SGD(model.parameters())))
 
+model = make_model()
+collect_error("lr_mismatch", lambda: dist.DataParallel(
+    model, gf.optim.SGD(model.parameters(), lr=0.1 * (rank + 1))))
+model = make_model()
+opt = gf.optim.Adam(model.parameters())
+if rank == 0:  # a step taken on rank 0 only (as a checkpoint loaded on one rank would)
+    train_step(model, opt, X[0][:8], Y[0][:8])
+collect_error("steps_mismatch", lambda: dist.DataParallel(model, opt))
+
 # ---- 5. BatchNorm buffers: broadcast from rank 0 before each training forward
 gf.manual_seed(3)
 model = gf.nn.Sequential(gf.nn.Linear(20, 8), gf.nn.BatchNorm1d(8))

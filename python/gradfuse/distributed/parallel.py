@@ -56,11 +56,11 @@ class DataParallel:
             rank 0 at construction and before every forward in training mode (PyTorch DDP's
             default), so all replicas hold rank 0's statistics.
 
-    Construction checks that every rank has the same parameters (names, shapes, dtypes; and
-    the same optimizer layout) and raises ValueError on every rank, naming the first
-    mismatching parameter, instead of hanging. It then broadcasts rank 0's parameters (one
-    ``Bcast`` per parameter arena) and buffers, and moves each gradient arena (with ZeRO-1 the
-    parameter arena too) into a buffer of the reducer.
+    Construction checks that every rank has the same parameters and buffers (names, shapes,
+    dtypes) and the same optimizer (type, param groups, hyperparameters, step counts) and
+    raises ValueError on every rank, naming the first mismatch, instead of hanging. It then
+    broadcasts rank 0's parameters (one ``Bcast`` per parameter arena) and buffers, and moves
+    each gradient arena (with ZeRO-1 the parameter arena too) into a buffer of the reducer.
 
     After that, ``loss.backward(); optimizer.step()`` is all a training step needs: ``step()``
     (or ``clip_grad_norm_()``, whichever comes first) averages the gradients. Under ZeRO-1,
@@ -152,6 +152,12 @@ class DataParallel:
                            for i, p in enumerate(g["params"])]
                           for gi, g in enumerate(optimizer.param_groups)],
             "optimizer_type": type(optimizer).__name__,
+            # hyperparameters and step counts: a different lr, or a checkpoint loaded on one
+            # rank only, would make the replicas drift apart
+            "hyper": [sorted((k, repr(v)) for k, v in g.items() if k != "params")
+                      for g in optimizer.param_groups],
+            "steps": [[a.step_of(i) for _, a in ars for i in range(len(a.params))]
+                      for ars in optimizer._arenas],
         }
         every = _comm.all_gather_object(desc)
         ref = every[0]
@@ -172,6 +178,18 @@ class DataParallel:
                 msg = _first_mismatch(a, b, f"optimizer param group {gi}: parameter", r)
                 if msg:
                     raise ValueError(f"DataParallel: {msg}")
+            for gi, (a, b) in enumerate(zip(ref["hyper"], d["hyper"])):
+                for (k, v0), (k1, v1) in zip(a, b):
+                    if (k, v0) != (k1, v1):
+                        raise ValueError(
+                            f"DataParallel: optimizer param group {gi}: {k1} = {v1} on rank {r} "
+                            f"but {k} = {v0} on rank 0")
+            for gi, (a, b) in enumerate(zip(ref["steps"], d["steps"])):
+                if a != b:
+                    raise ValueError(
+                        f"DataParallel: the optimizer's state differs: param group {gi} has step "
+                        f"counts {b} on rank {r} but {a} on rank 0 (load the same checkpoint on "
+                        "every rank, or build DataParallel before training)")
 
     def _bcast_buffers(self) -> bool:
         """Broadcast rank 0's buffers; returns whether the module has any."""

@@ -42,6 +42,10 @@ Arena semantics (read this if you hold on to arrays):
   bound ``ArenaStep`` is dropped, to be bound again to the new buffers by the next step. The
   parameters and their ``.grad`` tensors stay the same objects (PyTorch moves them in place),
   so the optimizer, its state_dict and a held ``p.grad`` keep working.
+* ``gradfuse.distributed.DataParallel`` moves the gradient arena (under ZeRO-1 the parameter
+  arena too) into a reducer's buffer in the same way (:meth:`_Arena.rebind_buffers`) and
+  hooks itself on ``_grad_sync``; under ZeRO-1 ``_Arena.shard`` limits the state buffers to
+  this rank's range.
 
 Example::
 

@@ -431,12 +431,7 @@ class ShmReducer:
         comm.Alltoallv([x, (counts, displs), mpi_t],
                        [recv, ([m] * size, [j * m for j in range(size)]), mpi_t])
         if m:
-            mine = x[mlo:mhi]
-            np.add(recv[0], recv[1], out=mine)
-            for j in range(2, size):
-                np.add(mine, recv[j], out=mine)
-            if div > 1:
-                np.divide(mine, div, out=mine)
+            _backend.segment_sum(list(recv), [x[mlo:mhi]], float(div))
         self._allgatherv(comm, x, parts)
 
     @staticmethod

@@ -1,9 +1,10 @@
 """ShmReducer (gradfuse.distributed._shm) under ``mpiexec``: numpy reference sums, bitwise.
 
 Each test launches this file as an MPI program (``__main__`` below) once per layout: the worker
-runs every case (float32/float64, sizes 1..300001, sum/avg, all_reduce_, reduce_scatter_,
-all_gather_, a view of a buffer, a foreign array, several live buffers, bad input) and writes
-its arrays to ``<tmp>/rank<r>.npz``; the test recomputes the inputs and checks
+runs every case (float32/float64, sizes 1..40001, sum/avg, all_reduce_, reduce_scatter_,
+all_gather_, a view of a buffer, a foreign array, several live buffers, bad input, a window
+that does not fit in /dev/shm, close() with a view still held) and writes its arrays to
+``<tmp>/rank<r>.npz``; the test recomputes the inputs and checks
 
 * the result against numpy summing the ranks' inputs in the order the reducer documents
   (rank order on one node; node partial sums in node order across nodes), bitwise;
@@ -11,7 +12,9 @@ its arrays to ``<tmp>/rank<r>.npz``; the test recomputes the inputs and checks
 
 Layouts: 2, 3, 4 ranks on one node; 4 ranks split into 2 fake nodes (block and cyclic,
 ``GRADFUSE_SHM_FAKE_NODES``), 2 ranks as 2 nodes of one rank, and 3 ranks on 2 fake nodes of
-unequal size (the deterministic world fallback).
+unequal size (the deterministic world fallback). Without MPI: the owner's C++ pass
+(``_backend.segment_sum``) against numpy on 1 and 2 threads, its bad-input errors, the
+fake-node variable's parsing.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@
 #include "kernels/norms.h"
 #include "kernels/init.h"
 #include "kernels/activations.h"
+#include "kernels/reduce.h"
 #include "memory/pool.h"
 
 namespace py = pybind11;
@@ -2100,6 +2101,45 @@ void add_cuda_kernels(py::module_& m) {
 }  // namespace
 #endif  // GRADFUSE_WITH_CUDA (cuda kernels)
 
+// ---------------------------------------------------------------- segment sums (distributed)
+// dsts[d][:] = (srcs[0] + srcs[1] + ... in order) / div: the owner's step of ShmReducer's
+// all-reduce over the shared-memory segments of a node. Every array 1-D, contiguous, one dtype,
+// one length; dsts writeable (a dst may be one of the srcs).
+
+template <typename T>
+void segment_sum_typed(const std::vector<py::array>& srcs, const std::vector<py::array>& dsts,
+                       double div) {
+  const int64_t n = srcs[0].shape(0);
+  std::vector<const T*> sp;
+  std::vector<T*> dp;
+  for (const auto& a : srcs) {
+    check_array<T>(a, "srcs", 1);
+    if (a.shape(0) != n) throw py::value_error("srcs: arrays of different lengths");
+    sp.push_back(static_cast<const T*>(a.data()));
+  }
+  for (const auto& a : dsts) {
+    check_array<T>(a, "dsts", 1);
+    if (a.shape(0) != n) throw py::value_error("dsts: expected the length of srcs");
+    if (!a.writeable()) throw py::value_error("dsts: array is read-only");
+    dp.push_back(static_cast<T*>(const_cast<void*>(a.data())));
+  }
+  py::gil_scoped_release nogil;
+  segment_sum<T>(sp.data(), static_cast<int>(sp.size()), dp.data(), static_cast<int>(dp.size()),
+                 n, div);
+}
+
+void py_segment_sum(const std::vector<py::array>& srcs, const std::vector<py::array>& dsts,
+                    double div) {
+  if (srcs.empty()) throw py::value_error("srcs: expected at least one array");
+  if (!(div > 0.0)) throw py::value_error("div: expected > 0");
+  check_floating(srcs[0], "srcs");
+  if (is_dtype<float>(srcs[0])) {
+    segment_sum_typed<float>(srcs, dsts, div);
+  } else {
+    segment_sum_typed<double>(srcs, dsts, div);
+  }
+}
+
 PYBIND11_MODULE(_C, m) {
   if (_import_array() < 0) throw py::error_already_set();
   m.doc() = "gradfuse compiled kernels; import through gradfuse._backend only";
@@ -2231,6 +2271,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("pool_empty_cache", &memory::pool_empty_cache);
   m.def("pool_set_cache_limit", &memory::pool_set_cache_limit, py::arg("bytes"));
   m.def("pool_empty", &pool_empty, py::arg("shape"), py::arg("dtype"));
+
+  m.def("segment_sum", &py_segment_sum, py::arg("srcs"), py::arg("dsts"), py::arg("div"),
+        "dsts[d][:] = (srcs[0] + srcs[1] + ...) / div (ShmReducer)");
 
   m.def("build_info", &build_info);
   m.def("get_num_threads", &py_get_num_threads);

@@ -82,6 +82,9 @@ arena_all_finite = _C.arena_all_finite
 arena_scale = _C.arena_scale
 arena_clamp = _C.arena_clamp
 
+# segment sums for the shared-memory all-reduce (csrc/kernels/reduce.cpp)
+segment_sum = _C.segment_sum
+
 # data scaling (csrc/kernels/scale.cpp)
 column_stats = _C.column_stats
 affine_columns = _C.affine_columns

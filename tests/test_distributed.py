@@ -83,7 +83,9 @@ def test_comm_api_and_reducer_three_ranks():
         bad = [k for k, ok in d["checks"].items() if not ok]
         assert not bad, f"rank {d['rank']}: failed {bad}\n{res.stderr}"
         for k in ("avg_bitwise_equal", "reduce_scatter_float32_1500017", "dp_zero_bitwise",
-                  "dp_zero_matches_single", "dp_matches_single"):
+                  "dp_zero_matches_single", "dp_matches_single", "reinit_other_comm_refused",
+                  "mixed_zero_params_match_single", "mixed_zero_state_matches_single",
+                  "mixed_zero_bitwise", "mixed_params_match_single"):
             assert k in d["checks"]
 
 
@@ -224,7 +226,7 @@ def test_dataparallel_rejects_bad_arguments():
 
 
 @requires_mpi
-@pytest.mark.parametrize("mode", ["raise", "kill"])
+@pytest.mark.parametrize("mode", ["raise", "kill", "thread"])
 def test_failing_rank_ends_the_job(mode):
     # rank 1 raises (or is SIGKILLed) at step 3 while rank 0 goes on into the next all-reduce:
     # the job must end by itself, quickly, with a clear error; run_mpi's timeout turns a hang
@@ -238,6 +240,11 @@ def test_failing_rank_ends_the_job(mode):
     assert "finished" not in res.stdout  # rank 0 did not complete training alone
     if mode == "raise":
         assert "gradfuse.distributed: rank 1: RuntimeError: rank 1 fails on purpose" in res.stderr
+        assert "Traceback" in res.stderr
+    elif mode == "thread":
+        assert ("gradfuse.distributed: rank 1: in thread 'loader': RuntimeError: rank 1 fails "
+                "on purpose") in res.stderr
+        assert "Traceback" in res.stderr
     else:
         both = res.stdout + res.stderr  # hydra reports the signal on stdout
         assert "signal 9" in both or "Killed" in both, both

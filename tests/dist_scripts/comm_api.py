@@ -17,6 +17,9 @@ before = (dist.is_initialized(), dist.get_rank(), dist.get_world_size(), dist.is
 launched = dist.launched()
 dist.init()
 dist.init()  # idempotent
+from mpi4py import MPI  # noqa: E402
+
+dist.init(comm=MPI.COMM_WORLD)  # the same communicator: nothing to do
 rank, world = dist.get_rank(), dist.get_world_size()
 checks = {}
 checks["before_init_is_single"] = before == (False, 0, 1, True, True)
@@ -28,6 +31,11 @@ cores = len(os.sched_getaffinity(0))
 if not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("GRADFUSE_NUM_THREADS")):
     checks["threads_limited"] = gf.get_num_threads() == max(1, cores // world)
 checks["abort_hook_installed"] = sys.excepthook.__name__ == "hook"
+try:  # another communicator after init: refused, not silently ignored
+    dist.init(comm=MPI.COMM_SELF)
+    checks["reinit_other_comm_refused"] = False
+except ValueError as e:
+    checks["reinit_other_comm_refused"] = "comm" in str(e) and dist.get_comm() is MPI.COMM_WORLD
 
 
 def data(r, shape, dtype):
@@ -164,6 +172,68 @@ for zero in (False, True):
         a = opt._arenas[0][0][1]
         checks["dp_zero_shards"] = a.shard == dist.shard_range(a.n, rank, world)
     dp.close()
+
+# ---- mixed dtypes (two arenas in one param group), float64, per-group hyperparameters,
+# a parameter frozen on every rank for a step, hand-set gradients, and arenas so small that
+# some ranks' ZeRO shards are empty (3 ranks: n = 32 -> shards of 0/16/16, n = 16 -> 0/0/16)
+
+
+class Mixed(gf.nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.a = gf.nn.Parameter(rng.standard_normal(20).astype(np.float32))
+        self.b = gf.nn.Parameter(rng.standard_normal((3, 7)))
+        self.c = gf.nn.Parameter(rng.standard_normal(5))
+
+
+def mixed_grads(step, r):
+    rng = np.random.default_rng(1000 * step + r)
+    return {k: rng.standard_normal(shape).astype(dt) for k, shape, dt in (
+        ("a", (20,), np.float32), ("b", (3, 7), np.float64), ("c", (5,), np.float64))}
+
+
+def mixed_run(zero, distributed):
+    model = Mixed(seed=40 + (rank if distributed else 0))
+    opt = gf.optim.AdamW([{"params": [model.a, model.b]},
+                          {"params": [model.c], "lr": 0.1, "weight_decay": 0.3}], lr=1e-2)
+    dp = dist.DataParallel(model, opt, shard_optimizer_state=zero) if distributed else None
+    same = []
+    for s in range(4):
+        opt.zero_grad()
+        gs = mixed_grads(s, rank) if distributed else {
+            k: np.mean([mixed_grads(s, r)[k] for r in range(world)], axis=0)
+            for k in ("a", "b", "c")}
+        for k, g in gs.items():
+            if not (k == "c" and s == 1):  # c frozen at step 1 on every rank
+                getattr(model, k).grad = gf.Tensor(g)
+        opt.step()
+        if distributed:
+            same.append(gathered_equal(np.concatenate(
+                [p.data.ravel().astype(np.float64) for p in model.parameters()])))
+    st = opt.state[model.b]  # collective under ZeRO: the full state
+    out = ({n: p.data.copy() for n, p in model.named_parameters()}, opt.state_dict(),
+           {k: np.asarray(v).copy() for k, v in st.items()}, all(same))
+    if dp is not None:
+        dp.close()
+    return out
+
+
+for zero in (False, True):
+    tag = "mixed_zero" if zero else "mixed"
+    p1, s1, st1, _ = mixed_run(zero, False)
+    p2, s2, st2, same = mixed_run(zero, True)
+    checks[f"{tag}_bitwise"] = same
+    checks[f"{tag}_params_match_single"] = all(
+        p1[k].dtype == p2[k].dtype and np.allclose(p1[k], p2[k], rtol=1e-5, atol=1e-6)
+        for k in p1)
+    checks[f"{tag}_state_matches_single"] = sorted(s1["state"]) == sorted(s2["state"]) and all(
+        np.allclose(np.asarray(s1["state"][i][k], np.float64),
+                    np.asarray(s2["state"][i][k], np.float64), rtol=1e-4, atol=1e-6)
+        for i in s1["state"] for k in s1["state"][i])
+    checks[f"{tag}_steps"] = [float(s2["state"][i]["step"]) for i in range(3)] == [4, 4, 3]
+    checks[f"{tag}_state_view"] = sorted(st1) == sorted(st2) and all(
+        np.allclose(st1[k], st2[k], rtol=1e-4, atol=1e-6) for k in st1)
 
 everyone = dist.all_gather_object(checks)  # one writer: ranks' stdout lines could interleave
 if rank == 0:

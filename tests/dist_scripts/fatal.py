@@ -1,10 +1,12 @@
-"""Run under ``mpiexec -n 2 python fatal.py raise|kill``: rank 1 fails in the middle of
-training (an uncaught exception, or SIGKILL) while rank 0 waits in the next all-reduce. The
+"""Run under ``mpiexec -n 2 python fatal.py raise|kill|thread``: rank 1 fails in the middle
+of training (an uncaught exception, SIGKILL, or an uncaught exception in another thread that
+the main thread then waits for) while rank 0 waits in the next all-reduce. The
 job must end by itself (the test bounds the time) with a clear error on stderr."""
 
 import os
 import signal
 import sys
+import threading
 import time
 
 from dp_common import ADAM, make_data, make_model, rank_slice, train_step
@@ -25,6 +27,13 @@ for s in range(20):
         print(f"rank 1 fails at step {s}", flush=True)
         if mode == "raise":
             raise RuntimeError("rank 1 fails on purpose")
+        if mode == "thread":
+            def work():
+                raise RuntimeError("rank 1 fails on purpose")
+
+            t = threading.Thread(target=work, name="loader")
+            t.start()
+            t.join()  # without the thread hook rank 1 would go on training
         os.kill(os.getpid(), signal.SIGKILL)
     train_step(dp, opt, X[s][rows], Y[s][rows])
     if s == 3:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 import traceback
 
 import numpy as np
@@ -79,12 +80,14 @@ def init(comm=None) -> None:
     """Join the process group (collective over ``comm``; idempotent: a second call does nothing).
 
     Args:
-        comm: an mpi4py communicator; default ``MPI.COMM_WORLD``.
+        comm: an mpi4py communicator; default ``MPI.COMM_WORLD``. A later call with another
+            communicator is a ValueError (the group is set once per process).
 
     Records the rank, the world size and the node-local rank and size (the ranks sharing memory
     with this one, ``Split_type(COMM_TYPE_SHARED)``). With more than one process it also:
 
-    * installs an abort hook: an uncaught exception on any rank prints
+    * installs an abort hook: an uncaught exception on any rank, in the main thread or in
+      any other thread (``sys.excepthook`` and ``threading.excepthook``), prints
       ``gradfuse.distributed: rank R: <error>`` (after the traceback) to stderr and calls
       ``comm.Abort(1)``, so the whole job ends instead of the other ranks waiting forever in
       their next collective;
@@ -102,6 +105,16 @@ def init(comm=None) -> None:
         (0, 2)
     """
     if _state["comm"] is not None:
+        if comm is not None and comm is not _state["comm"]:
+            from mpi4py import MPI
+
+            if not isinstance(comm, MPI.Comm) or \
+                    MPI.Comm.Compare(comm, _state["comm"]) != MPI.IDENT:
+                # silently keeping the first group would run every later collective over a
+                # group the caller did not ask for
+                raise ValueError(
+                    "comm: gf.distributed.init() already ran with another communicator; "
+                    "it can be initialized once per process")
         return
     if not is_available():
         raise RuntimeError(
@@ -113,6 +126,9 @@ def init(comm=None) -> None:
         comm = MPI.COMM_WORLD
     elif not isinstance(comm, MPI.Comm):
         raise TypeError(f"comm: expected an mpi4py communicator, got {type(comm).__name__}")
+    elif comm == MPI.COMM_NULL:
+        raise ValueError("comm: MPI.COMM_NULL (this rank is not a member of the group: call "
+                         "init only on the ranks of the sub-communicator)")
     node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
     _state.update(comm=comm, node=node, rank=comm.Get_rank(), size=comm.Get_size(),
                   local_rank=node.Get_rank(), local_size=node.Get_size())
@@ -124,21 +140,39 @@ def init(comm=None) -> None:
 
 def _install_abort_hook(comm) -> None:
     previous = sys.excepthook
+    previous_thread = threading.excepthook
     rank = comm.Get_rank()
+
+    def abort(exc_type, exc, where: str) -> None:
+        msg = "".join(traceback.format_exception_only(exc_type, exc)).strip()
+        sys.stderr.write(f"gradfuse.distributed: rank {rank}: {where}{msg}\n"
+                         "gradfuse.distributed: aborting the job (MPI Abort)\n")
+        sys.stderr.flush()
+        comm.Abort(1)
 
     def hook(exc_type, exc, tb):
         try:
             previous(exc_type, exc, tb)
         except Exception:  # noqa: BLE001 - a broken hook must not stop the abort
             traceback.print_exception(exc_type, exc, tb)
-        msg = "".join(traceback.format_exception_only(exc_type, exc)).strip()
-        sys.stderr.write(f"gradfuse.distributed: rank {rank}: {msg}\n"
-                         "gradfuse.distributed: aborting the job (MPI Abort)\n")
-        sys.stderr.flush()
-        comm.Abort(1)
+        abort(exc_type, exc, "")
+
+    def thread_hook(args):
+        # A thread that dies (a data-loading or checkpoint-writing thread) leaves its rank
+        # running but usually waiting for it forever, and the other ranks in their next
+        # collective: end the job as for the main thread. SystemExit in a thread is normal.
+        try:
+            previous_thread(args)
+        except Exception:  # noqa: BLE001
+            traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        if args.exc_type is SystemExit:
+            return
+        name = getattr(args.thread, "name", None)
+        abort(args.exc_type, args.exc_value, f"in thread {name!r}: " if name else "")
 
     _state["excepthook"] = previous
     sys.excepthook = hook
+    threading.excepthook = thread_hook
 
 
 def _limit_threads(local_size: int) -> None:

@@ -126,7 +126,10 @@ def test_dp_checks_pass_on_every_rank(dp_run):
     for k in ("plain_bitwise_every_step", "zero_bitwise_every_step", "zero_state_is_shard",
               "plain_nonfinite_skipped_everywhere", "zero_clip_norm_matches_single",
               "zero_nadam_params_match_single", "resumed_bitwise",
-              "plain_utils_clip_matches_single", "zero_accumulate_params_match_single"):
+              "plain_utils_clip_matches_single", "zero_accumulate_params_match_single",
+              "plain_add_param_group_unchanged", "zero_add_param_group_then_step",
+              "plain_rebound_data_broadcast", "zero_rebound_data_broadcast",
+              "zero_bad_load_unchanged", "zero_bad_load_then_step"):
         assert k in report["checks"][0]
 
 
@@ -187,6 +190,10 @@ def test_dp_errors_are_raised_on_every_rank(dp_run):
         assert msg.startswith("ValueError") and "step counts [0, 0, 0, 0] on rank 1" in msg
     for msg in errs["lamb_zero"]:
         assert msg.startswith("ValueError") and "shard_optimizer_state" in msg
+    for msg in errs["hyper_keys_mismatch"]:
+        assert msg.startswith("ValueError") and "zz_note" in msg and "rank 1" in msg
+    for msg in errs["zero_bad_load"]:
+        assert msg.startswith("ValueError") and "exp_avg" in msg and "shape" in msg
     for msg in errs["zero_utils_clip"]:
         assert msg.startswith("RuntimeError") and "optimizer.clip_grad_norm_" in msg
     for tag in ("plain", "zero"):

@@ -174,9 +174,15 @@ for zero in (False, True):
         checks["plain_utils_clip_same_on_ranks"] = len(
             set(map(tuple, dist.all_gather_object(norms)))) == 1
         checks["plain_utils_clip_matches_single"] = np.allclose(norms, ref_norms, rtol=1e-5)
+    # add_param_group while attached: refused at once, on every rank, the optimizer unchanged
+    # (it used to be added, and every later step raised)
     extra = gf.nn.Linear(2, 2)
-    opt.add_param_group({"params": list(extra.parameters())})
-    collect_error(f"{tag}_add_param_group", opt.step)
+    collect_error(f"{tag}_add_param_group", functools.partial(
+        opt.add_param_group, {"params": list(extra.parameters())}))
+    checks[f"{tag}_add_param_group_unchanged"] = len(opt.param_groups) == 1 and \
+        len(opt._arenas) == 1
+    train_step(dp, opt, X[3][rows], Y[3][rows])
+    checks[f"{tag}_add_param_group_then_step"] = same_everywhere(model)
     dp.close()
 
 # other elementwise optimizers under ZeRO, two param groups, one parameter frozen on all ranks
@@ -237,6 +243,48 @@ opt = gf.optim.Adam(model.parameters())
 if rank == 0:  # a step taken on rank 0 only (as a checkpoint loaded on one rank would)
     train_step(model, opt, X[0][:8], Y[0][:8])
 collect_error("steps_mismatch", lambda: dist.DataParallel(model, opt))
+
+# a parameter whose .data was rebound (rank-local values) before DataParallel: rank 0's
+# values everywhere, at once and after a step (the arena's broadcast used to be undone by the
+# next step adopting each rank's own rebound array)
+for zero in (False, True):
+    model = make_model(seed=31 + rank)
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    model[0].bias.data = np.full(model[0].bias.data.shape, float(rank + 1), np.float32)
+    dp = dist.DataParallel(model, opt, shard_optimizer_state=zero)
+    ok = same_everywhere(model)
+    train_step(dp, opt, X[0][rows], Y[0][rows])
+    checks[f"{'zero' if zero else 'plain'}_rebound_data_broadcast"] = ok and same_everywhere(model)
+    dp.close()
+
+# a hyperparameter key that only one rank's group has (sorting last: zip used to stop early)
+model = make_model()
+g = {"params": list(model.parameters())}
+if rank == 1:
+    g["zz_note"] = "x"
+collect_error("hyper_keys_mismatch", lambda: dist.DataParallel(
+    model, gf.optim.SGD([g], lr=0.1)))
+
+# a bad state_dict under ZeRO-1: refused on every rank, the sharded state unchanged
+model = make_model(seed=41)
+opt = gf.optim.Adam(model.parameters(), **ADAM)
+dp = dist.DataParallel(model, opt, shard_optimizer_state=True)
+train_step(dp, opt, X[0][rows], Y[0][rows])
+good = opt.state_dict()
+bad = {"state": {i: dict(st) for i, st in good["state"].items()},
+       "param_groups": good["param_groups"]}
+bad["state"][3]["exp_avg"] = np.zeros(7, np.float32)
+a = opt._arenas[0][0][1]
+shard_before = {k: v.copy() for k, v in a.state.items()}
+collect_error("zero_bad_load", functools.partial(opt.load_state_dict, bad))
+checks["zero_bad_load_unchanged"] = a.shard == dist.shard_range(a.n, rank, world) and \
+    sorted(a.state) == sorted(shard_before) and \
+    all(a.state[k].shape == v.shape and np.array_equal(a.state[k], v)
+        for k, v in shard_before.items())
+train_step(dp, opt, X[1][rows], Y[1][rows])
+checks["zero_bad_load_then_step"] = same_everywhere(model) and \
+    float(opt.state_dict()["state"][0]["step"]) == 2
+dp.close()
 
 # ---- 5. BatchNorm buffers: broadcast from rank 0 before each training forward
 gf.manual_seed(3)

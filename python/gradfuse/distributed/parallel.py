@@ -119,6 +119,12 @@ class DataParallel:
 
         names = {id(p): n for n, p in model.named_parameters()}
         self._check_same_everywhere(model, optimizer, names)
+        for _, a in arenas:
+            # adopt a rebound p.data (and a hand-set .grad) into the arena now: the broadcast
+            # below sends the arenas, and the next step would otherwise copy this rank's own
+            # rebound values back in (their shapes were compared across ranks above, so an
+            # error here is raised on every rank)
+            a.sync()
         comm = _comm.get_comm()
         reducer = make_reducer(comm)
         for _, a in arenas:
@@ -179,10 +185,12 @@ class DataParallel:
                 if msg:
                     raise ValueError(f"DataParallel: {msg}")
             for gi, (a, b) in enumerate(zip(ref["hyper"], d["hyper"])):
-                for (k, v0), (k1, v1) in zip(a, b):
-                    if (k, v0) != (k1, v1):
+                a, b = dict(a), dict(b)
+                for k in sorted(set(a) | set(b)):
+                    v0, v1 = a.get(k, "(not set)"), b.get(k, "(not set)")
+                    if v0 != v1:
                         raise ValueError(
-                            f"DataParallel: optimizer param group {gi}: {k1} = {v1} on rank {r} "
+                            f"DataParallel: optimizer param group {gi}: {k} = {v1} on rank {r} "
                             f"but {k} = {v0} on rank 0")
             for gi, (a, b) in enumerate(zip(ref["steps"], d["steps"])):
                 if a != b:

@@ -476,7 +476,14 @@ class Optimizer:
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group (dict with ``"params"`` and optional hyperparameters); its parameters
-        move into a new arena. Everything is checked before any parameter is touched."""
+        move into a new arena. Everything is checked before any parameter is touched.
+        Refused while ``gradfuse.distributed.DataParallel`` is attached (its arenas were
+        checked, broadcast and moved into the reducer's buffers at construction)."""
+        if self._grad_sync is not None:
+            raise RuntimeError(
+                "add_param_group: this optimizer is attached to gradfuse.distributed."
+                "DataParallel, whose gradient synchronization covers the groups it was built "
+                "with; dp.close(), add the group, then build DataParallel again")
         self._install_group(*self._prepare_group(param_group, []))
 
     def _prepare_group(self, param_group, pending: list):

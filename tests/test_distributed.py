@@ -129,7 +129,8 @@ def test_dp_checks_pass_on_every_rank(dp_run):
               "plain_utils_clip_matches_single", "zero_accumulate_params_match_single",
               "plain_add_param_group_unchanged", "zero_add_param_group_then_step",
               "plain_rebound_data_broadcast", "zero_rebound_data_broadcast",
-              "zero_bad_load_unchanged", "zero_bad_load_then_step"):
+              "zero_bad_load_unchanged", "zero_bad_load_then_step",
+              "zero_utils_clip_value_matches_single", "plain_utils_clip_handset_grads_averaged"):
         assert k in report["checks"][0]
 
 

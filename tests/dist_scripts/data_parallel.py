@@ -185,6 +185,37 @@ for zero in (False, True):
     checks[f"{tag}_add_param_group_then_step"] = same_everywhere(model)
     dp.close()
 
+# gf.nn.utils.clip_grad_value_ clamps the averaged gradients (under ZeRO-1 too: elementwise,
+# this rank's shard is the part its step reads); gf.nn.utils.clip_grad_norm_ of hand-set
+# gradients averages them first (they used to be normed unaveraged, rank by rank)
+for zero in (False, True):
+    tag = "zero" if zero else "plain"
+    ref = make_model(seed=13)
+    ref_opt = gf.optim.SGD(ref.parameters(), lr=0.1)
+    model = make_model(seed=13 + rank)
+    opt = gf.optim.SGD(model.parameters(), lr=0.1)
+    dp = dist.DataParallel(model, opt, shard_optimizer_state=zero)
+    for s in range(3):
+        for m, o, r in ((dp, opt, rows), (ref, ref_opt, slice(None))):
+            loss = gf.nn.functional.cross_entropy(m(gf.Tensor(X[s][r])), gf.Tensor(Y[s][r]))
+            o.zero_grad()
+            loss.backward()
+            gf.nn.utils.clip_grad_value_(m.parameters(), 0.02)
+            o.step()
+    checks[f"{tag}_utils_clip_value_matches_single"] = all(
+        np.allclose(p.data, q.data, rtol=1e-4, atol=1e-6)
+        for p, q in zip(model.parameters(), ref.parameters())) and same_everywhere(model)
+    if not zero:
+        for p in model.parameters():
+            p.grad = gf.Tensor(np.full(p.data.shape, rank + 1.0, np.float32))
+        n = float(gf.nn.utils.clip_grad_norm_(model.parameters(), 1e9).data)
+        size = sum(p.data.size for p in model.parameters())
+        checks["plain_utils_clip_handset_grads_averaged"] = math.isclose(
+            n, math.sqrt(size * 1.5 ** 2), rel_tol=1e-5) and \
+            all(np.all(p.grad.data == 1.5) for p in model.parameters())
+        opt.zero_grad()
+    dp.close()
+
 # other elementwise optimizers under ZeRO, two param groups, one parameter frozen on all ranks
 for name, make_opt in (
         ("nadam", lambda ps: gf.optim.NAdam(ps, lr=1e-2)),

@@ -341,9 +341,11 @@ class _GradSync:
         # a step uses the averaged gradients: the next backward's need averaging again
         self._synced = not consume
 
-    def sync_for_utils(self) -> None:
-        """For gf.nn.utils.clip_grad_norm_, which reads and scales whole gradient arenas."""
-        if self.sharded:
+    def sync_for_utils(self, whole: bool = True) -> None:
+        """For gf.nn.utils.clip_grad_norm_ (``whole``: it needs every averaged gradient) and
+        clip_grad_value_ (elementwise: under ZeRO-1 this rank's shard, the one its step
+        reads, is clamped correctly)."""
+        if self.sharded and whole:
             raise RuntimeError(
                 "gf.nn.utils.clip_grad_norm_ under ZeRO-1 (shard_optimizer_state=True): each "
                 "rank holds only its shard of the averaged gradients; use "

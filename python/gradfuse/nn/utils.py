@@ -30,16 +30,27 @@ def _number(name: str, value) -> float:
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}") from None
 
 
-def _grad_buffers(parameters):
-    """1-D arrays covering the gradients of `parameters` (whole arenas where possible)."""
+def _grad_buffers(parameters, whole: bool = True):
+    """1-D arrays covering the gradients of `parameters` (whole arenas where possible).
+    ``whole``: the caller needs every element of the averaged gradients (a norm), which no
+    rank holds under ZeRO-1; an elementwise caller (clamping) does not."""
     if isinstance(parameters, Tensor):
         parameters = [parameters]
-    grads = []
+    parameters = list(parameters)
+    syncs = {}
     for p in parameters:
         if not isinstance(p, Tensor):
             raise TypeError(f"parameters: expected Tensors, got {type(p).__name__}")
-        if p.grad is not None:
-            grads.append(p.grad)
+        # gradfuse.distributed.DataParallel: average first (the same values on every rank).
+        # Found through the arena slot, not p.grad: a hand-set .grad is adopted into the arena
+        # by the synchronization, so it must happen before the gradients are collected
+        a = getattr(getattr(p, "_grad_slot", None), "_gf_arena", None)
+        sync = getattr(a, "grad_sync", None)
+        if sync is not None:
+            syncs[id(sync)] = sync
+    for sync in syncs.values():
+        sync.sync_for_utils(whole)
+    grads = [p.grad for p in parameters if p.grad is not None]
     by_arena: dict[int, list] = {}
     loose = []
     for g in grads:
@@ -48,12 +59,6 @@ def _grad_buffers(parameters):
             by_arena.setdefault(id(a), [a, set()])[1].add(id(g))
         else:
             loose.append(g)
-    for a, _ in by_arena.values():
-        # gradfuse.distributed.DataParallel: the norm is that of the averaged gradients (the
-        # same on every rank); under ZeRO-1 no rank holds them all
-        sync = a.grad_sync
-        if sync is not None:
-            sync.sync_for_utils()
     out = []
     for a, ids in by_arena.values():
         live = {id(p.grad) for p in a.params if p.grad is not None}
@@ -135,7 +140,7 @@ def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
     v = _number("clip_value", clip_value)
     if math.isnan(v):
         raise ValueError("clip_value: expected a number, got nan")
-    bufs, _, back = _grad_buffers(parameters)
+    bufs, _, back = _grad_buffers(parameters, whole=False)
     for b in bufs:
         _backend.arena_clamp(b, -v, v)
     for c, d in back:

@@ -130,7 +130,9 @@ def test_dp_checks_pass_on_every_rank(dp_run):
               "plain_add_param_group_unchanged", "zero_add_param_group_then_step",
               "plain_rebound_data_broadcast", "zero_rebound_data_broadcast",
               "zero_bad_load_unchanged", "zero_bad_load_then_step",
-              "zero_utils_clip_value_matches_single", "plain_utils_clip_handset_grads_averaged"):
+              "zero_utils_clip_value_matches_single", "plain_utils_clip_handset_grads_averaged",
+              "plain_backward_after_sync_matches_single", "zero_backward_after_sync_unchanged",
+              "zero_backward_after_sync_matches_single"):
         assert k in report["checks"][0]
 
 
@@ -195,6 +197,9 @@ def test_dp_errors_are_raised_on_every_rank(dp_run):
         assert msg.startswith("ValueError") and "zz_note" in msg and "rank 1" in msg
     for msg in errs["zero_bad_load"]:
         assert msg.startswith("ValueError") and "exp_avg" in msg and "shape" in msg
+    for tag in ("zero_backward_after_sync", "zero_backward_after_step"):
+        for msg in errs[tag]:
+            assert msg.startswith("RuntimeError") and "cannot be averaged again" in msg
     for msg in errs["zero_utils_clip"]:
         assert msg.startswith("RuntimeError") and "optimizer.clip_grad_norm_" in msg
     for tag in ("plain", "zero"):

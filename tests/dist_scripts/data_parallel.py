@@ -216,6 +216,48 @@ for zero in (False, True):
         opt.zero_grad()
     dp.close()
 
+# a backward after the gradients were averaged (a norm logged per micro-batch, then more
+# accumulation): averaged again without ZeRO (the replicas used to step on their own sums and
+# drift apart); a clear error on every rank under ZeRO-1, the state unchanged
+for zero in (False, True):
+    tag = "zero" if zero else "plain"
+    ref = make_model(seed=14)
+    ref_opt = gf.optim.Adam(ref.parameters(), **ADAM)
+    model = make_model(seed=14 + rank)
+    opt = gf.optim.Adam(model.parameters(), **ADAM)
+    dp = dist.DataParallel(model, opt, shard_optimizer_state=zero)
+    for s in range(2):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        for k, half in enumerate((slice(0, 32), slice(32, 64))):
+            xb, yb = X[s][rows][half], Y[s][rows][half]
+            (gf.nn.functional.cross_entropy(dp(gf.Tensor(xb)), gf.Tensor(yb)) * 0.5).backward()
+            if k == 0 and not zero:
+                opt.clip_grad_norm_(1e9)  # averages the first half
+            if k == 0 and zero and s == 0:
+                before = params(model)
+                dp.sync_gradients()
+        gf.nn.functional.cross_entropy(ref(gf.Tensor(X[s])), gf.Tensor(Y[s])).backward()
+        if zero and s == 0:
+            collect_error("zero_backward_after_sync", opt.step)
+            checks["zero_backward_after_sync_unchanged"] = all(
+                np.array_equal(before[n], p.data) for n, p in model.named_parameters())
+            opt.zero_grad()
+            ref_opt.zero_grad()
+            train_step(dp, opt, X[s][rows], Y[s][rows])
+            train_step(ref, ref_opt, X[s], Y[s])
+            continue
+        opt.step()
+        ref_opt.step()
+    checks[f"{tag}_backward_after_sync_matches_single"] = same_everywhere(model) and all(
+        np.allclose(p.data, q.data, rtol=1e-4, atol=1e-6)
+        for p, q in zip(model.parameters(), ref.parameters()))
+    if zero:  # a step, then a backward without zero_grad(): the same error
+        loss = gf.nn.functional.cross_entropy(dp(gf.Tensor(X[3][rows])), gf.Tensor(Y[3][rows]))
+        loss.backward()
+        collect_error("zero_backward_after_step", opt.step)
+    dp.close()
+
 # other elementwise optimizers under ZeRO, two param groups, one parameter frozen on all ranks
 for name, make_opt in (
         ("nadam", lambda ps: gf.optim.NAdam(ps, lr=1e-2)),

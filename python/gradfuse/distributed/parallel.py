@@ -309,7 +309,10 @@ class _GradSync:
         self.comm = comm
         self.world = comm.Get_size()
         self.sharded = sharded
-        self._synced = False
+        # _synced: the gradients of this step are averaged (cleared by step() and
+        # zero_grad()); _reduced: the arenas hold reduced values (cleared by zero_grad() only);
+        # _written: a backward added into them after that (see grads_written)
+        self._synced = self._reduced = self._written = False
         self._n_arenas = len(arenas)
         self._seg_names = []
         for g, a in arenas:
@@ -333,11 +336,32 @@ class _GradSync:
 
     # ------------------------------------------------------------ gradients
     def reset(self) -> None:
-        self._synced = False
+        self._synced = self._reduced = self._written = False
+
+    def grads_written(self) -> None:
+        """Called by the arena's gradient tensors when a backward adds into them (or a
+        gradient is assigned) after they were averaged, e.g. a backward after
+        ``clip_grad_norm_()`` or ``sync_gradients()``: the next step must average again
+        (without it each rank would step with its own sum, and the replicas would drift)."""
+        if self._reduced:
+            self._written = True
+            self._synced = False
 
     def sync(self, consume: bool = False) -> None:
         if not self._synced:
+            if self._written and self.sharded:
+                # the plain all-reduce can average again (avg(avg + g) = avg + avg(g)); after a
+                # reduce-scatter only this rank's shard holds the average
+                raise RuntimeError(
+                    "DataParallel (ZeRO-1): a backward added gradients after they were "
+                    "reduce-scattered (by clip_grad_norm_(), sync_gradients() or step() "
+                    "without zero_grad() after it); only each rank's shard holds averaged "
+                    "values, so they cannot be averaged again. Call clip_grad_norm_() and "
+                    "sync_gradients() after the last backward of a step, and zero_grad() "
+                    "after step()")
             self._reduce()
+            self._reduced = True
+            self._written = False
         # a step uses the averaged gradients: the next backward's need averaging again
         self._synced = not consume
 

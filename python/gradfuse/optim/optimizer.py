@@ -177,6 +177,11 @@ class _ArenaGrad(Tensor):
         if v is None:  # Tensor.__init__
             self.__dict__["_view"] = value
             return
+        a = self.__dict__.get("_gf_arena")
+        if a is not None and a.grad_sync is not None:
+            # a backward accumulating (``t.grad.data += g``) or a hand-written gradient:
+            # DataParallel must average again before the next step
+            a.grad_sync.grads_written()
         if value is v:
             return
         arr = value.data if isinstance(value, Tensor) else value

@@ -245,7 +245,8 @@ def test_failing_rank_ends_the_job(mode):
     # the job must end by itself, quickly, with a clear error; run_mpi's timeout turns a hang
     # into a failure instead of a stalled suite
     t0 = time.monotonic()
-    res = run_mpi("fatal.py", n=2, args=[mode], timeout=60)
+    # block-buffered stdout (as in a pipe without PYTHONUNBUFFERED): the hook flushes it
+    res = run_mpi("fatal.py", n=2, args=[mode], timeout=60, env={"PYTHONUNBUFFERED": ""})
     elapsed = time.monotonic() - t0
     assert res.returncode != 0
     assert elapsed < 30, f"the job took {elapsed:.0f} s to end"

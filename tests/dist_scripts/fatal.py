@@ -24,7 +24,8 @@ X, Y = make_data()
 rows = rank_slice(rank, dist.get_world_size())
 for s in range(20):
     if s == 3 and rank == 1:
-        print(f"rank 1 fails at step {s}", flush=True)
+        # not flushed: the abort hook flushes stdout before MPI_Abort (kill mode: no hook)
+        print(f"rank 1 fails at step {s}", flush=mode == "kill")
         if mode == "raise":
             raise RuntimeError("rank 1 fails on purpose")
         if mode == "thread":

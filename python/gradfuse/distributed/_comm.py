@@ -145,6 +145,10 @@ def _install_abort_hook(comm) -> None:
 
     def abort(exc_type, exc, where: str) -> None:
         msg = "".join(traceback.format_exception_only(exc_type, exc)).strip()
+        try:  # what this rank printed before the error (stdout is block-buffered in a pipe)
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001
+            pass
         sys.stderr.write(f"gradfuse.distributed: rank {rank}: {where}{msg}\n"
                          "gradfuse.distributed: aborting the job (MPI Abort)\n")
         sys.stderr.flush()

@@ -63,8 +63,11 @@ class DataParallel:
     each gradient arena (with ZeRO-1 the parameter arena too) into a buffer of the reducer.
 
     After that, ``loss.backward(); optimizer.step()`` is all a training step needs: ``step()``
-    (or ``clip_grad_norm_()``, whichever comes first) averages the gradients. Under ZeRO-1,
-    ``p.grad`` holds the averaged gradient only in this rank's shard after the reduction.
+    (or ``clip_grad_norm_()``, whichever comes first) averages the gradients. A backward after
+    that averaging (more accumulation after a ``clip_grad_norm_()``) makes the step average
+    again; under ZeRO-1 it is a RuntimeError, as is a backward after ``step()`` without
+    ``zero_grad()``. Under ZeRO-1, ``p.grad`` holds the averaged gradient only in this rank's
+    shard after the reduction. ``optimizer.add_param_group`` is refused while attached.
 
     Outside ``gf.distributed.init()`` or with one rank, nothing is attached and the model
     trains exactly as in one process.
@@ -353,12 +356,13 @@ class _GradSync:
                 # the plain all-reduce can average again (avg(avg + g) = avg + avg(g)); after a
                 # reduce-scatter only this rank's shard holds the average
                 raise RuntimeError(
-                    "DataParallel (ZeRO-1): a backward added gradients after they were "
+                    "DataParallel (ZeRO-1): gradients were written (a backward, or an "
+                    "assignment or in-place operation on p.grad.data) after they were "
                     "reduce-scattered (by clip_grad_norm_(), sync_gradients() or step() "
                     "without zero_grad() after it); only each rank's shard holds averaged "
                     "values, so they cannot be averaged again. Call clip_grad_norm_() and "
                     "sync_gradients() after the last backward of a step, and zero_grad() "
-                    "after step()")
+                    "after step(); change gradients in place with p.grad.data[...] = ...")
             self._reduce()
             self._reduced = True
             self._written = False

@@ -83,7 +83,7 @@ def test_comm_api_and_reducer_three_ranks():
         bad = [k for k, ok in d["checks"].items() if not ok]
         assert not bad, f"rank {d['rank']}: failed {bad}\n{res.stderr}"
         for k in ("avg_bitwise_equal", "reduce_scatter_float32_1500017", "dp_zero_bitwise",
-                  "dp_zero_matches_single", "dp_matches_single", "reinit_other_comm_refused",
+                  "dp_zero_matches_single", "dp_matches_single", "reinit_other_comm_refused", "init_comm_null_refused",
                   "mixed_zero_params_match_single", "mixed_zero_state_matches_single",
                   "mixed_zero_bitwise", "mixed_params_match_single"):
             assert k in d["checks"]

@@ -15,15 +15,21 @@ import gradfuse.distributed as dist
 before = (dist.is_initialized(), dist.get_rank(), dist.get_world_size(), dist.is_main(),
           dist.get_comm() is None)
 launched = dist.launched()
-dist.init()
-dist.init()  # idempotent
 from mpi4py import MPI  # noqa: E402
 
+try:  # a rank outside a sub-communicator (COMM_NULL): a clear error, nothing initialized
+    dist.init(comm=MPI.COMM_NULL)
+    null_refused = False
+except ValueError as e:
+    null_refused = "COMM_NULL" in str(e) and not dist.is_initialized()
+dist.init()
+dist.init()  # idempotent
 dist.init(comm=MPI.COMM_WORLD)  # the same communicator: nothing to do
 rank, world = dist.get_rank(), dist.get_world_size()
 checks = {}
 checks["before_init_is_single"] = before == (False, 0, 1, True, True)
 checks["launched"] = launched
+checks["init_comm_null_refused"] = null_refused
 checks["initialized"] = dist.is_initialized() and dist.get_comm() is not None
 checks["rank_range"] = 0 <= rank < world and dist.is_main() == (rank == 0)
 checks["local"] = dist.get_local_world_size() == world and dist.get_local_rank() == rank

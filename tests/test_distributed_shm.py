@@ -2,8 +2,9 @@
 
 Each test launches this file as an MPI program (``__main__`` below) once per layout: the worker
 runs every case (float32/float64, sizes 1..40001, sum/avg, all_reduce_, reduce_scatter_,
-all_gather_, a view of a buffer, a foreign array, several live buffers, bad input, a window
-that does not fit in /dev/shm, close() with a view still held) and writes its arrays to
+all_gather_, a view of a buffer, a foreign array, several live buffers, bad input, calls
+that differ across ranks, a window that does not fit in /dev/shm on one node, close() with a
+view still held) and writes its arrays to
 ``<tmp>/rank<r>.npz``; the test recomputes the inputs and checks
 
 * the result against numpy summing the ranks' inputs in the order the reducer documents
@@ -112,11 +113,38 @@ def _worker(out_dir: str) -> None:
         errors.append("no error")
     except TypeError as e:
         errors.append(f"{type(e).__name__}: {e}")
+    # calls that differ across ranks: the same ValueError on every rank (not a hang, not a
+    # silent sum of the wrong elements), nothing written, and the reducer still works after
+    other = b.copy()
+    mismatched = {
+        "length": lambda x: red.all_reduce_(np.full(20 + 16 * rank, 1.0, np.float32)),
+        "offset": lambda x: red.all_reduce_(x[rank:rank + 16]),
+        "kind": lambda x: red.all_reduce_(x if rank == 0 else other),
+        "op": lambda x: red.all_reduce_(x, "sum" if rank == 0 else "avg"),
+        "dtype": lambda x: red.all_reduce_(np.zeros(8, np.float32 if rank else np.float64)),
+        "collective": lambda x: (red.all_reduce_ if rank == 0 else red.reduce_scatter_)(x),
+        "gather": lambda x: red.all_gather_(x[:32 - rank]),
+        "rs": lambda x: red.reduce_scatter_(x[:16 + 16 * rank]),
+        "buffer n": lambda x: red.buffer(8 + rank),
+        "buffer dtype": lambda x: red.buffer(8, "float32" if rank else "float64"),
+    }
+    n_buffers = len(red._buffers)
+    for what, call in mismatched.items():
+        try:
+            call(b)
+            errors.append(f"{what}: no error")
+        except (TypeError, ValueError) as e:
+            errors.append(f"{what}: {type(e).__name__}: {e}")
+    assert len(red._buffers) == n_buffers, "a rejected buffer() call left a window"
+    np.testing.assert_array_equal(other, b)
     meta["errors"] = errors
     res["unchanged"] = b.copy()
-    # /dev/shm too small for a window (a container's 64 MiB): a private buffer, a warning
+    # /dev/shm too small for a window (a container's 64 MiB): a private buffer, a warning.
+    # Only rank 0's node looks short of space: the other nodes must take the private path too
+    # (a shared window on one node and a private array on another would hang in the reduce).
     real_free = _shm._shm_free_bytes
-    _shm._shm_free_bytes = lambda: 1 << 16
+    if rank == 0:
+        _shm._shm_free_bytes = lambda: 1 << 16
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -229,6 +257,12 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         assert errs[4].startswith("TypeError: buf:")
         assert errs[5].startswith("ValueError: n:") and errs[6].startswith("ValueError: n:")
         assert errs[7].startswith("TypeError: dtype:")
+        names = {"length": "buf", "offset": "buf", "kind": "buf", "op": "op", "dtype": "buf",
+                 "collective": "buf", "gather": "buf", "rs": "buf", "buffer n": "n"}
+        for err, (what, arg) in zip(errs[8:], names.items()):
+            assert err.startswith(f"{what}: ValueError: {arg}:"), err
+        assert errs[-1].startswith("buffer dtype: TypeError: dtype:"), errs[-1]
+        assert "lengths" in errs[8] and "offset" in errs[9] and "foreign" in errs[10]
         np.testing.assert_array_equal(out[i]["unchanged"], np.full(33, i, np.float32))
         assert "after close" in meta[i]["after_close"]
         assert meta[i]["held_after_close"] == [i + 0.5] * 3
@@ -236,7 +270,7 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         assert len(meta[i]["shm_full_warning"]) == 1
         assert "/dev/shm" in meta[i]["shm_full_warning"][0]
         want = _expected_sum([_inputs(40_001, "float64", r, 999) for r in range(n)], world)
-        np.testing.assert_array_equal(out[i]["private"], want / np.float64(n))  # only the viewed window of the 3 * 12 + 3 stays mapped
+        np.testing.assert_array_equal(out[i]["private"], want / np.float64(n))
 
 
 @requires_mpi

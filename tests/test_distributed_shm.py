@@ -81,6 +81,9 @@ def _worker(out_dir: str) -> None:
             assert (lo, hi) == red.shard_range(size), "reduce_scatter_ range != shard_range"
             res[f"rs/{dtype}/{size}"] = b[lo:hi].copy()
             meta["shards"][f"{size}"] = [red.shard_range(size, r) for r in range(red.size)]
+            b[:] = _inputs(size, dtype, rank, case + 5)
+            red.reduce_scatter_(b, "avg")  # ZeRO-1's op: the shard of the average
+            res[f"rsavg/{dtype}/{size}"] = b[lo:hi].copy()
             b[:] = -1.0
             b[lo:hi] = _gather_vals(size, dtype, rank)[lo:hi]
             red.all_gather_(b)
@@ -212,7 +215,7 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
     case = 0
     for dtype in DTYPES:
         for size in SIZES:
-            xs = {k: [_inputs(size, dtype, i, case + k) for i in range(n)] for k in range(5)}
+            xs = {k: [_inputs(size, dtype, i, case + k) for i in range(n)] for k in range(6)}
             expect = {
                 "sum": _expected_sum(xs[0], nodes),
                 "avg": _expected_sum(xs[1], nodes) / np.asarray(n, dtype),
@@ -233,6 +236,9 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
                 assert hi % 16 == 0 or hi == size
                 np.testing.assert_array_equal(out[i][f"rs/{dtype}/{size}"], full[lo:hi],
                                               err_msg=f"reduce_scatter {dtype} {size} r{i}")
+                avg = _expected_sum(xs[5], nodes) / np.asarray(n, dtype)
+                np.testing.assert_array_equal(out[i][f"rsavg/{dtype}/{size}"], avg[lo:hi],
+                                              err_msg=f"reduce_scatter avg {dtype} {size} r{i}")
             # all_gather_: rank i's shard from rank i, on every rank
             want = np.concatenate([_gather_vals(size, dtype, i)[lo:hi]
                                    for i, (lo, hi) in enumerate(shards)])

@@ -111,11 +111,12 @@ def _worker(out_dir: str) -> None:
             errors.append("no error")
         except (TypeError, ValueError) as e:
             errors.append(f"{type(e).__name__}: {e}")
-    try:
-        red.buffer(4, "int64")
-        errors.append("no error")
-    except TypeError as e:
-        errors.append(f"{type(e).__name__}: {e}")
+    for bad_dtype in ("int64", "no such dtype"):
+        try:
+            red.buffer(4, bad_dtype)
+            errors.append("no error")
+        except TypeError as e:
+            errors.append(f"{type(e).__name__}: {e}")
     # calls that differ across ranks: the same ValueError on every rank (not a hang, not a
     # silent sum of the wrong elements), nothing written, and the reducer still works after
     other = b.copy()
@@ -262,13 +263,13 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         assert errs[3].startswith("ValueError: op:")
         assert errs[4].startswith("TypeError: buf:")
         assert errs[5].startswith("ValueError: n:") and errs[6].startswith("ValueError: n:")
-        assert errs[7].startswith("TypeError: dtype:")
+        assert errs[7].startswith("TypeError: dtype:") and errs[8].startswith("TypeError: dtype:")
         names = {"length": "buf", "offset": "buf", "kind": "buf", "op": "op", "dtype": "buf",
                  "collective": "buf", "gather": "buf", "rs": "buf", "buffer n": "n"}
-        for err, (what, arg) in zip(errs[8:], names.items()):
+        for err, (what, arg) in zip(errs[9:], names.items()):
             assert err.startswith(f"{what}: ValueError: {arg}:"), err
         assert errs[-1].startswith("buffer dtype: TypeError: dtype:"), errs[-1]
-        assert "lengths" in errs[8] and "offset" in errs[9] and "foreign" in errs[10]
+        assert "lengths" in errs[9] and "offset" in errs[10] and "foreign" in errs[11]
         np.testing.assert_array_equal(out[i]["unchanged"], np.full(33, i, np.float32))
         assert "after close" in meta[i]["after_close"]
         assert meta[i]["held_after_close"] == [i + 0.5] * 3

@@ -223,7 +223,10 @@ class ShmReducer:
         self._check_open()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"n: expected a non-negative int, got {n!r}")
-        dt = np.dtype(dtype)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
         if dt not in _DTYPES:
             raise TypeError(f"dtype: expected float32 or float64, got {dt}")
         MPI = _mpi()

@@ -142,6 +142,10 @@ def _fake_nodes() -> tuple[int, str] | None:
     return k, layout
 
 
+def _refcounts(objs: list) -> list:
+    return [sys.getrefcount(o) for o in objs]
+
+
 class _Buffer:
     """One shared window: ``segs[l]`` is local rank l's segment (n elements)."""
 
@@ -400,12 +404,13 @@ class ShmReducer:
     @staticmethod
     def _viewed(b: _Buffer) -> int:
         # A view of a segment keeps its root array alive, which holds the mpi4py buffer. With
-        # no view left, the buffer's references are our list's, the loop variable's and
-        # getrefcount's argument.
-        for m in b.mems:
-            if sys.getrefcount(m) > 3:
-                return 1
-        return 0
+        # no view left, a buffer is referenced only as an object in our list is. The baseline
+        # is measured on a fresh object through the same code, not assumed: how many
+        # references the interpreter itself holds here (the loop variable, getrefcount's
+        # argument) differs between Python versions (3.14 borrows some), and a wrong guess
+        # would free a window that an array still views.
+        return int(any(c > base for c, base in zip(_refcounts(b.mems),
+                                                    _refcounts([object() for _ in b.mems]))))
 
     def _enter(self, what: int, buf: np.ndarray, op: str):
         """The entry of every collective: ``(buffer, offset)`` or None for a foreign array.

@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -94,6 +95,23 @@ def _worker(out_dir: str) -> None:
                 red.all_reduce_(bufs[0][16:size - 7], "sum")
                 res[f"view/{dtype}/{size}"] = bufs[0].copy()
             case += 10
+    # the exit fence: the last rank is slow to sum its shard, and the others overwrite their
+    # segment with the next step's values (NaN) the moment all_reduce_ returns; the slow rank
+    # must never see them (nor a fast rank the slow rank's late writes)
+    race = red.buffer(4099, "float64")
+    real = red._reduce_block
+    if rank == red.size - 1:
+        def slow(*args):
+            time.sleep(0.03)
+            real(*args)
+        red._reduce_block = slow
+    for it in range(3):
+        race[:] = _inputs(4099, "float64", rank, 500 + it)
+        red.all_reduce_(race)
+        res[f"race{it}"] = race.copy()
+        race[:] = np.nan
+    red._reduce_block = real
+    del race
     # bad input: clear errors, nothing changed
     b = red.buffer(33, "float32")
     b[:] = rank
@@ -276,6 +294,11 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         assert meta[i]["kept"] == 1
         assert len(meta[i]["shm_full_warning"]) == 1
         assert "/dev/shm" in meta[i]["shm_full_warning"][0]
+        for it in range(3):
+            np.testing.assert_array_equal(
+                out[i][f"race{it}"],
+                _expected_sum([_inputs(4099, "float64", r, 500 + it) for r in range(n)], nodes),
+                err_msg=f"exit fence, step {it}, rank {i}")
         want = _expected_sum([_inputs(40_001, "float64", r, 999) for r in range(n)], world)
         np.testing.assert_array_equal(out[i]["private"], want / np.float64(n))
 

@@ -2,9 +2,10 @@
 
 Each test launches this file as an MPI program (``__main__`` below) once per layout: the worker
 runs every case (float32/float64, sizes 1..40001, sum/avg, all_reduce_, reduce_scatter_,
-all_gather_, a view of a buffer, a foreign array, several live buffers, bad input, calls
-that differ across ranks, a window that does not fit in /dev/shm on one node, close() with a
-view still held) and writes its arrays to
+all_gather_, a view of a buffer, a foreign array, several live buffers, a slow rank against
+ranks that overwrite their segment as soon as the call returns (the exit fence), bad input,
+calls that differ across ranks, a window that does not fit in /dev/shm on one node, close()
+with a view still held) and writes its arrays to
 ``<tmp>/rank<r>.npz``; the test recomputes the inputs and checks
 
 * the result against numpy summing the ranks' inputs in the order the reducer documents

@@ -184,8 +184,8 @@ class ShmReducer:
             raise TypeError("comm: expected an mpi4py communicator, got None")
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        fake = _fake_nodes()  # a bad value raises before any communicator exists
         shared = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        fake = _fake_nodes()
         if fake is not None:
             k, layout = fake
             s, r = shared.Get_size(), shared.Get_rank()
@@ -199,6 +199,7 @@ class ShmReducer:
         # same-local-rank communicator across nodes, and whether the nodes are all alike
         self.cross = comm.Split(self.local_rank, self.rank)
         self.n_nodes = self.cross.Get_size()
+        self._cross_ranks = self.cross.allgather(self.rank)  # world ranks, one per node
         sizes = comm.allgather(self.local_size)
         self.uniform = len(set(sizes)) == 1
         self._buffers: list[_Buffer] = []
@@ -350,7 +351,7 @@ class ShmReducer:
         if self.n_nodes > 1:
             # gather the shards of the ranks with my local rank (other nodes) into my segment:
             # only its owner writes it, and the others read it after the exit fence
-            ranks = self.cross.allgather(self.rank)
+            ranks = self._cross_ranks
             self._allgatherv(self.cross, buf, [self.shard_range(n, r) for r in ranks])
         else:
             ranks = [self.rank]

@@ -322,6 +322,29 @@ def test_bench_distributed_allreduce_runs(tmp_path):
     assert "| 1M | gradfuse ShmReducer |" in r.stdout
 
 
+def test_bench_train_table_flags_a_starved_job():
+    """A job descheduled by other load (CPU time per step far below its wall time) makes the
+    efficiencies meaningless (above 100% when it is the 1-process baseline): the table says so.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import bench_distributed as bd
+
+    def row(lib, ranks, wall, cpu):
+        return {"lib": lib, "ranks": ranks, "min_s": wall, "median_s": wall, "cpu_s": cpu,
+                "cpu_median_s": cpu}
+
+    fine = [row(bd.GF_PLAIN, 1, 0.032, 0.031), row(bd.GF_SHM, 2, 0.020, 0.040)]
+    text = bd.format_train(fine)
+    assert "| 80% / 80% |" in text and "WARNING" not in text  # 0.032 / (2 x 0.020)
+    starved = [row(bd.GF_PLAIN, 1, 0.108, 0.037), row(bd.GF_SHM, 2, 0.045, 0.085)]
+    text = bd.format_train(starved)
+    assert "| 120% / 120% |" in text  # the misleading figure is still shown, with the warning below it
+    warning = text[text.index("WARNING"):]
+    assert bd.GF_PLAIN in warning and bd.GF_SHM not in warning
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 15, 17, 2047, 2049, 70_001])
 @pytest.mark.parametrize("nsrc", [1, 2, 3, 5])

@@ -367,6 +367,14 @@ def format_train(rows: list) -> str:
                      f"| {r['min_s'] * 1e3:.2f} ms | {r['median_s'] * 1e3:.2f} ms "
                      f"| {GLOBAL_BATCH / r['min_s']:,.0f} | {GLOBAL_BATCH / r['median_s']:,.0f} "
                      f"| {eff} | {r['cpu_s'] * 1e3:.1f} ms | {cpu_eff} |")
+    # A job whose ranks got much less CPU than wall time was descheduled (other load on the
+    # machine): its time, and every efficiency computed from it, measures the load, not the
+    # code (an efficiency above 100% is the usual symptom: a starved 1-process baseline).
+    starved = [r["lib"] for r in rows if r["cpu_s"] / r["ranks"] < 0.7 * r["min_s"]]
+    if starved:
+        lines += ["", "WARNING: the machine was busy: these jobs got less than 70% of a core per "
+                  "rank (CPU s / step / ranks < 0.7 x min / step), so their times and the "
+                  f"efficiencies built on them are not meaningful; rerun: {', '.join(starved)}"]
     bound, shm = by.get(GF_NOSYNC), by.get(GF_SHM)
     if bound and shm:
         lines += ["", "DataParallel (ShmReducer) step / the same 2 processes without the "

@@ -2,8 +2,10 @@
 
 Each test launches this file as an MPI program (``__main__`` below) once per layout: the worker
 runs every case (float32/float64, sizes 1..40001, sum/avg, all_reduce_, reduce_scatter_,
-all_gather_, a view of a buffer, a foreign array, several live buffers, bad input, a window
-that does not fit in /dev/shm, close() with a view still held) and writes its arrays to
+all_gather_, a view of a buffer, a foreign array, several live buffers, a slow rank against
+ranks that overwrite their segment as soon as the call returns (the exit fence), bad input,
+calls that differ across ranks, a window that does not fit in /dev/shm on one node, close()
+with a view still held) and writes its arrays to
 ``<tmp>/rank<r>.npz``; the test recomputes the inputs and checks
 
 * the result against numpy summing the ranks' inputs in the order the reducer documents
@@ -23,6 +25,7 @@ import functools
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -80,6 +83,9 @@ def _worker(out_dir: str) -> None:
             assert (lo, hi) == red.shard_range(size), "reduce_scatter_ range != shard_range"
             res[f"rs/{dtype}/{size}"] = b[lo:hi].copy()
             meta["shards"][f"{size}"] = [red.shard_range(size, r) for r in range(red.size)]
+            b[:] = _inputs(size, dtype, rank, case + 5)
+            red.reduce_scatter_(b, "avg")  # ZeRO-1's op: the shard of the average
+            res[f"rsavg/{dtype}/{size}"] = b[lo:hi].copy()
             b[:] = -1.0
             b[lo:hi] = _gather_vals(size, dtype, rank)[lo:hi]
             red.all_gather_(b)
@@ -90,6 +96,23 @@ def _worker(out_dir: str) -> None:
                 red.all_reduce_(bufs[0][16:size - 7], "sum")
                 res[f"view/{dtype}/{size}"] = bufs[0].copy()
             case += 10
+    # the exit fence: the last rank is slow to sum its shard, and the others overwrite their
+    # segment with the next step's values (NaN) the moment all_reduce_ returns; the slow rank
+    # must never see them (nor a fast rank the slow rank's late writes)
+    race = red.buffer(4099, "float64")
+    real = red._reduce_block
+    if rank == red.size - 1:
+        def slow(*args):
+            time.sleep(0.03)
+            real(*args)
+        red._reduce_block = slow
+    for it in range(3):
+        race[:] = _inputs(4099, "float64", rank, 500 + it)
+        red.all_reduce_(race)
+        res[f"race{it}"] = race.copy()
+        race[:] = np.nan
+    red._reduce_block = real
+    del race
     # bad input: clear errors, nothing changed
     b = red.buffer(33, "float32")
     b[:] = rank
@@ -107,16 +130,44 @@ def _worker(out_dir: str) -> None:
             errors.append("no error")
         except (TypeError, ValueError) as e:
             errors.append(f"{type(e).__name__}: {e}")
-    try:
-        red.buffer(4, "int64")
-        errors.append("no error")
-    except TypeError as e:
-        errors.append(f"{type(e).__name__}: {e}")
+    for bad_dtype in ("int64", "no such dtype"):
+        try:
+            red.buffer(4, bad_dtype)
+            errors.append("no error")
+        except TypeError as e:
+            errors.append(f"{type(e).__name__}: {e}")
+    # calls that differ across ranks: the same ValueError on every rank (not a hang, not a
+    # silent sum of the wrong elements), nothing written, and the reducer still works after
+    other = b.copy()
+    mismatched = {
+        "length": lambda x: red.all_reduce_(np.full(20 + 16 * rank, 1.0, np.float32)),
+        "offset": lambda x: red.all_reduce_(x[rank:rank + 16]),
+        "kind": lambda x: red.all_reduce_(x if rank == 0 else other),
+        "op": lambda x: red.all_reduce_(x, "sum" if rank == 0 else "avg"),
+        "dtype": lambda x: red.all_reduce_(np.zeros(8, np.float32 if rank else np.float64)),
+        "collective": lambda x: (red.all_reduce_ if rank == 0 else red.reduce_scatter_)(x),
+        "gather": lambda x: red.all_gather_(x[:32 - rank]),
+        "rs": lambda x: red.reduce_scatter_(x[:16 + 16 * rank]),
+        "buffer n": lambda x: red.buffer(8 + rank),
+        "buffer dtype": lambda x: red.buffer(8, "float32" if rank else "float64"),
+    }
+    n_buffers = len(red._buffers)
+    for what, call in mismatched.items():
+        try:
+            call(b)
+            errors.append(f"{what}: no error")
+        except (TypeError, ValueError) as e:
+            errors.append(f"{what}: {type(e).__name__}: {e}")
+    assert len(red._buffers) == n_buffers, "a rejected buffer() call left a window"
+    np.testing.assert_array_equal(other, b)
     meta["errors"] = errors
     res["unchanged"] = b.copy()
-    # /dev/shm too small for a window (a container's 64 MiB): a private buffer, a warning
+    # /dev/shm too small for a window (a container's 64 MiB): a private buffer, a warning.
+    # Only rank 0's node looks short of space: the other nodes must take the private path too
+    # (a shared window on one node and a private array on another would hang in the reduce).
     real_free = _shm._shm_free_bytes
-    _shm._shm_free_bytes = lambda: 1 << 16
+    if rank == 0:
+        _shm._shm_free_bytes = lambda: 1 << 16
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -184,7 +235,7 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
     case = 0
     for dtype in DTYPES:
         for size in SIZES:
-            xs = {k: [_inputs(size, dtype, i, case + k) for i in range(n)] for k in range(5)}
+            xs = {k: [_inputs(size, dtype, i, case + k) for i in range(n)] for k in range(6)}
             expect = {
                 "sum": _expected_sum(xs[0], nodes),
                 "avg": _expected_sum(xs[1], nodes) / np.asarray(n, dtype),
@@ -205,6 +256,9 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
                 assert hi % 16 == 0 or hi == size
                 np.testing.assert_array_equal(out[i][f"rs/{dtype}/{size}"], full[lo:hi],
                                               err_msg=f"reduce_scatter {dtype} {size} r{i}")
+                avg = _expected_sum(xs[5], nodes) / np.asarray(n, dtype)
+                np.testing.assert_array_equal(out[i][f"rsavg/{dtype}/{size}"], avg[lo:hi],
+                                              err_msg=f"reduce_scatter avg {dtype} {size} r{i}")
             # all_gather_: rank i's shard from rank i, on every rank
             want = np.concatenate([_gather_vals(size, dtype, i)[lo:hi]
                                    for i, (lo, hi) in enumerate(shards)])
@@ -228,15 +282,26 @@ def test_shm_reducer_matches_numpy_bitwise(layout, tmp_path):
         assert errs[3].startswith("ValueError: op:")
         assert errs[4].startswith("TypeError: buf:")
         assert errs[5].startswith("ValueError: n:") and errs[6].startswith("ValueError: n:")
-        assert errs[7].startswith("TypeError: dtype:")
+        assert errs[7].startswith("TypeError: dtype:") and errs[8].startswith("TypeError: dtype:")
+        names = {"length": "buf", "offset": "buf", "kind": "buf", "op": "op", "dtype": "buf",
+                 "collective": "buf", "gather": "buf", "rs": "buf", "buffer n": "n"}
+        for err, (what, arg) in zip(errs[9:], names.items()):
+            assert err.startswith(f"{what}: ValueError: {arg}:"), err
+        assert errs[-1].startswith("buffer dtype: TypeError: dtype:"), errs[-1]
+        assert "lengths" in errs[9] and "offset" in errs[10] and "foreign" in errs[11]
         np.testing.assert_array_equal(out[i]["unchanged"], np.full(33, i, np.float32))
         assert "after close" in meta[i]["after_close"]
         assert meta[i]["held_after_close"] == [i + 0.5] * 3
         assert meta[i]["kept"] == 1
         assert len(meta[i]["shm_full_warning"]) == 1
         assert "/dev/shm" in meta[i]["shm_full_warning"][0]
+        for it in range(3):
+            np.testing.assert_array_equal(
+                out[i][f"race{it}"],
+                _expected_sum([_inputs(4099, "float64", r, 500 + it) for r in range(n)], nodes),
+                err_msg=f"exit fence, step {it}, rank {i}")
         want = _expected_sum([_inputs(40_001, "float64", r, 999) for r in range(n)], world)
-        np.testing.assert_array_equal(out[i]["private"], want / np.float64(n))  # only the viewed window of the 3 * 12 + 3 stays mapped
+        np.testing.assert_array_equal(out[i]["private"], want / np.float64(n))
 
 
 @requires_mpi
@@ -248,13 +313,36 @@ def test_bench_distributed_allreduce_runs(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, "-m", "bench.bench_distributed", "--quick", "--skip-train",
                         "--sizes", "1M", "--json", str(out)], cwd=root, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=300)  # generous: a loaded machine
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["allreduce"]["rows"]
     impls = {row["impl"] for row in rows}
     assert {"gradfuse ShmReducer", "gradfuse MPIReducer", "mpi4py Allreduce"} <= impls
     assert all(row["min_s"] > 0 and row["median_s"] >= row["min_s"] for row in rows)
     assert "| 1M | gradfuse ShmReducer |" in r.stdout
+
+
+def test_bench_train_table_flags_a_starved_job():
+    """A job descheduled by other load (CPU time per step far below its wall time) makes the
+    efficiencies meaningless (above 100% when it is the 1-process baseline): the table says so.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import bench_distributed as bd
+
+    def row(lib, ranks, wall, cpu):
+        return {"lib": lib, "ranks": ranks, "min_s": wall, "median_s": wall, "cpu_s": cpu,
+                "cpu_median_s": cpu}
+
+    fine = [row(bd.GF_PLAIN, 1, 0.032, 0.031), row(bd.GF_SHM, 2, 0.020, 0.040)]
+    text = bd.format_train(fine)
+    assert "| 80% / 80% |" in text and "WARNING" not in text  # 0.032 / (2 x 0.020)
+    starved = [row(bd.GF_PLAIN, 1, 0.108, 0.037), row(bd.GF_SHM, 2, 0.045, 0.085)]
+    text = bd.format_train(starved)
+    assert "| 120% / 120% |" in text  # the misleading figure is still shown, with the warning below it
+    warning = text[text.index("WARNING"):]
+    assert bd.GF_PLAIN in warning and bd.GF_SHM not in warning
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -99,6 +99,25 @@ def test_sharded_loader_ranks_cover_the_global_batches_and_resume():
         s2.load_state_dict({"generator": sd["generator"], "batches_done": 99})
 
 
+@pytest.mark.parametrize("n,w,b", [(11, 2, 3), (12, 2, 3), (13, 3, 2), (7, 3, 1), (5, 4, 2)])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sharded_loader_steps_are_the_single_loaders_steps(n, w, b, drop_last):
+    # with drop_last, padded shards used to add a step of partly repeated samples that the
+    # one-process loader of batch W x B drops (N=11, W=2, B=3: 2 steps instead of 1)
+    ds = gf.data.TensorDataset(np.zeros((n, 1), np.float32), np.arange(n))
+    single = [yb.numpy() for _, yb in gf.data.DataLoader(ds, batch_size=w * b, shuffle=True,
+                                                          drop_last=drop_last, generator=2)]
+    shards = [[yb.numpy() for _, yb in ShardedLoader(
+        gf.data.DataLoader(ds, batch_size=b, shuffle=True, drop_last=drop_last, generator=2),
+        w, r)] for r in range(w)]
+    for r in range(w):
+        assert len(shards[r]) == len(single)
+    exact = len(single) if drop_last or n % w == 0 else len(single) - 1  # the last one padded
+    for k in range(exact):
+        np.testing.assert_array_equal(np.sort(np.concatenate([s[k] for s in shards])),
+                                      np.sort(single[k]))
+
+
 # ------------------------------------------------------------------ under mpiexec
 
 

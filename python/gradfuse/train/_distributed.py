@@ -79,8 +79,11 @@ class ShardedLoader:
         self.world, self.rank = world, rank
         self.dataset = loader.dataset
         self.batch_size = loader.batch_size * world
+        # drop_last: the sampler drops the tail too (floor(N / W) samples per rank), so that
+        # the ranks take floor(N / (W B)) steps like the one-process loader of batch W B;
+        # padded shards of ceil(N / W) would add a step of partly repeated samples
         self.sampler = DistributedSampler(loader.dataset, world, rank, shuffle=loader.shuffle,
-                                          seed=0)
+                                          seed=0, drop_last=loader.drop_last)
         self._inner = DataLoader(loader.dataset, batch_size=loader.batch_size,
                                  drop_last=loader.drop_last, sampler=self.sampler)
         self._resume = None  # (generator state, batches done) from load_state_dict

@@ -137,6 +137,65 @@ checks["early_stop_everywhere"] = same_everywhere((len(h.epochs), h.stopped_earl
 checks["after_skip_params_bitwise"] = same_everywhere(params_bytes(C.params(net)))
 checks["after_skip_finite"] = all(np.isfinite(v).all() for v in C.params(net).values())
 
+# the same with SyncBatchNorm, whose forward is collective: the guard's search for the layer
+# re-runs the forward, and used to do so on rank 0 only (rank 1 saw the NaN in its own input
+# and answered "input"): a hang
+net = C.model(sync_bn=True)
+opt = gf.optim.Adam(net.parameters(), lr=1e-2)
+guard = gf.train.NonFiniteGuard(action="skip")
+tr = gf.train.Trainer(net, opt, gf.nn.CrossEntropyLoss(), callbacks=[Poison(), guard],
+                      verbose=0)
+tr.fit(gf.data.DataLoader(gf.data.TensorDataset(xt, yt), batch_size=8, shuffle=True,
+                          generator=1), epochs=1)
+checks["syncbn_guard_same_layer_everywhere"] = same_everywhere(
+    [(e["step"], e["what"], e["layer"]) for e in guard.events]) and \
+    [(e["step"], e["layer"]) for e in guard.events] == [(3, "input")]
+checks["syncbn_guard_params_bitwise"] = same_everywhere(params_bytes(C.params(net)))
+
+
+# a callback that decides from something of its own rank (here the rank itself, in practice
+# a wall-clock budget): its stop or skip holds on every rank, instead of one rank leaving the
+# loop (the others then wait in the next step's all-reduce) or stepping alone
+class OneRankDecides(gf.train.Callback):
+    def on_after_backward(self, trainer, logs):
+        if logs["step"] == 2 and rank == 0:
+            trainer.skip_step = True
+
+    def on_batch_end(self, trainer, logs):
+        if logs["step"] == 5 and rank == world - 1:
+            trainer.stop_training = True
+
+
+class StopAtEpochEnd(gf.train.Callback):
+    def on_epoch_end(self, trainer, epoch, logs):
+        if epoch == 1 and rank == world - 1:
+            trainer.stop_training = True
+
+
+for cb, want_steps in ((OneRankDecides(), 5), (StopAtEpochEnd(), C.N_TRAIN // (8 * world))):
+    gf.manual_seed(2)
+    net = gf.nn.Sequential(gf.nn.Linear(C.FEATURES, 8), gf.nn.ReLU(),
+                           gf.nn.Linear(8, C.CLASSES))
+    tr = gf.train.Trainer(net, gf.optim.Adam(net.parameters(), lr=1e-2),
+                          gf.nn.CrossEntropyLoss(), callbacks=[cb], verbose=0)
+    h = tr.fit(gf.data.DataLoader(gf.data.TensorDataset(xt, yt), batch_size=8, shuffle=True,
+                                  generator=1), epochs=3)
+    name = type(cb).__name__
+    checks[f"{name}_stops_everywhere"] = same_everywhere((tr.global_step, len(h.epochs))) and \
+        tr.global_step == want_steps and len(h.epochs) == 1 and h.stopped_early
+    checks[f"{name}_params_bitwise"] = same_everywhere(params_bytes(C.params(net)))
+
+# per-rank BatchNorm: DataParallel broadcasts rank 0's running statistics before each training
+# forward only; at the epoch's end every rank used to keep its own last batch's, so the
+# validation mixed the replicas and the final models differed from the checkpointed rank 0's
+tr, train, val = C.trainer(C.PER_RANK_BATCH, sync_bn=False, distributed=True)
+h = tr.fit(train, val=val, epochs=2)
+checks["per_rank_bn_buffers_bitwise"] = same_everywhere(params_bytes(C.params(tr.model)))
+alone = gf.train.Trainer(tr.model, tr.optimizer, gf.nn.CrossEntropyLoss(), verbose=0,
+                         distributed=False).evaluate(val)
+checks["per_rank_bn_val_is_the_models"] = \
+    abs(h.epochs[-1]["val_loss"] - alone["loss"]) < 1e-6
+
 # a DataParallel of the user's given as the model: used as it is
 net = C.model(sync_bn=True)
 opt = gf.optim.SGD(net.parameters(), lr=0.1)

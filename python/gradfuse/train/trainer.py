@@ -628,6 +628,9 @@ class Trainer:
             self.skip_step = False
             for hook in on_after_backward:
                 hook(self, logs)
+            if dist is not None:  # a callback's decision on one rank is everyone's
+                self.skip_step, self.stop_training = self._agree(self.skip_step,
+                                                                 self.stop_training)
             skipped = self.skip_step or self.stop_training
             if skipped:
                 opt.zero_grad()  # also drops a clip scale folded for this batch
@@ -652,8 +655,12 @@ class Trainer:
             logs["skipped"] = skipped
             for hook in on_batch_end:
                 hook(self, logs)
+            if dist is not None:
+                (self.stop_training,) = self._agree(self.stop_training)
             if self.stop_training:
                 break
+        if dist is not None:
+            self._sync_buffers()
         n = acc["n"]
         if n == 0:
             raise ValueError(f"train: the loader yielded no batches in epoch {epoch}")
@@ -684,13 +691,39 @@ class Trainer:
         self._in_epoch = None
         for hook in self._hooks("on_epoch_end"):
             hook(self, epoch, rec)
+        if dist is not None:
+            (self.stop_training,) = self._agree(self.stop_training)
+
+    def _agree(self, *flags) -> list:
+        """Data-parallel: each flag as the OR over the ranks (one tiny all-reduce). A callback
+        that decides from something of its own rank (a wall-clock budget, a file, a random
+        draw) would otherwise stop or skip on that rank alone: the others would wait in the
+        next step's collectives forever (or, for a skipped step, their replicas would drift
+        apart)."""
+        a = np.array([1.0 if f else 0.0 for f in flags])
+        self._dist.all_reduce_(a, op="max")
+        return [bool(v) for v in a]
+
+    def _sync_buffers(self) -> None:
+        """Data-parallel with ``broadcast_buffers``: rank 0's buffers (per-rank BatchNorm's
+        running statistics) on every rank, at the end of each epoch's training. DataParallel
+        broadcasts them before each training forward only, so after the last step every rank
+        kept the statistics of its own last batch: the validation (each rank evaluates its
+        share with its own replica), the weights EarlyStopping keeps and the final models
+        differed from rank 0's, the one the checkpoints hold."""
+        dp = self.dp
+        sync = getattr(dp, "_bcast_buffers", None)
+        if getattr(dp, "broadcast_buffers", False) and callable(sync):
+            sync()
 
     # ------------------------------------------------------------ evaluate / predict
     def evaluate(self, loader) -> dict:
         """Mean loss and metric over ``loader`` (``(x, y)`` batches), in eval mode under
         ``gf.no_grad()``; the model's mode is restored afterwards.
 
-        Returns ``{"loss": float, "metric": float or None}``. Example::
+        Returns ``{"loss": float, "metric": float or None}``. Data-parallel: collective (the
+        sums are reduced over the ranks): call it on every rank, not under ``is_main``.
+        Example::
 
             >>> trainer.evaluate(val_loader)
             {'loss': 0.093, 'metric': 0.972}

@@ -199,6 +199,41 @@ def test_cli_train_distributed_prints_and_saves_once(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no stray temp file
 
 
+@requires_mpi
+def test_cli_data_set_failing_on_one_rank_exits_every_rank(tmp_path):
+    # the failing rank used to exit alone (code 2) while the other waited in DataParallel's
+    # first collective for ever
+    args = ("train", "--distributed", "--dataset", "spirals", "--epochs", "1", "--hidden", "8")
+    try:
+        res = run_mpi(SCRIPTS / "cli_main.py", n=2, timeout=60, args=args,
+                      env={"GF_TEST_LOAD_FAILS_ON_RANK": "1"})
+    except subprocess.TimeoutExpired as e:  # pragma: no cover - the failure being tested
+        pytest.fail(f"the job hung:\n{e.stdout}\n{e.stderr}")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("--dataset: data.idx: no such file on rank 1's machine (on rank 1)") \
+        == 2, res.stderr
+    # --distributed without a launcher: one process, and it says so
+    res = subprocess.run([sys.executable, str(SCRIPTS / "cli_main.py"), *args], text=True,
+                         capture_output=True, timeout=120,
+                         env={k: v for k, v in os.environ.items()
+                              if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                           "MPI_LOCALNRANKS")})
+    assert res.returncode == 0, res.stderr
+    assert "--distributed in a world of one process" in res.stderr
+    assert "per rank x 1 ranks" in res.stdout
+
+
+def test_cli_under_a_launcher_without_distributed_warns(monkeypatch, capsys):
+    from gradfuse.__main__ import main
+
+    monkeypatch.setattr(gf.distributed, "launched", lambda: True)
+    assert main(["train", "--dataset", "spirals", "--epochs", "1", "--hidden", "8",
+                 "--train-size", "64"]) in (0, 1)
+    assert "without --distributed: every process trains the whole run on its own" in \
+        capsys.readouterr().err
+    assert not gf.distributed.is_initialized()
+
+
 def _readme_block() -> str:
     import re
 

@@ -118,6 +118,41 @@ def test_sharded_loader_steps_are_the_single_loaders_steps(n, w, b, drop_last):
                                       np.sort(single[k]))
 
 
+def test_resume_at_epoch_end_with_a_distributed_sampler_of_the_users():
+    # the Trainer calls set_epoch before each epoch; a resumed run used to train the epoch after
+    # the checkpoint in the order of the checkpoint's epoch (the loader's saved sampler state
+    # overwrote set_epoch at the next iter)
+    n = 12
+    ds = gf.data.TensorDataset(np.arange(n, dtype=np.float32).reshape(n, 1),
+                               np.arange(n, dtype=np.float32).reshape(n, 1))
+
+    class Seen(gf.train.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_start(self, trainer, step):
+            self.seen.append((trainer.epoch + 1, trainer.batch[1].numpy().ravel().tolist()))
+
+    def make():
+        gf.manual_seed(0)
+        net = gf.nn.Linear(1, 1)
+        loader = gf.data.DataLoader(ds, batch_size=4, sampler=gf.data.DistributedSampler(
+            ds, num_replicas=1, rank=0, seed=3))
+        seen = Seen()
+        return Trainer(net, gf.optim.SGD(net.parameters(), lr=0.01), gf.nn.MSELoss(),
+                       metric=None, verbose=0, callbacks=[seen]), loader, seen
+
+    tr, loader, seen = make()
+    tr.fit(loader, epochs=1)
+    sd = tr.state_dict()
+    tr.fit(loader, epochs=3)
+    tr2, loader2, seen2 = make()
+    tr2.load_state_dict(sd)
+    tr2.fit(loader2, epochs=3)
+    assert seen2.seen == [s for s in seen.seen if s[0] > 1]
+    np.testing.assert_array_equal(tr2.model.weight.detach().numpy(), tr.model.weight.detach().numpy())
+
+
 # ------------------------------------------------------------------ under mpiexec
 
 

@@ -153,6 +153,26 @@ def test_resume_at_epoch_end_with_a_distributed_sampler_of_the_users():
     np.testing.assert_array_equal(tr2.model.weight.detach().numpy(), tr.model.weight.detach().numpy())
 
 
+@pytest.mark.parametrize("n,b", [(23, 5), (20, 5), (3, 5)])
+def test_eval_shards_cover_what_the_loader_yields(n, b):
+    # drop_last was ignored: the ranks evaluated the short last batch the one-process loader
+    # drops, so val_loss differed from a one-process run's
+    from gradfuse.train._distributed import shard_for_eval
+
+    ds = gf.data.TensorDataset(np.zeros((n, 1), np.float32), np.arange(n))
+    for drop_last in (False, True):
+        one = gf.data.DataLoader(ds, batch_size=b, drop_last=drop_last)
+        want = sorted(int(v) for _, yb in one for v in yb.numpy())
+        got = []
+        for r in range(3):
+            sh, sharded = shard_for_eval(one, 3, r)
+            assert sharded
+            got += [int(v) for _, yb in sh for v in yb.numpy()]
+        assert sorted(got) == want
+    shuffled = gf.data.DataLoader(ds, batch_size=b, drop_last=True, shuffle=True, generator=0)
+    assert shard_for_eval(shuffled, 3, 1) == (shuffled, False)
+
+
 # ------------------------------------------------------------------ under mpiexec
 
 

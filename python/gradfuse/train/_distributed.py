@@ -151,9 +151,16 @@ class ShardedLoader:
 
 def shard_for_eval(loader, world: int, rank: int):
     """A DataLoader of this rank's uneven, unpadded share ``rank::world`` of an evaluation
-    DataLoader (no sample counted twice); other loaders as they are (each rank evaluates what
-    it was given, and the sums are reduced over ranks)."""
+    DataLoader (no sample counted twice; with ``drop_last`` of the samples the loader itself
+    yields); other loaders as they are (each rank evaluates what it was given, and the sums
+    are reduced over ranks). Returns ``(loader, whether it was sharded)``."""
     if type(loader) is not DataLoader or loader.sampler is not None:
         return loader, False
-    s = DistributedSampler(loader.dataset, world, rank, shuffle=False, pad=False)
+    n = len(loader.dataset)
+    if loader.drop_last:
+        if loader.shuffle:  # which samples it drops is its own random draw: evaluated whole
+            return loader, False  # on every rank (the sums are then W times one process's)
+        n -= n % loader.batch_size  # the samples the one-process loader yields
+    # (the sampler reads only the length of what it is given)
+    s = DistributedSampler(range(n), world, rank, shuffle=False, pad=False)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=s), True

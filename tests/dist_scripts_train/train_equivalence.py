@@ -196,6 +196,30 @@ alone = gf.train.Trainer(tr.model, tr.optimizer, gf.nn.CrossEntropyLoss(), verbo
 checks["per_rank_bn_val_is_the_models"] = \
     abs(h.epochs[-1]["val_loss"] - alone["loss"]) < 1e-6
 
+# loaders seeded differently on the ranks (generator=None draws from gf.default_generator,
+# seeded here with the rank, as scripts do for dropout): every epoch is still one permutation
+# split over the ranks (each epoch starts from rank 0's generator state), not overlapping
+# shards of different permutations
+class Seen(gf.train.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_start(self, trainer, step):
+        self.seen.append((trainer.epoch + 1, trainer.batch[1].numpy().tolist()))
+
+
+gf.manual_seed(100 + rank)
+net = gf.nn.Sequential(gf.nn.Linear(C.FEATURES, 8), gf.nn.ReLU(), gf.nn.Linear(8, C.CLASSES))
+seen = Seen()
+tr = gf.train.Trainer(net, gf.optim.SGD(net.parameters(), lr=0.1),
+                      lambda out, y: (out * out).mean(), metric=None, callbacks=[seen], verbose=0)
+ids = np.arange(C.N_TRAIN)  # the targets: which samples each rank got
+tr.fit(gf.data.DataLoader(gf.data.TensorDataset(xt, ids), batch_size=8, shuffle=True), epochs=2)
+every = dist.all_gather_object(seen.seen)
+checks["unseeded_loaders_one_permutation_per_epoch"] = all(
+    sorted(i for s in every for e, b in s if e == ep for i in b) == list(range(C.N_TRAIN))
+    for ep in (1, 2))
+
 # a DataParallel of the user's given as the model: used as it is
 net = C.model(sync_bn=True)
 opt = gf.optim.SGD(net.parameters(), lr=0.1)

@@ -74,9 +74,14 @@ class ShardedLoader:
     epoch's checkpoint compares with the loader that resumes it.
     """
 
-    def __init__(self, loader: DataLoader, world: int, rank: int):
+    def __init__(self, loader: DataLoader, world: int, rank: int, dist=None):
         self.loader = loader
         self.world, self.rank = world, rank
+        # gf.distributed (None in tests of one process): each epoch starts from rank 0's
+        # generator state, so that the shards are of one permutation even when the ranks'
+        # loaders were seeded differently (a generator=None loader draws its seed from
+        # gf.default_generator, which scripts often seed with the rank for dropout)
+        self._dist = dist
         self.dataset = loader.dataset
         self.batch_size = loader.batch_size * world
         # drop_last: the sampler drops the tail too (floor(N / W) samples per rank), so that
@@ -100,6 +105,8 @@ class ShardedLoader:
             self._resume = None
         else:
             start = gen.get_state().data.copy()
+            if self._dist is not None:
+                self._dist.broadcast_(start)
         seed, offset = _seed_offset(start)
         self.sampler.seed, self.sampler.offset = seed, offset
         self.sampler.set_epoch(0)

@@ -925,7 +925,7 @@ class Trainer:
 
         if type(train) is DataLoader and train.sampler is None:
             d = self._dist
-            return _dp.ShardedLoader(train, d.get_world_size(), d.get_rank())
+            return _dp.ShardedLoader(train, d.get_world_size(), d.get_rank(), dist=d)
         return train
 
     def load_checkpoint(self, path) -> None:

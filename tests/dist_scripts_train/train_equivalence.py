@@ -220,6 +220,17 @@ checks["unseeded_loaders_one_permutation_per_epoch"] = all(
     sorted(i for s in every for e, b in s if e == ep for i in b) == list(range(C.N_TRAIN))
     for ep in (1, 2))
 
+# a DistributedSampler built before init() (defaults: rank 0 of 1) would give every rank the
+# whole data set: refused on every rank, naming the sampler
+ds = gf.data.TensorDataset(xt, yt)
+bad = gf.data.DataLoader(ds, batch_size=8, sampler=gf.data.DistributedSampler(ds, 1, 0))
+try:
+    tr.fit(bad, epochs=3)
+    checks["early_sampler_refused"] = False
+except ValueError as e:
+    checks["early_sampler_refused"] = "rank 0's DistributedSampler was built for rank 0 of 1" \
+        in str(e)
+
 # a DataParallel of the user's given as the model: used as it is
 net = C.model(sync_bn=True)
 opt = gf.optim.SGD(net.parameters(), lr=0.1)

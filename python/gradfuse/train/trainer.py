@@ -181,6 +181,24 @@ def _set_loader_state(loader, state) -> None:
             "have; resume with the same kind of loader")
 
 
+def _sampler_mismatch(loader, dist):
+    """Why ``loader``'s DistributedSampler does not shard for this rank of this world (None
+    when it does, or when it has none). Built before ``gf.distributed.init()`` (e.g. by a
+    ``Trainer(distributed=True)`` that initializes MPI afterwards), its defaults are rank 0 of
+    1: every rank would train on the whole data set."""
+    from ..data.sampler import DistributedSampler
+
+    s = getattr(loader, "sampler", None)
+    if not isinstance(s, DistributedSampler):
+        return None
+    w, r = dist.get_world_size(), dist.get_rank()
+    if (s.num_replicas, s.rank) == (w, r):
+        return None
+    return (f"DistributedSampler was built for rank {s.rank} of {s.num_replicas} "
+            f"(num_replicas={s.num_replicas}, rank={s.rank}), but this is rank {r} of {w}: "
+            "build it after gf.distributed.init() (or pass num_replicas and rank)")
+
+
 def _portable_error(err):
     """An exception that survives pickling to the other ranks (the original when it does)."""
     if err is None:
@@ -574,7 +592,11 @@ class Trainer:
         self._epoch_loader_size = _loader_size(train)
         dist = self._dist
         if dist is not None:
-            counts = dist.all_gather_object(_len(train))
+            every = dist.all_gather_object((_len(train), _sampler_mismatch(train, dist)))
+            counts = [c for c, _ in every]
+            wrong = [(r, m) for r, (_, m) in enumerate(every) if m is not None]
+            if wrong:  # the same error on every rank
+                raise ValueError(f"train: rank {wrong[0][0]}'s {wrong[0][1]}")
             if len(set(counts)) > 1:  # a rank with fewer steps would hang the others
                 raise ValueError(
                     f"train: the ranks' loaders have different numbers of batches {counts}; "

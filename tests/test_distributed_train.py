@@ -321,6 +321,11 @@ def test_cli_distributed_flags_are_checked(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--sync-bn", "--epochs", "1"])
     assert e.value.code == 2 and "--sync-bn: needs --distributed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # no BatchNorm to synchronize: refused, not ignored
+        main(["train", "--distributed", "--sync-bn", "--norm", "layer", "--epochs", "1"])
+    assert e.value.code == 2 and "--sync-bn: needs --norm batch, got --norm layer" in \
+        capsys.readouterr().err
+    assert not gf.distributed.is_initialized()
     monkeypatch.setattr(gf.distributed, "is_available", lambda: False)
     with pytest.raises(SystemExit) as e:
         main(["train", "--distributed", "--epochs", "1"])

@@ -412,6 +412,8 @@ def train(parser, args, log=print) -> int:
     from .runner import run_one
 
     spec = parse_grid(parser, args, grid=False)  # the same verdict on every rank
+    if args.sync_bn and spec["configs"][0].norm != "batch":  # else it would change nothing
+        parser.error(f"--sync-bn: needs --norm batch, got --norm {spec['configs'][0].norm}")
     dist = _init_distributed(parser, args)
     if dist is not None and not dist.is_main():
         def log(*a, **k):

@@ -207,6 +207,9 @@ def test_bad_input_is_named_and_changes_nothing():
     with pytest.raises(ValueError, match="batches_done"):
         loader.load_state_dict({"sampler": {"seed": 1, "offset": 0, "epoch": 0},
                                 "batches_done": 99})
+    with pytest.raises(ValueError, match="seed"):  # was accepted, and failed at iter()
+        loader.load_state_dict({"sampler": {"seed": 2**64, "offset": 0, "epoch": 0},
+                                "batches_done": 0})
     assert loader.state_dict() == before and s.epoch == 4
     with pytest.raises(ValueError, match="epoch"):
         s.set_epoch(-1)

@@ -242,9 +242,14 @@ def test_cli_train_distributed_prints_and_saves_once(tmp_path):
     save = tmp_path / "model.safetensors"
     res = run_mpi(SCRIPTS / "cli_main.py", n=2, timeout=120, args=(
         "train", "--distributed", "--sync-bn", "--dataset", "spirals", "--epochs", "2",
-        "--hidden", "16", "--batch-size", "16", "--lr-schedule", "none", "--save", save))
+        "--hidden", "16", "--batch-size", "16", "--lr-schedule", "cosine", "--lr", "0.01",
+        "--save", save))
     check_ok(res)
     out = res.stdout
+    # the per-step cosine runs over the steps the ranks take (N / (2 x 16) per epoch), not over
+    # the unsharded loader's twice as many: it used to end half-way, at lr 0.005
+    last = [ln.split() for ln in out.splitlines() if ln.strip().startswith("2 ")][-1]
+    assert float(last[5]) < 1e-3, out
     assert out.count("final: val acc") == 1, out
     assert out.count("per rank x 2 ranks = 32, SyncBatchNorm") == 1, out
     assert out.count("epoch 2/2") == 1, out  # the progress lines: rank 0 only
@@ -276,6 +281,20 @@ def test_cli_data_set_failing_on_one_rank_exits_every_rank(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "--distributed in a world of one process" in res.stderr
     assert "per rank x 1 ranks" in res.stdout
+
+
+def test_study_loaders_drop_a_one_sample_last_batch_per_rank():
+    # 3 ranks x batch 3 over 1200 samples: 400 per rank, a last batch of 1 on every rank,
+    # which per-rank BatchNorm refuses (the job aborted); one process: 1200 % 3 == 0
+    from gradfuse.study.runner import make_loaders
+
+    data = gf.study.load_dataset("spirals")
+    assert len(data.x_train) == 1200
+    assert not make_loaders(data, 3, 0, "batch")[0].drop_last
+    assert make_loaders(data, 3, 0, "batch", world=3)[0].drop_last
+    assert not make_loaders(data, 3, 0, "none", world=3)[0].drop_last
+    train = make_loaders(data, 3, 0, "batch", world=3)[0]
+    assert all(len(yb) == 3 for _, yb in ShardedLoader(train, 3, 2))
 
 
 def test_cli_under_a_launcher_without_distributed_warns(monkeypatch, capsys):

@@ -188,13 +188,16 @@ for cb, want_steps in ((OneRankDecides(), 5), (StopAtEpochEnd(), C.N_TRAIN // (8
 # per-rank BatchNorm: DataParallel broadcasts rank 0's running statistics before each training
 # forward only; at the epoch's end every rank used to keep its own last batch's, so the
 # validation mixed the replicas and the final models differed from the checkpointed rank 0's
+# (and EarlyStopping(restore_best) puts back the same best replica on every rank)
 tr, train, val = C.trainer(C.PER_RANK_BATCH, sync_bn=False, distributed=True)
-h = tr.fit(train, val=val, epochs=2)
+stop = gf.train.EarlyStopping(patience=5, restore_best=True)
+tr.callbacks.append(stop)
+h = tr.fit(train, val=val, epochs=C.EPOCHS)
 checks["per_rank_bn_buffers_bitwise"] = same_everywhere(params_bytes(C.params(tr.model)))
 alone = gf.train.Trainer(tr.model, tr.optimizer, gf.nn.CrossEntropyLoss(), verbose=0,
                          distributed=False).evaluate(val)
-checks["per_rank_bn_val_is_the_models"] = \
-    abs(h.epochs[-1]["val_loss"] - alone["loss"]) < 1e-6
+checks["per_rank_bn_val_is_the_models"] = abs(stop.best - alone["loss"]) < 1e-6 and \
+    stop.best == min(e["val_loss"] for e in h.epochs)
 
 # loaders seeded differently on the ranks (generator=None draws from gf.default_generator,
 # seeded here with the rank, as scripts do for dropout): every epoch is still one permutation

@@ -99,6 +99,80 @@ def test_sharded_loader_ranks_cover_the_global_batches_and_resume():
         s2.load_state_dict({"generator": sd["generator"], "batches_done": 99})
 
 
+@pytest.mark.parametrize("n,w,b", [(11, 2, 3), (12, 2, 3), (13, 3, 2), (7, 3, 1), (5, 4, 2)])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sharded_loader_steps_are_the_single_loaders_steps(n, w, b, drop_last):
+    # with drop_last, padded shards used to add a step of partly repeated samples that the
+    # one-process loader of batch W x B drops (N=11, W=2, B=3: 2 steps instead of 1)
+    ds = gf.data.TensorDataset(np.zeros((n, 1), np.float32), np.arange(n))
+    single = [yb.numpy() for _, yb in gf.data.DataLoader(ds, batch_size=w * b, shuffle=True,
+                                                          drop_last=drop_last, generator=2)]
+    shards = [[yb.numpy() for _, yb in ShardedLoader(
+        gf.data.DataLoader(ds, batch_size=b, shuffle=True, drop_last=drop_last, generator=2),
+        w, r)] for r in range(w)]
+    for r in range(w):
+        assert len(shards[r]) == len(single)
+    exact = len(single) if drop_last or n % w == 0 else len(single) - 1  # the last one padded
+    for k in range(exact):
+        np.testing.assert_array_equal(np.sort(np.concatenate([s[k] for s in shards])),
+                                      np.sort(single[k]))
+
+
+def test_resume_at_epoch_end_with_a_distributed_sampler_of_the_users():
+    # the Trainer calls set_epoch before each epoch; a resumed run used to train the epoch after
+    # the checkpoint in the order of the checkpoint's epoch (the loader's saved sampler state
+    # overwrote set_epoch at the next iter)
+    n = 12
+    ds = gf.data.TensorDataset(np.arange(n, dtype=np.float32).reshape(n, 1),
+                               np.arange(n, dtype=np.float32).reshape(n, 1))
+
+    class Seen(gf.train.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_start(self, trainer, step):
+            self.seen.append((trainer.epoch + 1, trainer.batch[1].numpy().ravel().tolist()))
+
+    def make():
+        gf.manual_seed(0)
+        net = gf.nn.Linear(1, 1)
+        loader = gf.data.DataLoader(ds, batch_size=4, sampler=gf.data.DistributedSampler(
+            ds, num_replicas=1, rank=0, seed=3))
+        seen = Seen()
+        return Trainer(net, gf.optim.SGD(net.parameters(), lr=0.01), gf.nn.MSELoss(),
+                       metric=None, verbose=0, callbacks=[seen]), loader, seen
+
+    tr, loader, seen = make()
+    tr.fit(loader, epochs=1)
+    sd = tr.state_dict()
+    tr.fit(loader, epochs=3)
+    tr2, loader2, seen2 = make()
+    tr2.load_state_dict(sd)
+    tr2.fit(loader2, epochs=3)
+    assert seen2.seen == [s for s in seen.seen if s[0] > 1]
+    np.testing.assert_array_equal(tr2.model.weight.detach().numpy(), tr.model.weight.detach().numpy())
+
+
+@pytest.mark.parametrize("n,b", [(23, 5), (20, 5), (3, 5)])
+def test_eval_shards_cover_what_the_loader_yields(n, b):
+    # drop_last was ignored: the ranks evaluated the short last batch the one-process loader
+    # drops, so val_loss differed from a one-process run's
+    from gradfuse.train._distributed import shard_for_eval
+
+    ds = gf.data.TensorDataset(np.zeros((n, 1), np.float32), np.arange(n))
+    for drop_last in (False, True):
+        one = gf.data.DataLoader(ds, batch_size=b, drop_last=drop_last)
+        want = sorted(int(v) for _, yb in one for v in yb.numpy())
+        got = []
+        for r in range(3):
+            sh, sharded = shard_for_eval(one, 3, r)
+            assert sharded
+            got += [int(v) for _, yb in sh for v in yb.numpy()]
+        assert sorted(got) == want
+    shuffled = gf.data.DataLoader(ds, batch_size=b, drop_last=True, shuffle=True, generator=0)
+    assert shard_for_eval(shuffled, 3, 1) == (shuffled, False)
+
+
 # ------------------------------------------------------------------ under mpiexec
 
 
@@ -168,9 +242,14 @@ def test_cli_train_distributed_prints_and_saves_once(tmp_path):
     save = tmp_path / "model.safetensors"
     res = run_mpi(SCRIPTS / "cli_main.py", n=2, timeout=120, args=(
         "train", "--distributed", "--sync-bn", "--dataset", "spirals", "--epochs", "2",
-        "--hidden", "16", "--batch-size", "16", "--lr-schedule", "none", "--save", save))
+        "--hidden", "16", "--batch-size", "16", "--lr-schedule", "cosine", "--lr", "0.01",
+        "--save", save))
     check_ok(res)
     out = res.stdout
+    # the per-step cosine runs over the steps the ranks take (N / (2 x 16) per epoch), not over
+    # the unsharded loader's twice as many: it used to end half-way, at lr 0.005
+    last = [ln.split() for ln in out.splitlines() if ln.strip().startswith("2 ")][-1]
+    assert float(last[5]) < 1e-3, out
     assert out.count("final: val acc") == 1, out
     assert out.count("per rank x 2 ranks = 32, SyncBatchNorm") == 1, out
     assert out.count("epoch 2/2") == 1, out  # the progress lines: rank 0 only
@@ -178,6 +257,55 @@ def test_cli_train_distributed_prints_and_saves_once(tmp_path):
     state = gf.load(save)
     assert any(k.endswith("running_mean") for k in state)
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no stray temp file
+
+
+@requires_mpi
+def test_cli_data_set_failing_on_one_rank_exits_every_rank(tmp_path):
+    # the failing rank used to exit alone (code 2) while the other waited in DataParallel's
+    # first collective for ever
+    args = ("train", "--distributed", "--dataset", "spirals", "--epochs", "1", "--hidden", "8")
+    try:
+        res = run_mpi(SCRIPTS / "cli_main.py", n=2, timeout=60, args=args,
+                      env={"GF_TEST_LOAD_FAILS_ON_RANK": "1"})
+    except subprocess.TimeoutExpired as e:  # pragma: no cover - the failure being tested
+        pytest.fail(f"the job hung:\n{e.stdout}\n{e.stderr}")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("--dataset: data.idx: no such file on rank 1's machine (on rank 1)") \
+        == 2, res.stderr
+    # --distributed without a launcher: one process, and it says so
+    res = subprocess.run([sys.executable, str(SCRIPTS / "cli_main.py"), *args], text=True,
+                         capture_output=True, timeout=120,
+                         env={k: v for k, v in os.environ.items()
+                              if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                           "MPI_LOCALNRANKS")})
+    assert res.returncode == 0, res.stderr
+    assert "--distributed in a world of one process" in res.stderr
+    assert "per rank x 1 ranks" in res.stdout
+
+
+def test_study_loaders_drop_a_one_sample_last_batch_per_rank():
+    # 3 ranks x batch 3 over 1200 samples: 400 per rank, a last batch of 1 on every rank,
+    # which per-rank BatchNorm refuses (the job aborted); one process: 1200 % 3 == 0
+    from gradfuse.study.runner import make_loaders
+
+    data = gf.study.load_dataset("spirals")
+    assert len(data.x_train) == 1200
+    assert not make_loaders(data, 3, 0, "batch")[0].drop_last
+    assert make_loaders(data, 3, 0, "batch", world=3)[0].drop_last
+    assert not make_loaders(data, 3, 0, "none", world=3)[0].drop_last
+    train = make_loaders(data, 3, 0, "batch", world=3)[0]
+    assert all(len(yb) == 3 for _, yb in ShardedLoader(train, 3, 2))
+
+
+def test_cli_under_a_launcher_without_distributed_warns(monkeypatch, capsys):
+    from gradfuse.__main__ import main
+
+    monkeypatch.setattr(gf.distributed, "launched", lambda: True)
+    assert main(["train", "--dataset", "spirals", "--epochs", "1", "--hidden", "8",
+                 "--train-size", "64"]) in (0, 1)
+    assert "without --distributed: every process trains the whole run on its own" in \
+        capsys.readouterr().err
+    assert not gf.distributed.is_initialized()
 
 
 def _readme_block() -> str:
@@ -212,6 +340,11 @@ def test_cli_distributed_flags_are_checked(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--sync-bn", "--epochs", "1"])
     assert e.value.code == 2 and "--sync-bn: needs --distributed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # no BatchNorm to synchronize: refused, not ignored
+        main(["train", "--distributed", "--sync-bn", "--norm", "layer", "--epochs", "1"])
+    assert e.value.code == 2 and "--sync-bn: needs --norm batch, got --norm layer" in \
+        capsys.readouterr().err
+    assert not gf.distributed.is_initialized()
     monkeypatch.setattr(gf.distributed, "is_available", lambda: False)
     with pytest.raises(SystemExit) as e:
         main(["train", "--distributed", "--epochs", "1"])

@@ -148,6 +148,27 @@ def test_loader_with_sampler_len_and_gather_and_resume():
                               "batches_done": 0}
 
 
+def test_loader_state_between_epochs_lets_set_epoch_choose_the_next_order():
+    # an epoch-end state restored, then set_epoch(e) as PyTorch's loop (and the Trainer) does:
+    # the next iter() used to replay the saved epoch's order instead of epoch e's
+    ds = _ds(10)
+    s = DistributedSampler(ds, 2, 0, seed=1)
+    a = DataLoader(ds, batch_size=2, sampler=s)
+    s.set_epoch(0)
+    first = [yb.numpy().tolist() for _, yb in a]
+    sd = a.state_dict()
+    assert sd == {"sampler": {"seed": 1, "offset": 0, "epoch": 0}, "batches_done": 0}
+    s.set_epoch(1)
+    second = [yb.numpy().tolist() for _, yb in a]
+    assert second != first
+    s2 = DistributedSampler(ds, 2, 0, seed=0)
+    b = DataLoader(ds, batch_size=2, sampler=s2)
+    b.load_state_dict(sd)
+    assert s2.seed == 1 and b.state_dict() == sd  # restored at once
+    s2.set_epoch(1)
+    assert [yb.numpy().tolist() for _, yb in b] == second
+
+
 def test_loader_with_plain_iterable_sampler():
     ds = _ds(6)
     batches = [yb.numpy().tolist() for _, yb in DataLoader(ds, batch_size=4,
@@ -186,6 +207,9 @@ def test_bad_input_is_named_and_changes_nothing():
     with pytest.raises(ValueError, match="batches_done"):
         loader.load_state_dict({"sampler": {"seed": 1, "offset": 0, "epoch": 0},
                                 "batches_done": 99})
+    with pytest.raises(ValueError, match="seed"):  # was accepted, and failed at iter()
+        loader.load_state_dict({"sampler": {"seed": 2**64, "offset": 0, "epoch": 0},
+                                "batches_done": 0})
     assert loader.state_dict() == before and s.epoch == 4
     with pytest.raises(ValueError, match="epoch"):
         s.set_epoch(-1)

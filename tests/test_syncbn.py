@@ -177,6 +177,58 @@ def test_ranks_match_torch_batchnorm(rng, world):
                                rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("kw", [dict(momentum=None), dict(affine=False),
+                                dict(track_running_stats=False),
+                                dict(momentum=None, affine=False)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ranks_match_torch_variants_over_steps(rng, world, kw, dtype):
+    # cumulative average (momentum=None: 1/count with the count of batches), no affine, no
+    # running statistics; 3 steps of (N, C, L) input with an empty share on one rank, then
+    # eval mode (running statistics, or each rank's own batch without them, as PyTorch)
+    torch = pytest.importorskip("torch")
+    c = 3
+    sizes = (4, 0, 5) if kw.get("track_running_stats", True) else (4, 2, 5)
+    steps = [[(rng.standard_normal((n, c, 2)) * 3 + 1).astype(dtype) for n in sizes]
+             for _ in range(3)]
+    wd = world(len(sizes))
+
+    def rank(r):
+        m = gf.nn.SyncBatchNorm(c, dtype=dtype, **kw)
+        outs = []
+        for xs in steps:
+            xt = _t(xs[r], True)
+            y = m(xt)
+            (y * y).sum().backward()
+            outs.append((y.detach().numpy(), xt.grad.numpy()))
+        m.eval()
+        return outs, m(_t(steps[0][r])).detach().numpy(), \
+            {k: np.array(v) for k, v in m.state_dict().items()}
+
+    res = wd.run(rank)
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    tm = torch.nn.BatchNorm1d(c, dtype=tdt, **kw)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)
+    for s, xs in enumerate(steps):
+        tx = torch.tensor(np.concatenate(xs), requires_grad=True)
+        ty = tm(tx)
+        (ty * ty).sum().backward()
+        np.testing.assert_allclose(np.concatenate([r[0][s][0] for r in res]),
+                                   ty.detach().numpy(), **tol)
+        np.testing.assert_allclose(np.concatenate([r[0][s][1] for r in res]),
+                                   tx.grad.numpy(), **tol)
+    tm.eval()
+    if kw.get("track_running_stats", True):
+        want = tm(torch.tensor(np.concatenate(steps[0]))).detach().numpy()
+    else:
+        want = np.concatenate([tm(torch.tensor(x)).detach().numpy() for x in steps[0]])
+    np.testing.assert_allclose(np.concatenate([r[1] for r in res]), want, **tol)
+    sd = tm.state_dict()
+    for r in res:
+        assert sorted(r[2]) == sorted(sd)
+        for k, v in r[2].items():
+            np.testing.assert_allclose(v, sd[k].numpy(), **tol, err_msg=k)
+
+
 def test_gradcheck_through_the_collective_path(rng, world):
     wd = world(1)  # a world of one through the all-reduce path (not the BatchNorm fallback)
     wd.local.rank = 0

@@ -137,6 +137,103 @@ checks["early_stop_everywhere"] = same_everywhere((len(h.epochs), h.stopped_earl
 checks["after_skip_params_bitwise"] = same_everywhere(params_bytes(C.params(net)))
 checks["after_skip_finite"] = all(np.isfinite(v).all() for v in C.params(net).values())
 
+# the same with SyncBatchNorm, whose forward is collective: the guard's search for the layer
+# re-runs the forward, and used to do so on rank 0 only (rank 1 saw the NaN in its own input
+# and answered "input"): a hang
+net = C.model(sync_bn=True)
+opt = gf.optim.Adam(net.parameters(), lr=1e-2)
+guard = gf.train.NonFiniteGuard(action="skip")
+tr = gf.train.Trainer(net, opt, gf.nn.CrossEntropyLoss(), callbacks=[Poison(), guard],
+                      verbose=0)
+tr.fit(gf.data.DataLoader(gf.data.TensorDataset(xt, yt), batch_size=8, shuffle=True,
+                          generator=1), epochs=1)
+checks["syncbn_guard_same_layer_everywhere"] = same_everywhere(
+    [(e["step"], e["what"], e["layer"]) for e in guard.events]) and \
+    [(e["step"], e["layer"]) for e in guard.events] == [(3, "input")]
+checks["syncbn_guard_params_bitwise"] = same_everywhere(params_bytes(C.params(net)))
+
+
+# a callback that decides from something of its own rank (here the rank itself, in practice
+# a wall-clock budget): its stop or skip holds on every rank, instead of one rank leaving the
+# loop (the others then wait in the next step's all-reduce) or stepping alone
+class OneRankDecides(gf.train.Callback):
+    def on_after_backward(self, trainer, logs):
+        if logs["step"] == 2 and rank == 0:
+            trainer.skip_step = True
+
+    def on_batch_end(self, trainer, logs):
+        if logs["step"] == 5 and rank == world - 1:
+            trainer.stop_training = True
+
+
+class StopAtEpochEnd(gf.train.Callback):
+    def on_epoch_end(self, trainer, epoch, logs):
+        if epoch == 1 and rank == world - 1:
+            trainer.stop_training = True
+
+
+for cb, want_steps in ((OneRankDecides(), 5), (StopAtEpochEnd(), C.N_TRAIN // (8 * world))):
+    gf.manual_seed(2)
+    net = gf.nn.Sequential(gf.nn.Linear(C.FEATURES, 8), gf.nn.ReLU(),
+                           gf.nn.Linear(8, C.CLASSES))
+    tr = gf.train.Trainer(net, gf.optim.Adam(net.parameters(), lr=1e-2),
+                          gf.nn.CrossEntropyLoss(), callbacks=[cb], verbose=0)
+    h = tr.fit(gf.data.DataLoader(gf.data.TensorDataset(xt, yt), batch_size=8, shuffle=True,
+                                  generator=1), epochs=3)
+    name = type(cb).__name__
+    checks[f"{name}_stops_everywhere"] = same_everywhere((tr.global_step, len(h.epochs))) and \
+        tr.global_step == want_steps and len(h.epochs) == 1 and h.stopped_early
+    checks[f"{name}_params_bitwise"] = same_everywhere(params_bytes(C.params(net)))
+
+# per-rank BatchNorm: DataParallel broadcasts rank 0's running statistics before each training
+# forward only; at the epoch's end every rank used to keep its own last batch's, so the
+# validation mixed the replicas and the final models differed from the checkpointed rank 0's
+# (and EarlyStopping(restore_best) puts back the same best replica on every rank)
+tr, train, val = C.trainer(C.PER_RANK_BATCH, sync_bn=False, distributed=True)
+stop = gf.train.EarlyStopping(patience=5, restore_best=True)
+tr.callbacks.append(stop)
+h = tr.fit(train, val=val, epochs=C.EPOCHS)
+checks["per_rank_bn_buffers_bitwise"] = same_everywhere(params_bytes(C.params(tr.model)))
+alone = gf.train.Trainer(tr.model, tr.optimizer, gf.nn.CrossEntropyLoss(), verbose=0,
+                         distributed=False).evaluate(val)
+checks["per_rank_bn_val_is_the_models"] = abs(stop.best - alone["loss"]) < 1e-6 and \
+    stop.best == min(e["val_loss"] for e in h.epochs)
+
+# loaders seeded differently on the ranks (generator=None draws from gf.default_generator,
+# seeded here with the rank, as scripts do for dropout): every epoch is still one permutation
+# split over the ranks (each epoch starts from rank 0's generator state), not overlapping
+# shards of different permutations
+class Seen(gf.train.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_start(self, trainer, step):
+        self.seen.append((trainer.epoch + 1, trainer.batch[1].numpy().tolist()))
+
+
+gf.manual_seed(100 + rank)
+net = gf.nn.Sequential(gf.nn.Linear(C.FEATURES, 8), gf.nn.ReLU(), gf.nn.Linear(8, C.CLASSES))
+seen = Seen()
+tr = gf.train.Trainer(net, gf.optim.SGD(net.parameters(), lr=0.1),
+                      lambda out, y: (out * out).mean(), metric=None, callbacks=[seen], verbose=0)
+ids = np.arange(C.N_TRAIN)  # the targets: which samples each rank got
+tr.fit(gf.data.DataLoader(gf.data.TensorDataset(xt, ids), batch_size=8, shuffle=True), epochs=2)
+every = dist.all_gather_object(seen.seen)
+checks["unseeded_loaders_one_permutation_per_epoch"] = all(
+    sorted(i for s in every for e, b in s if e == ep for i in b) == list(range(C.N_TRAIN))
+    for ep in (1, 2))
+
+# a DistributedSampler built before init() (defaults: rank 0 of 1) would give every rank the
+# whole data set: refused on every rank, naming the sampler
+ds = gf.data.TensorDataset(xt, yt)
+bad = gf.data.DataLoader(ds, batch_size=8, sampler=gf.data.DistributedSampler(ds, 1, 0))
+try:
+    tr.fit(bad, epochs=3)
+    checks["early_sampler_refused"] = False
+except ValueError as e:
+    checks["early_sampler_refused"] = "rank 0's DistributedSampler was built for rank 0 of 1" \
+        in str(e)
+
 # a DataParallel of the user's given as the model: used as it is
 net = C.model(sync_bn=True)
 opt = gf.optim.SGD(net.parameters(), lr=0.1)

@@ -380,7 +380,10 @@ class DataLoader:
                     if old:
                         self.sampler.load_state_dict(old)
                     raise
-            self._resume = (state, int(done))
+            # between epochs the sampler's state is now restored, and nothing is replayed at
+            # the next iter(): a set_epoch() in between (PyTorch's habit, and the Trainer's)
+            # must choose the next epoch's order, not be overwritten by the saved epoch's
+            self._resume = (state, int(done)) if done else None
             self._epoch = None
             return
         state = state_dict["generator"]

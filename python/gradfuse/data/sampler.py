@@ -222,6 +222,9 @@ class DistributedSampler(Sampler):
             if isinstance(v, np.ndarray) and v.ndim == 0:
                 v = v.item()
             vals[k] = _int(v, f"state_dict[{k!r}]", 0)
+        if vals["seed"] >= 1 << 64:
+            raise ValueError(f"state_dict['seed']: expected an int below 2**64, got "
+                             f"{vals['seed']}")
         self.seed, self.offset, self.epoch = vals["seed"], vals["offset"], vals["epoch"]
 
     def __repr__(self) -> str:

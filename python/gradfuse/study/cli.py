@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 import tempfile
 import time
 
@@ -248,17 +249,30 @@ def _init_names():
     return list(C.INITS) + [n for n in gf.nn.init.names() if n not in C.INITS]
 
 
-def _load(parser, args):
+def _load(parser, args, dist=None):
+    """The data set of ``--dataset``, or exit (code 2) naming the flag. Under
+    ``--distributed`` every rank loads it and the verdict is shared: a file missing on one
+    machine only exits every rank (with that rank's message), instead of that rank alone
+    while the others wait for it in the trainer's first collective."""
     from .datasets import load_dataset
 
+    data = msg = None
     try:
-        return load_dataset(args.dataset, val_fraction=args.val_fraction,
+        data = load_dataset(args.dataset, val_fraction=args.val_fraction,
                             train_size=args.train_size)
     except (ValueError, OSError) as e:
         msg = str(e)
         if msg.startswith("val_fraction:"):
-            parser.error("--val-fraction" + msg[len("val_fraction"):])
-        parser.error(msg if msg.startswith("--dataset") else f"--dataset: {msg}")
+            msg = "--val-fraction" + msg[len("val_fraction"):]
+        elif not msg.startswith("--dataset"):
+            msg = f"--dataset: {msg}"
+    if dist is not None:
+        failed = [(r, m) for r, m in enumerate(dist.all_gather_object(msg)) if m is not None]
+        if failed:
+            msg = f"{failed[0][1]} (on rank {failed[0][0]})"
+    if msg is not None:
+        parser.error(msg)
+    return data
 
 
 def _run_kwargs(args, spec):
@@ -347,6 +361,12 @@ def _init_distributed(parser, args):
     if not args.distributed:
         if args.sync_bn:
             parser.error("--sync-bn: needs --distributed")
+        import gradfuse as gf
+
+        if gf.distributed.launched():  # reads the environment only: MPI is not initialized
+            print("gradfuse train: started by an MPI launcher with several processes but "
+                  "without --distributed: every process trains the whole run on its own (add "
+                  "--distributed for data-parallel training)", file=sys.stderr, flush=True)
         return None
     import gradfuse as gf
 
@@ -356,6 +376,10 @@ def _init_distributed(parser, args):
     if args.device != "cpu":
         parser.error(f"--distributed: runs on the CPU (got --device {args.device})")
     gf.distributed.init()
+    if gf.distributed.get_world_size() == 1:
+        print("gradfuse train: --distributed in a world of one process (not started by an MPI "
+              "launcher?): training alone; run `mpiexec -n W gradfuse train --distributed ...` "
+              "for W ranks", file=sys.stderr, flush=True)
     return gf.distributed
 
 
@@ -388,12 +412,14 @@ def train(parser, args, log=print) -> int:
     from .runner import run_one
 
     spec = parse_grid(parser, args, grid=False)  # the same verdict on every rank
+    if args.sync_bn and spec["configs"][0].norm != "batch":  # else it would change nothing
+        parser.error(f"--sync-bn: needs --norm batch, got --norm {spec['configs'][0].norm}")
     dist = _init_distributed(parser, args)
     if dist is not None and not dist.is_main():
         def log(*a, **k):
             return None
     _check_save(parser, args, dist)
-    data = _load(parser, args)
+    data = _load(parser, args, dist)
     cfg = spec["configs"][0]
     log(data.describe())
     if dist is None:

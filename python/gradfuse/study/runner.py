@@ -40,11 +40,13 @@ from .models import build_model, build_optimizer, build_scheduler, linear_layer_
 __all__ = ["run_one", "run_grid", "make_loaders", "blas_threads"]
 
 
-def make_loaders(data, batch_size: int, seed: int, norm: str = "none"):
+def make_loaders(data, batch_size: int, seed: int, norm: str = "none", world: int = 1):
     """(train, validation) ``gf.data.DataLoader`` s; the train order is drawn from ``seed``.
 
     A last training batch of one sample is dropped when ``norm == "batch"`` (BatchNorm cannot
-    normalize a single sample).
+    normalize a single sample). ``world``: the number of data-parallel ranks the train loader
+    will be sharded over (each rank's share of ``ceil(N / world)`` samples is what its last
+    batch is cut from).
 
     Example::
 
@@ -53,7 +55,7 @@ def make_loaders(data, batch_size: int, seed: int, norm: str = "none"):
         (23, 1)
     """
     n = len(data.x_train)
-    drop_last = norm == "batch" and n % batch_size == 1
+    drop_last = norm == "batch" and math.ceil(n / world) % batch_size == 1
     train = gf.data.DataLoader(gf.data.TensorDataset(data.x_train, data.y_train),
                                batch_size=batch_size, shuffle=True, drop_last=drop_last,
                                generator=seed)
@@ -133,8 +135,18 @@ def _run_one(cfg, data, epochs, seed, batch_size, hidden, threshold, grad_clip, 
     if sync_bn:
         model = gf.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = build_optimizer(cfg, model.parameters())
-    train, val = make_loaders(data, batch_size, seed, cfg.norm)
-    sched = build_scheduler(cfg, opt, epochs, len(train))
+    world, rank = 1, 0
+    if distributed:
+        if not gf.distributed.is_initialized():
+            gf.distributed.init()
+        world, rank = gf.distributed.get_world_size(), gf.distributed.get_rank()
+    train, val = make_loaders(data, batch_size, seed, cfg.norm, world=world)
+    steps = len(train)
+    if world > 1:  # the trainer shards the loader: each rank takes ~1/world of its steps
+        from gradfuse.train._distributed import ShardedLoader
+
+        steps = len(ShardedLoader(train, world, rank))
+    sched = build_scheduler(cfg, opt, epochs, steps)
     monitor = GradientMonitor(every=monitor_every)
     trainer = Trainer(model, opt, gf.nn.CrossEntropyLoss(), scheduler=sched,
                       callbacks=[monitor, NonFiniteGuard(action="stop")], grad_clip=grad_clip,

@@ -74,13 +74,21 @@ class ShardedLoader:
     epoch's checkpoint compares with the loader that resumes it.
     """
 
-    def __init__(self, loader: DataLoader, world: int, rank: int):
+    def __init__(self, loader: DataLoader, world: int, rank: int, dist=None):
         self.loader = loader
         self.world, self.rank = world, rank
+        # gf.distributed (None in tests of one process): each epoch starts from rank 0's
+        # generator state, so that the shards are of one permutation even when the ranks'
+        # loaders were seeded differently (a generator=None loader draws its seed from
+        # gf.default_generator, which scripts often seed with the rank for dropout)
+        self._dist = dist
         self.dataset = loader.dataset
         self.batch_size = loader.batch_size * world
+        # drop_last: the sampler drops the tail too (floor(N / W) samples per rank), so that
+        # the ranks take floor(N / (W B)) steps like the one-process loader of batch W B;
+        # padded shards of ceil(N / W) would add a step of partly repeated samples
         self.sampler = DistributedSampler(loader.dataset, world, rank, shuffle=loader.shuffle,
-                                          seed=0)
+                                          seed=0, drop_last=loader.drop_last)
         self._inner = DataLoader(loader.dataset, batch_size=loader.batch_size,
                                  drop_last=loader.drop_last, sampler=self.sampler)
         self._resume = None  # (generator state, batches done) from load_state_dict
@@ -97,6 +105,8 @@ class ShardedLoader:
             self._resume = None
         else:
             start = gen.get_state().data.copy()
+            if self._dist is not None:
+                self._dist.broadcast_(start)
         seed, offset = _seed_offset(start)
         self.sampler.seed, self.sampler.offset = seed, offset
         self.sampler.set_epoch(0)
@@ -148,9 +158,16 @@ class ShardedLoader:
 
 def shard_for_eval(loader, world: int, rank: int):
     """A DataLoader of this rank's uneven, unpadded share ``rank::world`` of an evaluation
-    DataLoader (no sample counted twice); other loaders as they are (each rank evaluates what
-    it was given, and the sums are reduced over ranks)."""
+    DataLoader (no sample counted twice; with ``drop_last`` of the samples the loader itself
+    yields); other loaders as they are (each rank evaluates what it was given, and the sums
+    are reduced over ranks). Returns ``(loader, whether it was sharded)``."""
     if type(loader) is not DataLoader or loader.sampler is not None:
         return loader, False
-    s = DistributedSampler(loader.dataset, world, rank, shuffle=False, pad=False)
+    n = len(loader.dataset)
+    if loader.drop_last:
+        if loader.shuffle:  # which samples it drops is its own random draw: evaluated whole
+            return loader, False  # on every rank (the sums are then W times one process's)
+        n -= n % loader.batch_size  # the samples the one-process loader yields
+    # (the sampler reads only the length of what it is given)
+    s = DistributedSampler(range(n), world, rank, shuffle=False, pad=False)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=s), True

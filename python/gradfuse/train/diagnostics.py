@@ -127,7 +127,16 @@ class NonFiniteGuard(Callback):
                 return name
         if trainer.batch is None:
             return None
-        if not _finite(host(trainer.batch[0])):
+        bad_input = not _finite(host(trainer.batch[0]))
+        dist = getattr(trainer, "_dist", None)
+        if dist is not None:
+            # data-parallel: the forward below is collective for SyncBatchNorm, so every rank
+            # takes the same branch (a NaN in one rank's batch used to send that rank one way
+            # and the others into a forward whose all-reduce never found its partner)
+            flag = np.array([1.0 if bad_input else 0.0])
+            dist.all_reduce_(flag, op="max")
+            bad_input = bool(flag[0])
+        if bad_input:
             return "input"
         # Run the forward again with a hook on every module; the first (innermost-first, in
         # call order) non-finite output names the culprit. Dropout's random state and the

@@ -181,6 +181,24 @@ def _set_loader_state(loader, state) -> None:
             "have; resume with the same kind of loader")
 
 
+def _sampler_mismatch(loader, dist):
+    """Why ``loader``'s DistributedSampler does not shard for this rank of this world (None
+    when it does, or when it has none). Built before ``gf.distributed.init()`` (e.g. by a
+    ``Trainer(distributed=True)`` that initializes MPI afterwards), its defaults are rank 0 of
+    1: every rank would train on the whole data set."""
+    from ..data.sampler import DistributedSampler
+
+    s = getattr(loader, "sampler", None)
+    if not isinstance(s, DistributedSampler):
+        return None
+    w, r = dist.get_world_size(), dist.get_rank()
+    if (s.num_replicas, s.rank) == (w, r):
+        return None
+    return (f"DistributedSampler was built for rank {s.rank} of {s.num_replicas} "
+            f"(num_replicas={s.num_replicas}, rank={s.rank}), but this is rank {r} of {w}: "
+            "build it after gf.distributed.init() (or pass num_replicas and rank)")
+
+
 def _portable_error(err):
     """An exception that survives pickling to the other ranks (the original when it does)."""
     if err is None:
@@ -574,7 +592,11 @@ class Trainer:
         self._epoch_loader_size = _loader_size(train)
         dist = self._dist
         if dist is not None:
-            counts = dist.all_gather_object(_len(train))
+            every = dist.all_gather_object((_len(train), _sampler_mismatch(train, dist)))
+            counts = [c for c, _ in every]
+            wrong = [(r, m) for r, (_, m) in enumerate(every) if m is not None]
+            if wrong:  # the same error on every rank
+                raise ValueError(f"train: rank {wrong[0][0]}'s {wrong[0][1]}")
             if len(set(counts)) > 1:  # a rank with fewer steps would hang the others
                 raise ValueError(
                     f"train: the ranks' loaders have different numbers of batches {counts}; "
@@ -628,6 +650,9 @@ class Trainer:
             self.skip_step = False
             for hook in on_after_backward:
                 hook(self, logs)
+            if dist is not None:  # a callback's decision on one rank is everyone's
+                self.skip_step, self.stop_training = self._agree(self.skip_step,
+                                                                 self.stop_training)
             skipped = self.skip_step or self.stop_training
             if skipped:
                 opt.zero_grad()  # also drops a clip scale folded for this batch
@@ -652,8 +677,12 @@ class Trainer:
             logs["skipped"] = skipped
             for hook in on_batch_end:
                 hook(self, logs)
+            if dist is not None:
+                (self.stop_training,) = self._agree(self.stop_training)
             if self.stop_training:
                 break
+        if dist is not None:
+            self._sync_buffers()
         n = acc["n"]
         if n == 0:
             raise ValueError(f"train: the loader yielded no batches in epoch {epoch}")
@@ -684,13 +713,39 @@ class Trainer:
         self._in_epoch = None
         for hook in self._hooks("on_epoch_end"):
             hook(self, epoch, rec)
+        if dist is not None:
+            (self.stop_training,) = self._agree(self.stop_training)
+
+    def _agree(self, *flags) -> list:
+        """Data-parallel: each flag as the OR over the ranks (one tiny all-reduce). A callback
+        that decides from something of its own rank (a wall-clock budget, a file, a random
+        draw) would otherwise stop or skip on that rank alone: the others would wait in the
+        next step's collectives forever (or, for a skipped step, their replicas would drift
+        apart)."""
+        a = np.array([1.0 if f else 0.0 for f in flags])
+        self._dist.all_reduce_(a, op="max")
+        return [bool(v) for v in a]
+
+    def _sync_buffers(self) -> None:
+        """Data-parallel with ``broadcast_buffers``: rank 0's buffers (per-rank BatchNorm's
+        running statistics) on every rank, at the end of each epoch's training. DataParallel
+        broadcasts them before each training forward only, so after the last step every rank
+        kept the statistics of its own last batch: the validation (each rank evaluates its
+        share with its own replica), the weights EarlyStopping keeps and the final models
+        differed from rank 0's, the one the checkpoints hold."""
+        dp = self.dp
+        sync = getattr(dp, "_bcast_buffers", None)
+        if getattr(dp, "broadcast_buffers", False) and callable(sync):
+            sync()
 
     # ------------------------------------------------------------ evaluate / predict
     def evaluate(self, loader) -> dict:
         """Mean loss and metric over ``loader`` (``(x, y)`` batches), in eval mode under
         ``gf.no_grad()``; the model's mode is restored afterwards.
 
-        Returns ``{"loss": float, "metric": float or None}``. Example::
+        Returns ``{"loss": float, "metric": float or None}``. Data-parallel: collective (the
+        sums are reduced over the ranks): call it on every rank, not under ``is_main``.
+        Example::
 
             >>> trainer.evaluate(val_loader)
             {'loss': 0.093, 'metric': 0.972}
@@ -892,7 +947,7 @@ class Trainer:
 
         if type(train) is DataLoader and train.sampler is None:
             d = self._dist
-            return _dp.ShardedLoader(train, d.get_world_size(), d.get_rank())
+            return _dp.ShardedLoader(train, d.get_world_size(), d.get_rank(), dist=d)
         return train
 
     def load_checkpoint(self, path) -> None:

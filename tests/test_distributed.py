@@ -239,7 +239,7 @@ def test_dataparallel_rejects_bad_arguments():
 
 
 @requires_mpi
-@pytest.mark.parametrize("mode", ["raise", "kill", "thread"])
+@pytest.mark.parametrize("mode", ["raise", "kill", "thread", "cli"])
 def test_failing_rank_ends_the_job(mode):
     # rank 1 raises (or is SIGKILLed) at step 3 while rank 0 goes on into the next all-reduce:
     # the job must end by itself, quickly, with a clear error; run_mpi's timeout turns a hang
@@ -259,6 +259,8 @@ def test_failing_rank_ends_the_job(mode):
         assert ("gradfuse.distributed: rank 1: in thread 'loader': RuntimeError: rank 1 fails "
                 "on purpose") in res.stderr
         assert "Traceback" in res.stderr
+    elif mode == "cli":
+        assert "gradfuse.distributed: rank 1: exit status 2" in res.stderr
     else:
         both = res.stdout + res.stderr  # hydra reports the signal on stdout
         assert "signal 9" in both or "Killed" in both, both

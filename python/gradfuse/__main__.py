@@ -8,6 +8,21 @@ import sys
 
 
 def main(argv=None) -> int:
+    """The ``gradfuse`` command; returns its exit status. Under ``mpiexec`` with
+    ``gf.distributed`` initialized, a rank that fails ends the whole job (MPI Abort) instead
+    of exiting alone while the other ranks wait for it."""
+    from .distributed._comm import abort_if_failed
+
+    try:
+        code = _main(argv)
+    except SystemExit as e:  # argparse errors, sys.exit in a subcommand
+        abort_if_failed(e.code)
+        raise
+    abort_if_failed(code)
+    return code
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(prog="gradfuse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     from .study import cli as study_cli

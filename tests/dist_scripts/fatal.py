@@ -1,6 +1,6 @@
-"""Run under ``mpiexec -n 2 python fatal.py raise|kill|thread``: rank 1 fails in the middle
-of training (an uncaught exception, SIGKILL, or an uncaught exception in another thread that
-the main thread then waits for) while rank 0 waits in the next all-reduce. The
+"""Run under ``mpiexec -n 2 python fatal.py raise|kill|thread|cli``: rank 1 fails in the middle
+of training (an uncaught exception, SIGKILL, an uncaught exception in another thread that
+the main thread then waits for, or gradfuse's command line exiting with status 2) while rank 0 waits in the next all-reduce. The
 job must end by itself (the test bounds the time) with a clear error on stderr."""
 
 import os
@@ -35,6 +35,10 @@ for s in range(20):
             t = threading.Thread(target=work, name="loader")
             t.start()
             t.join()  # without the thread hook rank 1 would go on training
+        if mode == "cli":
+            from gradfuse.__main__ import main
+
+            main(["train", "--no-such-option"])  # argparse: SystemExit(2), no exception hook
         os.kill(os.getpid(), signal.SIGKILL)
     train_step(dp, opt, X[s][rows], Y[s][rows])
     if s == 3:

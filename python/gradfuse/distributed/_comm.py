@@ -138,6 +138,25 @@ def init(comm=None) -> None:
         _limit_threads(_state["local_size"])
 
 
+def abort_if_failed(code) -> None:
+    """End the whole job when this rank is about to exit with a failure status ``code`` (an
+    int, or a ``SystemExit.code``: None is success, a string is status 1) in a world of more
+    than one rank. ``sys.exit`` never reaches the exception hook, and a rank that exits on its
+    own leaves the others waiting in their next collective forever: gradfuse's command line
+    calls this on its way out (``python -m mpi4py script.py`` does the same for a script)."""
+    if code is None or code == 0 or _state["comm"] is None or _state["size"] <= 1:
+        return
+    status = code if isinstance(code, int) else 1
+    try:
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001
+        pass
+    sys.stderr.write(f"gradfuse.distributed: rank {_state['rank']}: exit status {status}\n"
+                     "gradfuse.distributed: aborting the job (MPI Abort)\n")
+    sys.stderr.flush()
+    _state["comm"].Abort(status)
+
+
 def _install_abort_hook(comm) -> None:
     previous = sys.excepthook
     previous_thread = threading.excepthook

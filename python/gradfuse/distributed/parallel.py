@@ -220,6 +220,14 @@ class DataParallel:
                 arr[...] = tmp
         return found
 
+    def sync_buffers(self) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank now (collective;
+        a no-op with ``broadcast_buffers=False`` or in one process). The training forward does
+        it by itself; the Trainer also calls it after each epoch's training, so evaluation and
+        checkpoints see one model."""
+        if self._sync is not None:
+            self._bcast_buffers()
+
     # ------------------------------------------------------------ the model's interface
     def __call__(self, *args, **kwargs):
         """``model(*args, **kwargs)``; in training mode with ``broadcast_buffers``, rank 0's

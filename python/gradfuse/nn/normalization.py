@@ -95,13 +95,22 @@ class BatchNorm1d(Module):
                 f"input: expected {self.num_features} features (num_features) in dimension 1, "
                 f"got input of shape {x.shape}"
             )
-        update = self.training and self.track_running_stats
+        return self._normalize(input)
+
+    def _running_factor(self, update: bool):
+        """(the running statistics' update factor, the next ``num_batches_tracked`` or None)."""
         factor = 0.0 if self.momentum is None else self.momentum
         count = None
         if update:
             count = int(self.num_batches_tracked.data) + 1
             if self.momentum is None:
                 factor = 1.0 / count  # cumulative moving average
+        return factor, count
+
+    def _normalize(self, input):
+        """The forward after the shape checks (SyncBatchNorm's one-process path too)."""
+        update = self.training and self.track_running_stats
+        factor, count = self._running_factor(update)
         use_batch = self.training or self.running_mean is None
         # F.batch_norm checks everything before the kernel runs (and the kernel updates the
         # running statistics only after its own checks): a rejected call leaves all state as is.

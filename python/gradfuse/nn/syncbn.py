@@ -158,7 +158,7 @@ class SyncBatchNorm(BatchNorm1d):
                 f"got input of shape {x.shape}")
         dist = _dist_world() if self.training else None
         if dist is None:
-            return self._plain(input)
+            return self._normalize(input)  # BatchNorm1d's, any (N, C, *)
         if type(x) is not np.ndarray:
             raise TypeError("input: SyncBatchNorm across ranks needs CPU tensors, got one on "
                             f"{getattr(input, 'device', 'a device')}")
@@ -166,37 +166,13 @@ class SyncBatchNorm(BatchNorm1d):
         w = F._norm_param(self.weight, "weight", (self.num_features,), dt)
         b = F._norm_param(self.bias, "bias", (self.num_features,), dt)
         update = self.track_running_stats
-        factor = 0.0 if self.momentum is None else self.momentum
-        count = None
+        factor, count = self._running_factor(update)
         rm = rv = None
         if update:
             rm = F._norm_param(self.running_mean, "running_mean", (self.num_features,), dt)
             rv = F._norm_param(self.running_var, "running_var", (self.num_features,), dt)
-            count = int(self.num_batches_tracked.data) + 1
-            if self.momentum is None:
-                factor = 1.0 / count
             rm, rv = rm.data, rv.data
         out = _SyncBatchNormFn.apply(input, w, b, rm, rv, float(factor), self.eps, dist)
-        if count is not None:
-            self.num_batches_tracked.data[...] = count
-        return out
-
-    def _plain(self, input):
-        """BatchNorm1d's forward, for any number of trailing dimensions."""
-        update = self.training and self.track_running_stats
-        factor = 0.0 if self.momentum is None else self.momentum
-        count = None
-        if update:
-            count = int(self.num_batches_tracked.data) + 1
-            if self.momentum is None:
-                factor = 1.0 / count
-        use_batch = self.training or self.running_mean is None
-        out = F.batch_norm(
-            input,
-            self.running_mean if (update or not self.training) else None,
-            self.running_var if (update or not self.training) else None,
-            self.weight, self.bias, use_batch, factor, self.eps,
-        )
         if count is not None:
             self.num_batches_tracked.data[...] = count
         return out

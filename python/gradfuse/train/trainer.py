@@ -733,10 +733,8 @@ class Trainer:
         kept the statistics of its own last batch: the validation (each rank evaluates its
         share with its own replica), the weights EarlyStopping keeps and the final models
         differed from rank 0's, the one the checkpoints hold."""
-        dp = self.dp
-        sync = getattr(dp, "_bcast_buffers", None)
-        if getattr(dp, "broadcast_buffers", False) and callable(sync):
-            sync()
+        if self.dp is not None:
+            self.dp.sync_buffers()
 
     # ------------------------------------------------------------ evaluate / predict
     def evaluate(self, loader) -> dict:

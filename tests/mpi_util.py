@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,48 @@ def run_mpi(script: str | Path, n: int = 2, args=(), timeout: float = 120,
     if env:
         full_env.update({k: str(v) for k, v in env.items()})
     cmd = [mpiexec, "-n", str(n), sys.executable, str(path), *map(str, args)]
+    before = _mpich_shm_files()
+    try:
+        return _run(cmd, full_env, cwd, timeout)
+    finally:
+        _remove_orphans(_mpich_shm_files() - before)
+
+
+_SHM = Path("/dev/shm")
+
+
+def _mpich_shm_files() -> set:
+    try:
+        return {p.name for p in _SHM.glob("mpich_shm_*")}
+    except OSError:
+        return set()
+
+
+def _remove_orphans(names) -> None:
+    """MPICH leaves its 2 MB ``/dev/shm/mpich_shm_*`` segment behind when a job is aborted or a
+    rank killed (the failure tests do both on purpose): remove the ones this job created that
+    no live process maps, so repeated test runs do not fill /dev/shm."""
+    names = set(names)
+    for _ in range(20):  # the ranks of an aborted job may take a moment to go away
+        mapped = set()
+        for maps in Path("/proc").glob("[0-9]*/maps"):
+            try:
+                text = maps.read_text()
+            except OSError:
+                continue
+            mapped.update(n for n in names if n in text)
+        for n in names - mapped:
+            try:
+                (_SHM / n).unlink()
+            except OSError:
+                pass
+        names = mapped
+        if not names:
+            return
+        time.sleep(0.1)
+
+
+def _run(cmd, full_env, cwd, timeout) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=full_env, cwd=cwd, start_new_session=True)
     try:

@@ -58,6 +58,9 @@ TORCH_PLAIN, TORCH_DDP = "pytorch", "pytorch DDP gloo"
 # two concurrent processes at that moment (the bound DataParallel can reach)
 GF_NOSYNC = "gradfuse 2 processes, no all-reduce (bound)"
 GF_ZERO = "gradfuse DataParallel ShmReducer ZeRO-1"
+# one process with one rank's share (batch 128) alone: what a rank's step costs without a
+# partner; DataParallel against it is the weak-scaling efficiency (the communication's cost)
+GF_HALF = "gradfuse 1 process x 128 (one rank's work)"
 N_BATCHES = 32
 LR = 1e-3
 
@@ -302,8 +305,9 @@ def _worker_train(lib: str, steps: int, samples: int) -> None:
         import gradfuse as gf
 
         gf.set_num_threads(1)
-        step = _gf_step(rank, world, "mpi" if lib.endswith("MPIReducer") else "shm",
-                        sync=lib != GF_NOSYNC, zero=lib == GF_ZERO)
+        split = 2 if lib == GF_HALF else world  # GF_HALF: one process, batch 256 / 2
+        step = _gf_step(rank, split, "mpi" if lib.endswith("MPIReducer") else "shm",
+                        sync=lib not in (GF_NOSYNC, GF_HALF), zero=lib == GF_ZERO)
         if "torch" in sys.modules:
             raise RuntimeError("the gradfuse worker must not load torch (shared libgomp)")
     else:
@@ -325,14 +329,15 @@ def _worker_train(lib: str, steps: int, samples: int) -> None:
         cpus.append(comm.allreduce((time.process_time() - c0) / steps))
     del limit
     if rank == 0:
-        print(json.dumps({"lib": lib, "ranks": world, "min_s": min(times),
+        batch = GLOBAL_BATCH // (2 if lib == GF_HALF else world)
+        print(json.dumps({"lib": lib, "ranks": world, "batch": batch, "min_s": min(times),
                           "median_s": statistics.median(times), "cpu_s": min(cpus),
                           "cpu_median_s": statistics.median(cpus)}), flush=True)
 
 
 def run_train(steps: int, samples: int, with_torch: bool, repeats: int) -> list:
     """Every job ``repeats`` times, in turns; per job the run with the best min is kept."""
-    jobs = [(GF_PLAIN, 1), (GF_SHM, 2), (GF_ZERO, 2), (GF_MPI, 2), (GF_NOSYNC, 2)]
+    jobs = [(GF_PLAIN, 1), (GF_SHM, 2), (GF_ZERO, 2), (GF_MPI, 2), (GF_NOSYNC, 2), (GF_HALF, 1)]
     if with_torch:
         jobs += [(TORCH_PLAIN, 1), (TORCH_DDP, 2)]
     best = {}
@@ -356,6 +361,7 @@ def format_train(rows: list) -> str:
              "| CPU efficiency |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        batch = r.get("batch", GLOBAL_BATCH // r["ranks"])
         one = by.get(_BASE.get(r["lib"]))
         eff = cpu_eff = ""
         if one:
@@ -363,9 +369,10 @@ def format_train(rows: list) -> str:
             e_med = one["median_s"] / (r["ranks"] * r["median_s"])
             eff = f"{100 * e_min:.0f}% / {100 * e_med:.0f}%"
             cpu_eff = f"{100 * one['cpu_s'] / r['cpu_s']:.0f}%"
-        lines.append(f"| {r['lib']} | {r['ranks']} x {GLOBAL_BATCH // r['ranks']} "
+        n = r["ranks"] * batch
+        lines.append(f"| {r['lib']} | {r['ranks']} x {batch} "
                      f"| {r['min_s'] * 1e3:.2f} ms | {r['median_s'] * 1e3:.2f} ms "
-                     f"| {GLOBAL_BATCH / r['min_s']:,.0f} | {GLOBAL_BATCH / r['median_s']:,.0f} "
+                     f"| {n / r['min_s']:,.0f} | {n / r['median_s']:,.0f} "
                      f"| {eff} | {r['cpu_s'] * 1e3:.1f} ms | {cpu_eff} |")
     # A job whose ranks got much less CPU than wall time was descheduled (other load on the
     # machine): its time, and every efficiency computed from it, measures the load, not the
@@ -380,6 +387,14 @@ def format_train(rows: list) -> str:
         lines += ["", "DataParallel (ShmReducer) step / the same 2 processes without the "
                   f"all-reduce: {shm['min_s'] / bound['min_s']:.3f} (min), "
                   f"{shm['median_s'] / bound['median_s']:.3f} (median)"]
+    half = by.get(GF_HALF)
+    if half:
+        # the same work per rank as one process doing one rank's share alone: what is left
+        # is the exchange (and waiting for the slower rank)
+        weak = [f"{lib}: {100 * half['min_s'] / by[lib]['min_s']:.0f}%"
+                for lib in (GF_SHM, GF_ZERO, GF_MPI) if lib in by]
+        lines += ["", "Weak scaling (2 ranks x 128 against 1 process x 128, samples/s per rank): "
+                  + ", ".join(weak)]
     return "\n".join(lines) + "\n"
 
 

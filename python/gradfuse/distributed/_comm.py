@@ -142,7 +142,15 @@ def init(comm=None) -> None:
         _limit_threads(_state["local_size"])
 
 
-def _abort(comm, status: int) -> None:
+def _abort(comm, status: int, why: str) -> None:
+    """Say why on stderr and end the whole job with ``status``."""
+    try:  # what this rank printed before the error (stdout is block-buffered in a pipe)
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001
+        pass
+    sys.stderr.write(f"gradfuse.distributed: rank {comm.Get_rank()}: {why}\n"
+                     "gradfuse.distributed: aborting the job (MPI Abort)\n")
+    sys.stderr.flush()
     # MPI_Abort makes mpiexec kill every rank at once, and what hydra had not yet forwarded
     # from this rank's pipes is lost: about one run in ten of the tests lost the error
     # message itself. A moment's pause lets it through.
@@ -171,31 +179,16 @@ def abort_if_failed(code) -> None:
         if req.Test():
             return
         time.sleep(0.005)
-    try:
-        sys.stdout.flush()
-    except Exception:  # noqa: BLE001
-        pass
-    sys.stderr.write(f"gradfuse.distributed: rank {_state['rank']}: exit status {status}\n"
-                     "gradfuse.distributed: aborting the job (MPI Abort)\n")
-    sys.stderr.flush()
-    _abort(_state["comm"], status)
+    _abort(_state["comm"], status, f"exit status {status}")
 
 
 def _install_abort_hook(comm) -> None:
     previous = sys.excepthook
     previous_thread = threading.excepthook
-    rank = comm.Get_rank()
 
     def abort(exc_type, exc, where: str) -> None:
         msg = "".join(traceback.format_exception_only(exc_type, exc)).strip()
-        try:  # what this rank printed before the error (stdout is block-buffered in a pipe)
-            sys.stdout.flush()
-        except Exception:  # noqa: BLE001
-            pass
-        sys.stderr.write(f"gradfuse.distributed: rank {rank}: {where}{msg}\n"
-                         "gradfuse.distributed: aborting the job (MPI Abort)\n")
-        sys.stderr.flush()
-        _abort(comm, 1)
+        _abort(comm, 1, f"{where}{msg}")
 
     def hook(exc_type, exc, tb):
         try:

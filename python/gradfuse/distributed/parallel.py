@@ -473,21 +473,12 @@ class _GradSync:
         all-gather the parameters. The guard and the clip scale act as in Optimizer.step."""
         opt = self.optimizer
         plans = opt._plans()
-        scale, norm = opt._clip_scale, opt._clip_norm
-        opt._clip_scale = opt._clip_norm = None
-        if opt.skip_nonfinite:
-            finite = math.isfinite(norm) if norm is not None else self._all_finite(plans)
-            if not finite:
-                opt.skipped_steps += 1
-                opt.last_step_skipped = True
-                return loss if closure is not None else False
-        opt.last_step_skipped = False
-        gs = 1.0 if scale is None else float(scale)
-        for group, a, active in plans:
-            self._update_shard(group, a, active, gs)
-        for _, a in self.arenas:
-            self.reducer.all_gather_(a.param)
-        return loss if closure is not None else True
+        out = opt._guarded_update(plans, loss, closure, lambda: self._all_finite(plans),
+                                  self._update_shard)
+        if not opt.last_step_skipped:
+            for _, a in self.arenas:
+                self.reducer.all_gather_(a.param)
+        return out
 
     def _update_shard(self, group, a, active, grad_scale: float) -> None:
         """Optimizer._update restricted to the shard [lo, hi): the same _scalars calls (so

@@ -658,13 +658,20 @@ class Optimizer:
         if self._clip_scale is None and not self.skip_nonfinite:
             return self._step_bound(loss, closure)
         plans = self._plans()
+        return self._guarded_update(
+            plans, loss, closure,
+            lambda: all(_backend.arena_all_finite(g) for g in self._grad_ranges(plans)),
+            self._update)
+
+    def _guarded_update(self, plans, loss, closure, all_finite, update):
+        """The general step over ``plans``: the non-finite guard (the clip norm when
+        clip_grad_norm_ computed one, else ``all_finite()``), then ``update(group, arena,
+        active, grad_scale)`` per plan with the folded clip scale. DataParallel's ZeRO-1 step
+        passes its shard-wise check and update."""
         scale, norm = self._clip_scale, self._clip_norm
         self._clip_scale = self._clip_norm = None
         if self.skip_nonfinite:
-            if norm is not None:
-                finite = math.isfinite(norm)
-            else:
-                finite = all(_backend.arena_all_finite(g) for g in self._grad_ranges(plans))
+            finite = math.isfinite(norm) if norm is not None else all_finite()
             if not finite:
                 self.skipped_steps += 1
                 self.last_step_skipped = True
@@ -672,7 +679,7 @@ class Optimizer:
         self.last_step_skipped = False
         gs = 1.0 if scale is None else float(scale)
         for group, a, active in plans:
-            self._update(group, a, active, gs)
+            update(group, a, active, gs)
         return loss if closure is not None else True
 
     def _bound_steps(self):

@@ -252,6 +252,40 @@ except ValueError:
 checks["missing_checkpoint_raises"] = all(dist.all_gather_object(
     checks["missing_checkpoint_raises"]))
 
+# Trainers built one after another (a study loop): each builds a DataParallel whose reducer
+# holds shared-memory windows and communicators. Without close() they are reclaimed at the
+# next construction once garbage (MPICH has 2048 communicators: about 680 trainers ran out
+# before); close() frees them at once, and a second Trainer on the same optimizer needs it.
+from gradfuse.distributed import parallel as _par  # noqa: E402
+
+for _ in range(800):
+    net = gf.nn.Sequential(gf.nn.Linear(4, 3))
+    tr = gf.train.Trainer(net, gf.optim.SGD(net.parameters(), lr=0.1), gf.nn.CrossEntropyLoss(),
+                          verbose=0)
+    tr.fit([(gf.tensor(xt[rank::2][:4, :4]), gf.tensor(yt[rank::2][:4] % 3))], epochs=1)
+checks["unclosed_trainers_reclaimed"] = len(_par._LIVE) <= _par._GC_AFTER + 1
+net = gf.nn.Sequential(gf.nn.Linear(4, 3))
+opt = gf.optim.SGD(net.parameters(), lr=0.1)
+tr = gf.train.Trainer(net, opt, gf.nn.CrossEntropyLoss(), verbose=0)
+try:
+    gf.train.Trainer(net, opt, gf.nn.CrossEntropyLoss(), verbose=0)
+    checks["second_trainer_same_optimizer_refused"] = False
+except ValueError as e:
+    checks["second_trainer_same_optimizer_refused"] = "close()" in str(e)
+live = len(_par._LIVE)
+tr.close()
+tr.close()
+checks["close_frees_the_reducer"] = len(_par._LIVE) == live - 1 and opt._grad_sync is None
+try:
+    tr.fit([(gf.tensor(xt[:4, :4]), gf.tensor(yt[:4] % 3))], epochs=2)
+    checks["fit_after_close_refused"] = False
+except RuntimeError:
+    checks["fit_after_close_refused"] = True
+tr2 = gf.train.Trainer(net, opt, gf.nn.CrossEntropyLoss(), verbose=0)
+tr2.fit([(gf.tensor(xt[rank::2][:4, :4]), gf.tensor(yt[rank::2][:4] % 3))], epochs=1)
+checks["second_trainer_after_close"] = same_everywhere(params_bytes(C.params(net)))
+tr2.close()
+
 allc = dist.all_gather_object(checks)
 if rank == 0:
     merged = {k: all(c[k] for c in allc) for k in checks}

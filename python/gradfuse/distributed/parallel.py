@@ -23,7 +23,9 @@ shard length (state memory divided by the world size), and the parameter arena i
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
+import weakref
 
 import numpy as np
 
@@ -129,6 +131,7 @@ class DataParallel:
             # error here is raised on every rank)
             a.sync()
         comm = _comm.get_comm()
+        _reclaim(comm)
         reducer = make_reducer(comm)
         for _, a in arenas:
             if shard_optimizer_state:
@@ -147,6 +150,7 @@ class DataParallel:
         self._has_buffers = self._bcast_buffers()
         self._sync = _GradSync(optimizer, arenas, reducer, comm, names, shard_optimizer_state)
         optimizer._grad_sync = self._sync
+        _track(self._sync, comm)
 
     # ------------------------------------------------------------ construction checks
     @staticmethod
@@ -281,6 +285,13 @@ class DataParallel:
         sync.detach()
         self._sync = None
 
+    def _release_when_dropped(self) -> None:
+        """For an owner that never hands this object out (the Trainer): when it is dropped
+        without close() on every rank, the next DataParallel construction detaches the
+        optimizer and frees the reducer (collectively, in construction order)."""
+        if self._sync is not None:
+            _release_with(self, self._sync)
+
     def __getattr__(self, name):
         # anything else is the module's (its methods and submodules)
         if name in ("module", "optimizer", "_sync", "_has_buffers"):
@@ -308,6 +319,70 @@ def _first_mismatch(ref: list, mine: list, what: str, rank: int) -> str | None:
         return (f"{what} {a[0]!r} has shape {b[1]} and dtype {b[2]} on rank {rank}, but shape "
                 f"{a[1]} and dtype {a[2]} on rank 0")
     return None
+
+
+# Reducers hold MPI resources (shared-memory windows and node/cross communicators; MPICH
+# has 2048 context ids per process, and every window takes one too) that only a collective
+# call can free, so they cannot be freed from a garbage collector's finalizer, which runs
+# at a different moment on each rank. A DataParallel dropped without close() (a Trainer
+# built per trial, 50 or 700 times in a loop) is instead reclaimed at the next DataParallel
+# construction, which is collective: each rank lists the reducers whose _GradSync (that is,
+# whose optimizer) it has garbage-collected, and the reducers dead on every rank of that
+# communicator are closed, in construction order (the same order everywhere).
+_SERIAL = [0]
+_LIVE: dict = {}  # serial -> (reducer, comm) of attached DataParallels
+_DEAD: set = set()  # serials whose _GradSync this rank has garbage-collected
+_GC_AFTER = 8  # attached DataParallels beyond which a construction runs gc.collect() first
+
+
+def _track(sync, comm) -> None:
+    serial = _SERIAL[0]
+    _SERIAL[0] += 1
+    _LIVE[serial] = (sync.reducer.close, comm)
+    sync._serial = serial
+    # the callback must not reference sync itself (it would never die)
+    sync._finalizer = weakref.finalize(sync, _DEAD.add, serial)
+
+
+def _release_with(owner, sync) -> None:
+    """Reclaim ``sync`` (detach the optimizer and free its reducer) once ``owner`` is dropped
+    on every rank, rather than once the optimizer is (a Trainer owns the DataParallel it
+    builds: the optimizer may stay referenced by the caller long after)."""
+    sync._finalizer.detach()
+    _LIVE[sync._serial] = (sync.detach, _LIVE[sync._serial][1])
+    sync._finalizer = weakref.finalize(owner, _DEAD.add, sync._serial)
+
+
+def _untrack(sync) -> None:
+    serial = getattr(sync, "_serial", None)
+    if serial is not None:
+        sync._finalizer.detach()
+        _LIVE.pop(serial, None)
+        _DEAD.discard(serial)
+
+
+def _reclaim(comm) -> None:
+    """Close the reducers of DataParallels that every rank of ``comm`` has dropped
+    (collective: called by every DataParallel construction)."""
+    from mpi4py import MPI
+
+    mine = [s for s, (_, c) in _LIVE.items() if c is comm or c == comm]
+    if len(mine) >= _GC_AFTER:
+        gc.collect()  # _GradSync lives in reference cycles (optimizer <-> arenas)
+    dead = sorted(s for s in mine if s in _DEAD)
+    # one small allreduce: the newest serial dead on every rank is enough to agree on
+    # (serials are issued in the same order everywhere); a rank missing one in between keeps
+    # it for the next time
+    n = np.array([len(dead)], np.int64)
+    comm.Allreduce(MPI.IN_PLACE, n, MPI.MIN)
+    if not n[0]:
+        return
+    every = comm.allgather(dead)
+    common = sorted(set(every[0]).intersection(*every[1:]))
+    for s in common:
+        close, _ = _LIVE.pop(s)
+        _DEAD.discard(s)
+        close()
 
 
 class _GradSync:
@@ -564,4 +639,5 @@ class _GradSync:
                              grad=_arena_empty(a.n, a.dtype))
             a.grad_sync = None
         self.optimizer._grad_sync = None
+        _untrack(self)
         self.reducer.close()

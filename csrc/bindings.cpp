@@ -402,13 +402,14 @@ class ArenaStep {
   // For the non-finite guard, before any arena is updated: -1 when a view was rebound (the
   // caller takes the general path), else whether every gradient is finite (one read pass).
   int grads_finite() {
-    if (!py_arena_intact(params_, grads_, views_)) return -1;
+    if (cleared_ || !py_arena_intact(params_, grads_, views_)) return -1;
     py::gil_scoped_release nogil;
     return is_float_ ? int(arena_all_finite(f_.g, f_.n)) : int(arena_all_finite(d_.g, d_.n));
   }
 
   // False (nothing written) when a parameter's .data or .grad is no longer its arena view.
   bool operator()(const std::vector<double>& sc, int64_t flags) {
+    if (cleared_) return false;
     const OptimHyper h = make_hyper(kind_, sc, flags);
     if (is_float_) check_state_present(h, f_.a != nullptr, f_.b != nullptr, f_.c != nullptr);
     else check_state_present(h, d_.a != nullptr, d_.b != nullptr, d_.c != nullptr);
@@ -419,10 +420,31 @@ class ArenaStep {
     return true;
   }
 
+  // The cyclic GC's view of the Python objects held here: the gradient tensors refer back
+  // to their arena (_ArenaGrad._gf_arena), which holds this object, so without traverse
+  // every optimizer that had stepped stayed alive with all its buffers (the GC took the
+  // lists for external references). Clear drops the lists; the object then never writes.
+  int traverse(visitproc visit, void* arg) {
+    Py_VISIT(params_.ptr());
+    Py_VISIT(grads_.ptr());
+    Py_VISIT(views_.ptr());
+    Py_VISIT(s0_.ptr());
+    Py_VISIT(s1_.ptr());
+    Py_VISIT(s2_.ptr());
+    return 0;
+  }
+  void clear() {
+    cleared_ = true;
+    params_ = py::list();
+    grads_ = py::list();
+    views_ = py::list();
+  }
+
  private:
   py::array param_, grad_;
   py::object s0_, s1_, s2_;
   py::list params_, grads_, views_;
+  bool cleared_ = false;
   int kind_;
   bool is_float_ = true;
   OptimBuffers<float> f_{};
@@ -2161,6 +2183,20 @@ PYBIND11_MODULE(_C, m) {
         py::arg("exp_avg_sq"), py::arg("offsets"), py::arg("sizes"), py::arg("scalars"),
         py::arg("flags"), "LAMB over an arena with a per-tensor trust ratio (segment table)");
   py::class_<ArenaStep>(m, "ArenaStep",
+                        py::custom_type_setup([](PyHeapTypeObject* heap_type) {
+                          auto* type = &heap_type->ht_type;
+                          type->tp_flags |= Py_TPFLAGS_HAVE_GC;
+                          type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) {
+                            Py_VISIT(Py_TYPE(self));
+                            if (!py::detail::is_holder_constructed(self)) return 0;
+                            return py::cast<ArenaStep&>(py::handle(self)).traverse(visit, arg);
+                          };
+                          type->tp_clear = [](PyObject* self) {
+                            if (py::detail::is_holder_constructed(self))
+                              py::cast<ArenaStep&>(py::handle(self)).clear();
+                            return 0;
+                          };
+                        }),
                         "ArenaStep(kind, param, grad, state0, state1, state2, scalars, flags, "
                         "params, grads, views); call(scalars, flags) -> bool: optim_step "
                         "bound to one arena, False (no update) if a view was rebound")

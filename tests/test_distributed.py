@@ -132,7 +132,7 @@ def test_dp_checks_pass_on_every_rank(dp_run):
               "zero_bad_load_unchanged", "zero_bad_load_then_step",
               "zero_utils_clip_value_matches_single", "plain_utils_clip_handset_grads_averaged",
               "plain_backward_after_sync_matches_single", "zero_backward_after_sync_unchanged",
-              "zero_backward_after_sync_matches_single"):
+              "zero_backward_after_sync_matches_single", "dropped_dataparallels_reclaimed"):
         assert k in report["checks"][0]
 
 

@@ -202,6 +202,9 @@ def test_two_ranks_equal_one_process_and_checkpoints_move_both_ways(tmp_path, si
     assert line["world"] == 2
     failed = [k for k, v in line["checks"].items() if not v]
     assert not failed, f"{failed}\n{res.stderr}"
+    for k in ("unclosed_trainers_reclaimed", "close_frees_the_reducer",
+              "second_trainer_same_optimizer_refused", "second_trainer_after_close"):
+        assert k in line["checks"]
     for run in ("dist", "zero", "resumed"):
         p = dict(np.load(tmp_path / f"params_{run}.npz"))
         _close(p, p1)  # the same parameters as one process with the global batch

@@ -826,3 +826,29 @@ def test_readme_optimizer_example_runs():
     exec(compile(block, "README optimizers", "exec"), scope)
     assert scope["applied"] is True
     assert set(scope["sd"]["state"]) == {0, 1, 2, 3}
+
+
+def test_optimizer_that_stepped_is_garbage_collected():
+    # the bound ArenaStep holds the arena's gradient tensors, which refer back to the arena:
+    # without tp_traverse on ArenaStep the cycle was invisible to the GC and every optimizer
+    # that had stepped leaked its param/grad/state buffers (and, under DataParallel, its
+    # shared-memory windows)
+    import gc
+    import weakref
+
+    def one(steps):
+        model = gf.nn.Sequential(gf.nn.Linear(5, 7), gf.nn.ReLU(), gf.nn.Linear(7, 3))
+        opt = gf.optim.Adam(model.parameters(), lr=1e-2)
+        x, y = gf.Tensor(np.ones((4, 5), np.float32)), gf.Tensor(np.zeros(4, np.int64))
+        for _ in range(steps):
+            opt.zero_grad()
+            gf.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        arena = opt._arenas[0][0][1]
+        assert steps == 0 or arena.slot_cache[3] is not None  # the bound step exists
+        return weakref.ref(opt), weakref.ref(arena)
+
+    for steps in (0, 1, 3):
+        refs = one(steps)
+        gc.collect()
+        assert all(r() is None for r in refs), steps

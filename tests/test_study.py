@@ -546,3 +546,17 @@ def test_run_grid_stops_the_pool_when_a_run_fails(monkeypatch):
         runner.run_grid([RunConfig()], None, seeds=range(20), jobs=2, log=lambda s: None)
     time.sleep(0.2)
     assert len(started) < 5, started
+
+
+def test_train_without_scikit_learn_exits_2_naming_the_dataset(monkeypatch, capsys):
+    # `pip install gradfuse[distributed]` brings no scikit-learn, which the default digits
+    # data set needs: a usage error (exit 2 on every rank under --distributed), not a traceback
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--epochs", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --dataset: load_digits needs scikit-learn" in err
+    assert "gradfuse[examples]" in err

@@ -182,7 +182,7 @@ def make_reducer(comm=None):
     """The reducer for ``comm`` (default: the communicator of ``gf.distributed.init``).
 
     :class:`~gradfuse.distributed._shm.ShmReducer` (shared memory within a machine, a
-    deterministic sum across machines; 2.7-8x faster than ``MPI_Allreduce`` here) unless the
+    deterministic sum across machines; 2.5-8x faster than ``MPI_Allreduce`` here) unless the
     environment variable ``GRADFUSE_REDUCER=mpi`` asks for :class:`MPIReducer` (plain
     ``MPI_Allreduce``: for comparison, or where shared-memory windows misbehave).
 

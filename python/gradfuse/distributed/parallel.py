@@ -333,6 +333,7 @@ _SERIAL = [0]
 _LIVE: dict = {}  # serial -> (reducer, comm) of attached DataParallels
 _DEAD: set = set()  # serials whose _GradSync this rank has garbage-collected
 _GC_AFTER = 8  # attached DataParallels beyond which a construction runs gc.collect() first
+_GC_AT = [_GC_AFTER]  # doubled when the DataParallels are alive (no full GC per construction)
 
 
 def _track(sync, comm) -> None:
@@ -367,12 +368,13 @@ def _reclaim(comm) -> None:
     from mpi4py import MPI
 
     mine = [s for s, (_, c) in _LIVE.items() if c is comm or c == comm]
-    if len(mine) >= _GC_AFTER:
+    if len(mine) >= _GC_AT[0]:
         gc.collect()  # _GradSync lives in reference cycles (optimizer <-> arenas)
+        _GC_AT[0] = max(_GC_AFTER, 2 * (len(mine) - sum(s in _DEAD for s in mine)))
     dead = sorted(s for s in mine if s in _DEAD)
-    # one small allreduce: the newest serial dead on every rank is enough to agree on
-    # (serials are issued in the same order everywhere); a rank missing one in between keeps
-    # it for the next time
+    # one small allreduce decides for all ranks whether there is anything to agree on; then
+    # the serials (issued in the same order everywhere) dead on every rank are closed in
+    # order, and one that some rank still holds waits for a later construction
     n = np.array([len(dead)], np.int64)
     comm.Allreduce(MPI.IN_PLACE, n, MPI.MIN)
     if not n[0]:

@@ -260,7 +260,9 @@ def _load(parser, args, dist=None):
     try:
         data = load_dataset(args.dataset, val_fraction=args.val_fraction,
                             train_size=args.train_size)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ImportError) as e:
+        # ImportError: digits needs scikit-learn (the examples extra), which
+        # `pip install gradfuse[distributed]` alone does not bring
         msg = str(e)
         if msg.startswith("val_fraction:"):
             msg = "--val-fraction" + msg[len("val_fraction"):]

@@ -409,12 +409,12 @@ class Trainer:
         rank, e.g. after the last ``fit``): the ``DataParallel`` it built is closed, so the
         optimizer steps as in one process again (under ZeRO-1 with its full state gathered)
         and the reducer's shared-memory windows and MPI communicators are freed. A
-        ``DataParallel`` given as ``model`` is left to its owner. ``fit`` is refused
-        afterwards; ``evaluate`` and the model stay usable. Nothing to do in one process; a
-        second call does nothing. A trainer dropped without ``close()`` (and its ``dp``) is
-        closed at the next ``DataParallel`` construction, once every rank has
-        garbage-collected it (MPICH has 2048 communicators per process: about 680 unclosed
-        trainers exhausted them before that).
+        ``DataParallel`` given as ``model`` is left to its owner. A data-parallel trainer
+        refuses ``fit`` afterwards; ``evaluate`` and the model stay usable. In one process
+        it does nothing (``fit`` goes on working); a second call does nothing. A trainer
+        dropped without ``close()`` (and its ``dp``) is closed at the next ``DataParallel``
+        construction, once every rank has garbage-collected it (MPICH has 2048
+        communicators per process: about 680 unclosed trainers exhausted them before that).
 
         Example::
 

@@ -387,6 +387,16 @@ def _reclaim(comm) -> None:
         close()
 
 
+def _cut(state: dict, shard: tuple, dtype) -> dict:
+    """Each full-length state buffer's ``shard`` ``[lo, hi)`` as a buffer of its own."""
+    lo, hi = shard
+    out = {}
+    for k, v in state.items():
+        out[k] = _arena_empty(hi - lo, dtype)
+        np.copyto(out[k], v[lo:hi])
+    return out
+
+
 class _GradSync:
     """The object DataParallel hangs on ``optimizer._grad_sync`` (see Optimizer)."""
 
@@ -415,11 +425,7 @@ class _GradSync:
         if sharded:
             for _, a in arenas:
                 a.shard = reducer.shard_range(a.n)
-                lo, hi = a.shard
-                for k, v in list(a.state.items()):  # state made before (Adagrad's, a load)
-                    s = _arena_empty(hi - lo, a.dtype)
-                    np.copyto(s, v[lo:hi])
-                    a.state[k] = s
+                a.state = _cut(a.state, a.shard, a.dtype)  # made before (Adagrad's, a load)
                 a.slot_cache = None
 
     # ------------------------------------------------------------ gradients
@@ -550,54 +556,21 @@ class _GradSync:
         all-gather the parameters. The guard and the clip scale act as in Optimizer.step."""
         opt = self.optimizer
         plans = opt._plans()
+        # Optimizer._update runs the kernel on each arena's shard only (_Arena.shard)
         out = opt._guarded_update(plans, loss, closure, lambda: self._all_finite(plans),
-                                  self._update_shard)
+                                  opt._update)
         if not opt.last_step_skipped:
             for _, a in self.arenas:
                 self.reducer.all_gather_(a.param)
         return out
 
-    def _update_shard(self, group, a, active, grad_scale: float) -> None:
-        """Optimizer._update restricted to the shard [lo, hi): the same _scalars calls (so
-        per-segment side effects such as NAdam's mu_product happen on every rank), the kernel
-        only on this rank's elements, state indexed from lo."""
-        opt = self.optimizer
-        lo, hi = a.shard
-        slots = [a.ensure_state(k, opt._state_init(group, k)) if k else None
-                 for k in opt._state_keys(group)]
-        slots += [None] * (3 - len(slots))
-        kind = opt._kind
-        if active is None and a.count is not None:
-            step = a.count + 1
-            sc, flags = opt._scalars(group, step, a, 0, len(a.params))
-            sc[12] = grad_scale
-            if hi > lo:
-                _backend.optim_step(kind, a.param[lo:hi], a.grad[lo:hi], slots[0], slots[1],
-                                    slots[2], sc, flags)
-            a.count = step
-            return
-        for rlo, rhi, step0, i0, i1 in a.runs(active):
-            sc, flags = opt._scalars(group, step0 + 1, a, i0, i1)
-            sc[12] = grad_scale
-            b, e = max(rlo, lo), min(rhi, hi)
-            if b < e:
-                s = [None if x is None else x[b - lo : e - lo] for x in slots]
-                _backend.optim_step(kind, a.param[b:e], a.grad[b:e], s[0], s[1], s[2], sc,
-                                    flags)
-            a.steps[i0:i1] += 1
-        a.settle()
-
     # ------------------------------------------------------------ ZeRO-1 state
     def _gather(self, shard: np.ndarray, a) -> np.ndarray:
-        from mpi4py import MPI
-
+        """The full arena-length buffer of which every rank holds ``shard`` (collective)."""
         full = _arena_empty(a.n, a.dtype)
         lo, hi = a.shard
         full[lo:hi] = shard
-        rs = [self.reducer.shard_range(a.n, r) for r in range(self.world)]
-        mpi_t = MPI.FLOAT if a.dtype == np.float32 else MPI.DOUBLE
-        self.comm.Allgatherv(MPI.IN_PLACE, [full, [h - lo_ for lo_, h in rs],
-                                            [lo_ for lo_, _ in rs], mpi_t])
+        self.reducer.all_gather_(full)  # a plain array: every reducer takes one
         return full
 
     @contextlib.contextmanager
@@ -620,13 +593,7 @@ class _GradSync:
             raise
         for (_, a), (st, sh, sc) in zip(self.arenas, saved):
             if load:
-                lo, hi = sh
-                new = {}
-                for k, v in a.state.items():
-                    s = _arena_empty(hi - lo, a.dtype)
-                    np.copyto(s, v[lo:hi])
-                    new[k] = s
-                a.state, a.shard, a.slot_cache = new, sh, None
+                a.state, a.shard, a.slot_cache = _cut(a.state, sh, a.dtype), sh, None
             else:
                 a.state, a.shard, a.slot_cache = st, sh, sc
 

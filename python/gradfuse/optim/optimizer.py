@@ -717,26 +717,18 @@ class Optimizer:
         return loss if closure is not None else True
 
     def _update(self, group, a: _Arena, active, grad_scale: float) -> None:
-        cache = a.slot_cache
-        version = getattr(group, "version", None)
-        if cache is not None and version is not None and cache[2] == version:
-            slots = cache[1]  # the group is unchanged since: so are its state keys
-        else:
-            keys = self._state_keys(group)
-            if cache is not None and cache[0] == keys:
-                slots = cache[1]
-            else:
-                slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
-                         for k in keys]
-                slots += [None] * (3 - len(slots))
-            a.slot_cache = (keys, slots, version, None, None)
-        kind = self._kind
+        slots = self._slots(group, a)
+        if a.shard is not None:  # ZeRO-1 (DataParallel): this rank's elements only, unbound
+            self._update_window(group, a, active, grad_scale, slots, *a.shard)
+            return
         if active is None and a.count is not None:
+            kind = self._kind
             step = a.count + 1
             sc, flags = self._scalars(group, step, a, 0, len(a.params))
             sc[12] = grad_scale
             _backend.optim_step(kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags)
             a.count = step
+            version = getattr(group, "version", None)
             if self._fast_step and version is not None and a.slot_cache[3] is None:
                 # bind this arena's buffers once; valid while the group and the state slots are
                 # (a new group version or load_state_dict drops it with the slot cache)
@@ -749,12 +741,50 @@ class Optimizer:
                     kind, a.param, a.grad, slots[0], slots[1], slots[2], sc, flags, a.params,
                     a.grad_tensors, a.views), fixed)
             return
-        for lo, hi, step0, i0, i1 in a.runs(active):
-            step = step0 + 1
-            sc, flags = self._scalars(group, step, a, i0, i1)
+        self._update_window(group, a, active, grad_scale, slots, 0, a.n)
+
+    def _slots(self, group, a: _Arena) -> list:
+        """The arena's three kernel state slots (None where unused), created on first use and
+        cached in ``a.slot_cache`` while the group's version (or its state keys) is unchanged."""
+        cache = a.slot_cache
+        version = getattr(group, "version", None)
+        if cache is not None and version is not None and cache[2] == version:
+            return cache[1]  # the group is unchanged since: so are its state keys
+        keys = self._state_keys(group)
+        if cache is not None and cache[0] == keys:
+            slots = cache[1]
+        else:
+            slots = [a.ensure_state(k, self._state_init(group, k)) if k else None
+                     for k in keys]
+            slots += [None] * (3 - len(slots))
+        a.slot_cache = (keys, slots, version, None, None)
+        return slots
+
+    def _update_window(self, group, a: _Arena, active, grad_scale: float, slots, lo: int,
+                       hi: int) -> None:
+        """The update of the elements ``[lo, hi)`` of the arena, whose state ``slots`` hold
+        exactly those (the whole arena, or a ZeRO-1 shard): one kernel call per run of active
+        segments with equal step counts. Every active segment's step count and per-segment
+        scalars (``_scalars``' side effects, NAdam's mu_product) advance, also where none of
+        its elements lie in the window, so every rank's counts stay the same."""
+        kind = self._kind
+        if active is None and a.count is not None:
+            step = a.count + 1
+            sc, flags = self._scalars(group, step, a, 0, len(a.params))
             sc[12] = grad_scale
-            s = [None if x is None else x[lo:hi] for x in slots]
-            _backend.optim_step(kind, a.param[lo:hi], a.grad[lo:hi], s[0], s[1], s[2], sc, flags)
+            if hi > lo:
+                _backend.optim_step(kind, a.param[lo:hi], a.grad[lo:hi], slots[0], slots[1],
+                                    slots[2], sc, flags)
+            a.count = step
+            return
+        for rlo, rhi, step0, i0, i1 in a.runs(active):
+            sc, flags = self._scalars(group, step0 + 1, a, i0, i1)
+            sc[12] = grad_scale
+            b, e = max(rlo, lo), min(rhi, hi)
+            if b < e:
+                s = [None if x is None else x[b - lo : e - lo] for x in slots]
+                _backend.optim_step(kind, a.param[b:e], a.grad[b:e], s[0], s[1], s[2], sc,
+                                    flags)
             a.steps[i0:i1] += 1
         a.settle()
 

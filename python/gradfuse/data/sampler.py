@@ -49,6 +49,12 @@ def _int(v, name: str, low: int) -> int:
     return int(v)
 
 
+def _generator_at(seed: int, offset: int) -> Generator:
+    """A new Generator of ``seed`` at block ``offset`` (modulo 2**64, as the stream wraps)."""
+    words = np.array([seed, offset % (1 << 64)], dtype="<u8")
+    return Generator(seed).set_state(words.view(np.uint8))
+
+
 def _blocks(n: int) -> int:
     """Philox blocks one ``permutation(n)`` consumes (n float64 uniforms, 2 per block)."""
     return 16 * math.ceil(n / 32)
@@ -184,10 +190,7 @@ class DistributedSampler(Sampler):
     def generator_state(self) -> Generator:
         """The gf.Generator the current epoch's permutation is drawn from (a new one, at
         ``offset + epoch * 16 * ceil(N / 32)``)."""
-        g = Generator(self.seed)
-        words = np.array([self.seed, (self.offset + self.epoch * _blocks(len(self.dataset)))
-                          % (1 << 64)], dtype="<u8")
-        return g.set_state(words.view(np.uint8))
+        return _generator_at(self.seed, self.offset + self.epoch * _blocks(len(self.dataset)))
 
     def indices(self) -> np.ndarray:
         """This rank's sample indices for the current epoch (int64, ``len(self)`` of them)."""

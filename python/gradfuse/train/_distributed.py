@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 
 from ..data.loader import DataLoader
-from ..data.sampler import DistributedSampler, _blocks
+from ..data.sampler import DistributedSampler, _blocks, _generator_at
 from ..random import Generator
 
 __all__ = ["resolve", "ShardedLoader", "shard_for_eval", "DP_OPTIONS"]
@@ -55,15 +55,6 @@ def resolve(distributed):
     if dist.get_world_size() <= 1:
         return None
     return dist, opts
-
-
-def _gen_state(seed: int, offset: int) -> np.ndarray:
-    return np.array([seed, offset % (1 << 64)], dtype="<u8").view(np.uint8).copy()
-
-
-def _seed_offset(state) -> tuple[int, int]:
-    s, o = (int(v) for v in np.ascontiguousarray(np.asarray(state, np.uint8)).view("<u8"))
-    return s, o
 
 
 class ShardedLoader:
@@ -107,11 +98,12 @@ class ShardedLoader:
             start = gen.get_state().data.copy()
             if self._dist is not None:
                 self._dist.broadcast_(start)
-        seed, offset = _seed_offset(start)
+        at = Generator().set_state(start)
+        seed, offset = at.initial_seed(), at.offset
         self.sampler.seed, self.sampler.offset = seed, offset
         self.sampler.set_epoch(0)
         if self.loader.shuffle:  # L's generator moves on as one epoch of L moves it
-            gen.set_state(_gen_state(seed, offset + _blocks(len(self.dataset))))
+            gen.set_state(_generator_at(seed, offset + _blocks(len(self.dataset))).get_state())
         else:
             gen.set_state(start)
         self._inner.load_state_dict({"sampler": self.sampler.state_dict(),

@@ -45,14 +45,35 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _check_buf(buf, name: str = "buf") -> np.ndarray:
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_OPS = ("sum", "avg")
+
+
+def _check_array(buf, name: str = "buf") -> None:
+    """Every reducer's check of the buffer it is handed (before any communication)."""
     if not isinstance(buf, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array, got {type(buf).__name__}")
-    if buf.ndim != 1 or not buf.flags.c_contiguous or buf.dtype not in (np.float32, np.float64):
-        raise ValueError(
-            f"{name}: expected a 1-D contiguous float32/float64 array, got {buf.dtype} "
-            f"{buf.shape}{'' if buf.flags.c_contiguous else ' (not contiguous)'}")
-    return buf
+    if buf.dtype not in _DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {buf.dtype}")
+    if buf.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got shape {buf.shape}")
+    if not buf.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a contiguous array (a view with strides "
+                         f"{buf.strides} was given)")
+    if not buf.flags.writeable:
+        raise ValueError(f"{name}: the array is read-only")
+
+
+def _check_op(op) -> None:
+    if op not in _OPS:
+        raise ValueError(f"op: expected 'sum' or 'avg', got {op!r}")
+
+
+def _mpi_type(dtype):
+    """The MPI datatype of a float32/float64 buffer."""
+    from mpi4py import MPI
+
+    return MPI.FLOAT if dtype == np.float32 else MPI.DOUBLE
 
 
 def _aligned_zeros(n: int, dtype) -> np.ndarray:
@@ -119,16 +140,10 @@ class MPIReducer:
             self._layouts[n] = lay
         return lay
 
-    def _mpi_type(self, dtype):
-        from mpi4py import MPI
-
-        return MPI.FLOAT if dtype == np.float32 else MPI.DOUBLE
-
     def all_reduce_(self, buf: np.ndarray, op: str = "sum") -> None:
         """Sum (``"sum"``) or average (``"avg"``) ``buf`` over all ranks, in place."""
-        if op not in ("sum", "avg"):
-            raise ValueError(f"op: expected 'sum' or 'avg', got {op!r}")
-        _check_buf(buf)
+        _check_op(op)
+        _check_array(buf)
         if self.world_size == 1 or buf.size == 0:
             return
         from mpi4py import MPI
@@ -140,9 +155,8 @@ class MPIReducer:
     def reduce_scatter_(self, buf: np.ndarray, op: str = "sum") -> tuple[int, int]:
         """Reduce ``buf`` over all ranks so that this rank's shard ``buf[lo:hi]`` holds the sum
         (or average); the rest of ``buf`` is left unspecified. Returns ``(lo, hi)``."""
-        if op not in ("sum", "avg"):
-            raise ValueError(f"op: expected 'sum' or 'avg', got {op!r}")
-        _check_buf(buf)
+        _check_op(op)
+        _check_array(buf)
         lo, hi = self.shard_range(buf.size)
         if self.world_size == 1 or buf.size == 0:
             return lo, hi
@@ -156,8 +170,8 @@ class MPIReducer:
         tmp = self._scratch.get(key)
         if tmp is None:
             tmp = self._scratch[key] = _aligned_zeros(max(hi - lo, 1), buf.dtype)
-        self.comm.Reduce_scatter([buf, self._mpi_type(buf.dtype)],
-                                 [tmp, hi - lo, self._mpi_type(buf.dtype)], counts, MPI.SUM)
+        self.comm.Reduce_scatter([buf, _mpi_type(buf.dtype)],
+                                 [tmp, hi - lo, _mpi_type(buf.dtype)], counts, MPI.SUM)
         np.copyto(buf[lo:hi], tmp[: hi - lo])
         if op == "avg" and hi > lo:
             _backend.arena_scale(buf[lo:hi], 1.0 / self.world_size)
@@ -165,13 +179,13 @@ class MPIReducer:
 
     def all_gather_(self, buf: np.ndarray) -> None:
         """Copy every rank's shard ``buf[lo_r:hi_r]`` into ``buf`` on every rank, in place."""
-        _check_buf(buf)
+        _check_array(buf)
         if self.world_size == 1 or buf.size == 0:
             return
         from mpi4py import MPI
 
         counts, displs = self._layout(buf.size)
-        self.comm.Allgatherv(MPI.IN_PLACE, [buf, counts, displs, self._mpi_type(buf.dtype)])
+        self.comm.Allgatherv(MPI.IN_PLACE, [buf, counts, displs, _mpi_type(buf.dtype)])
 
     def close(self) -> None:
         """Drop the scratch buffers (the arrays handed out are ordinary numpy arrays)."""

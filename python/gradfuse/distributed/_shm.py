@@ -76,7 +76,7 @@ import warnings
 import numpy as np
 
 from .. import _backend
-from ._reduce import _aligned_zeros, shard_range
+from ._reduce import _DTYPES, _OPS, _aligned_zeros, _check_array, _check_op, _mpi_type, shard_range
 
 __all__ = ["ShmReducer", "FAKE_NODES_ENV"]
 
@@ -86,8 +86,6 @@ _PAGE = 4096
 _BLOCK = 1 << 16  # minimum size of the scratch buffer of the cross-node sum
 # windows that close() could not free because arrays still view them (kept until exit)
 _KEPT: list = []
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_OPS = ("sum", "avg")
 _ALL_REDUCE, _REDUCE_SCATTER, _ALL_GATHER = range(3)
 _ENTRY_NAMES = ("all_reduce_", "reduce_scatter_", "all_gather_")
 
@@ -96,25 +94,6 @@ def _mpi():
     from mpi4py import MPI
 
     return MPI
-
-
-def _check_array(buf, name: str = "buf") -> None:
-    if not isinstance(buf, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(buf).__name__}")
-    if buf.dtype not in _DTYPES:
-        raise TypeError(f"{name}: expected float32 or float64, got {buf.dtype}")
-    if buf.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array, got shape {buf.shape}")
-    if not buf.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a contiguous array (a view with strides "
-                         f"{buf.strides} was given)")
-    if not buf.flags.writeable:
-        raise ValueError(f"{name}: the array is read-only")
-
-
-def _check_op(op) -> None:
-    if op not in _OPS:
-        raise ValueError(f"op: expected 'sum' or 'avg', got {op!r}")
 
 
 def _shm_free_bytes() -> int | None:
@@ -503,7 +482,6 @@ class ShmReducer:
         """In place over ``comm``: x = (sum over ranks in rank order) / div, the same bits
         everywhere. Alltoallv hands rank j the j-th piece of everyone's x, j adds them in rank
         order, Allgatherv returns the pieces (the traffic of a ring all-reduce)."""
-        MPI = _mpi()
         size, me, n = comm.Get_size(), comm.Get_rank(), x.size
         if size == 1:
             if div > 1:
@@ -515,7 +493,7 @@ class ShmReducer:
         mlo, mhi = parts[me]
         m = mhi - mlo
         recv = self._tmp(x.dtype, size * m).reshape(size, m) if m else np.empty((size, 0), x.dtype)
-        mpi_t = MPI.FLOAT if x.dtype == np.float32 else MPI.DOUBLE
+        mpi_t = _mpi_type(x.dtype)
         comm.Alltoallv([x, (counts, displs), mpi_t],
                        [recv, ([m] * size, [j * m for j in range(size)]), mpi_t])
         if m:
@@ -525,7 +503,7 @@ class ShmReducer:
     @staticmethod
     def _allgatherv(comm, x: np.ndarray, parts) -> None:
         MPI = _mpi()
-        mpi_t = MPI.FLOAT if x.dtype == np.float32 else MPI.DOUBLE
+        mpi_t = _mpi_type(x.dtype)
         counts = [hi - lo for lo, hi in parts]
         displs = [lo for lo, _ in parts]
         comm.Allgatherv(MPI.IN_PLACE, [x, (counts, displs), mpi_t])

@@ -85,7 +85,8 @@ def test_comm_api_and_reducer_three_ranks():
         for k in ("avg_bitwise_equal", "reduce_scatter_float32_1500017", "dp_zero_bitwise",
                   "dp_zero_matches_single", "dp_matches_single", "reinit_other_comm_refused", "init_comm_null_refused",
                   "mixed_zero_params_match_single", "mixed_zero_state_matches_single",
-                  "mixed_zero_bitwise", "mixed_params_match_single"):
+                  "mixed_zero_bitwise", "mixed_params_match_single", "reducer_read_only_buf_default",
+                  "reducer_read_only_buf_mpi", "reducer_int_buf_default", "reducer_int_buf_mpi"):
             assert k in d["checks"]
 
 

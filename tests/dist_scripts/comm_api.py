@@ -151,7 +151,21 @@ try:
     checks["reducer_bad_buf"] = False
 except ValueError as e:
     checks["reducer_bad_buf"] = "buf" in str(e)
-red.close()
+# both reducers check a buffer the same way, before any communication
+ro = np.zeros(4, np.float32)
+ro.flags.writeable = False
+for tag, rr in (("default", red), ("mpi", dist.MPIReducer(dist.get_comm()))):
+    try:
+        rr.all_reduce_(ro)
+        checks[f"reducer_read_only_buf_{tag}"] = False
+    except ValueError as e:
+        checks[f"reducer_read_only_buf_{tag}"] = "buf" in str(e) and "read-only" in str(e)
+    try:
+        rr.all_gather_(np.zeros(4, np.int32))
+        checks[f"reducer_int_buf_{tag}"] = False
+    except TypeError as e:
+        checks[f"reducer_int_buf_{tag}"] = "buf" in str(e)
+    rr.close()
 
 checks = {k: bool(v) for k, v in checks.items()}
 # ---- DataParallel on an odd world (uneven ZeRO shards that cut segments) vs one process

@@ -945,34 +945,29 @@ class Trainer:
         Data-parallel: collective (every rank builds the state, rank 0 writes, and a failed
         write raises the same error on every rank)."""
         state = self.state_dict()
-        if self._dist is None:
-            _checkpoint.save(state, path)
-            return
-        err = None
-        if self.is_main:
-            try:
-                _checkpoint.save(state, path)
-            except Exception as e:  # every rank raises, none waits on the others
-                err = e
-        err = self._dist.broadcast_object(_portable_error(err))
-        if err is not None:
-            raise err
+        self._on_main(lambda: _checkpoint.save(state, path))
 
     def _read_checkpoint(self, path) -> dict:
         """:func:`_checkpoint.load`; data-parallel: rank 0 reads and broadcasts (the file need
         only be on rank 0's machine), errors raised on every rank."""
+        return self._on_main(lambda: _checkpoint.load(path))
+
+    def _on_main(self, fn):
+        """``fn()`` here in one process; data-parallel, on rank 0 alone (the checkpoint file's
+        reads and writes), with its result returned and its error raised on every rank, so
+        no rank waits on another that failed. One broadcast."""
         if self._dist is None:
-            return _checkpoint.load(path)
-        state = err = None
+            return fn()
+        out = err = None
         if self.is_main:
             try:
-                state = _checkpoint.load(path)
-            except Exception as e:
+                out = fn()
+            except Exception as e:  # every rank raises, none waits on the others
                 err = e
-        err = self._dist.broadcast_object(_portable_error(err))
+        err, out = self._dist.broadcast_object((_portable_error(err), out))
         if err is not None:
             raise err
-        return self._dist.broadcast_object(state)
+        return out
 
     def _shard_train(self, train):
         """This rank's shard of a training DataLoader (see _distributed.ShardedLoader); other

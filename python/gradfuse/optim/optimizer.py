@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend
+from .._grad_norm import total_norm
 from ..cuda.array import DeviceArray
 from ..tensor import Tensor, enable_grad
 from . import _validate
@@ -1035,24 +1036,3 @@ def _to_numpy(x):
     if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor
         return x.detach().cpu().numpy()
     return x
-
-
-def total_norm(arrays, norm_type: float) -> float:
-    """Norm of all elements of `arrays` together (fixed-order reductions)."""
-    if math.isinf(norm_type):
-        total = 0.0
-        for x in arrays:
-            v = _backend.arena_norm_reduce(x, norm_type) if x.size else 0.0
-            if math.isnan(v):
-                return v
-            total = max(total, v)
-        return total
-    total = 0.0
-    for x in arrays:
-        if x.size:
-            total += _backend.arena_norm_reduce(x, norm_type)
-    if norm_type == 2.0:
-        return math.sqrt(total)
-    if norm_type == 1.0:
-        return total
-    return total ** (1.0 / norm_type)

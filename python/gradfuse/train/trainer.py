@@ -27,9 +27,9 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .. import random as _random
+from .._grad_norm import total_norm
 from ..nn.module import Module
 from ..optim.lr_scheduler import ReduceLROnPlateau
-from ..optim.optimizer import total_norm
 from ..tensor import Tensor, no_grad
 from . import _checkpoint
 from . import _distributed as _dp

@@ -127,6 +127,35 @@ def _format_param(name, optimizer, param):
     return values
 
 
+def _momentum_uses_beta1(optimizer) -> bool:
+    """Whether a cycled momentum is Adam's beta1 (True) or SGD's momentum (False); an optimizer
+    with neither is refused (CyclicLR and OneCycleLR with ``cycle_momentum``)."""
+    defaults = getattr(optimizer, "defaults", None)
+    if not isinstance(defaults, Mapping):
+        defaults = optimizer.param_groups[0] if optimizer.param_groups else {}
+    if "momentum" not in defaults and "betas" not in defaults:
+        raise ValueError(
+            "optimizer must support momentum or beta1 with `cycle_momentum` option "
+            "enabled"
+        )
+    return "betas" in defaults
+
+
+def _set_momentum(group, momentum, use_beta1: bool) -> None:
+    if use_beta1:
+        group["betas"] = (momentum, *group["betas"][1:])
+    else:
+        group["momentum"] = momentum
+
+
+def _init_momentum(optimizer, max_momentums, base_momentums, use_beta1: bool) -> None:
+    """A cycle starts at the max momentum; both bounds are recorded in each group."""
+    for m_mom, b_mom, group in zip(max_momentums, base_momentums, optimizer.param_groups):
+        _set_momentum(group, m_mom, use_beta1)
+        group["max_momentum"] = m_mom
+        group["base_momentum"] = b_mom
+
+
 def _lrs(optimizer, key="lr"):
     return [group[key] for group in optimizer.param_groups]
 
@@ -824,14 +853,7 @@ class CyclicLR(LRScheduler):
         _check_real("gamma", gamma)
         _check_int("last_epoch", last_epoch, low=-1)
         if cycle_momentum:
-            defaults = getattr(optimizer, "defaults", None)
-            if not isinstance(defaults, Mapping):
-                defaults = optimizer.param_groups[0] if optimizer.param_groups else {}
-            if "momentum" not in defaults and "betas" not in defaults:
-                raise ValueError(
-                    "optimizer must support momentum or beta1 with `cycle_momentum` option "
-                    "enabled"
-                )
+            use_beta1 = _momentum_uses_beta1(optimizer)
             base_momentums = _format_param("base_momentum", optimizer, base_momentum)
             max_momentums = _format_param("max_momentum", optimizer, max_momentum)
 
@@ -851,18 +873,11 @@ class CyclicLR(LRScheduler):
         self._init_scale_fn()
         self.cycle_momentum = cycle_momentum
         if cycle_momentum:
-            self.use_beta1 = "betas" in defaults
+            self.use_beta1 = use_beta1
             self.base_momentums = base_momentums
             self.max_momentums = max_momentums
             if last_epoch == -1:
-                for m_mom, b_mom, group in zip(max_momentums, base_momentums,
-                                               optimizer.param_groups):
-                    if self.use_beta1:
-                        group["betas"] = (m_mom, *group["betas"][1:])
-                    else:
-                        group["momentum"] = m_mom
-                    group["max_momentum"] = m_mom
-                    group["base_momentum"] = b_mom
+                _init_momentum(optimizer, max_momentums, base_momentums, use_beta1)
         super().__init__(optimizer, last_epoch)
         self.base_lrs = base_lrs
 
@@ -915,11 +930,7 @@ class CyclicLR(LRScheduler):
         if self.cycle_momentum:
             for b, m, group in zip(self.base_momentums, self.max_momentums,
                                    self.optimizer.param_groups):
-                momentum = m - (m - b) * scale_factor * scale
-                if self.use_beta1:
-                    group["betas"] = (momentum, *group["betas"][1:])
-                else:
-                    group["momentum"] = momentum
+                _set_momentum(group, m - (m - b) * scale_factor * scale, self.use_beta1)
         return lrs
 
     def state_dict(self):
@@ -1026,15 +1037,7 @@ class OneCycleLR(LRScheduler):
             _check_real("max_lr", v, low=0)
         _check_int("last_epoch", last_epoch, low=-1)
         if cycle_momentum:
-            defaults = getattr(optimizer, "defaults", None)
-            if not isinstance(defaults, Mapping):
-                defaults = optimizer.param_groups[0] if optimizer.param_groups else {}
-            if "momentum" not in defaults and "betas" not in defaults:
-                raise ValueError(
-                    "optimizer must support momentum or beta1 with `cycle_momentum` option "
-                    "enabled"
-                )
-            use_beta1 = "betas" in defaults
+            use_beta1 = _momentum_uses_beta1(optimizer)
             max_momentums = _format_param("max_momentum", optimizer, max_momentum)
             base_momentums = _format_param("base_momentum", optimizer, base_momentum)
 
@@ -1070,14 +1073,7 @@ class OneCycleLR(LRScheduler):
         if cycle_momentum:
             self.use_beta1 = use_beta1
             if last_epoch == -1:
-                for m_mom, b_mom, group in zip(max_momentums, base_momentums,
-                                               optimizer.param_groups):
-                    if use_beta1:
-                        group["betas"] = (m_mom, *group["betas"][1:])
-                    else:
-                        group["momentum"] = m_mom
-                    group["max_momentum"] = m_mom
-                    group["base_momentum"] = b_mom
+                _init_momentum(optimizer, max_momentums, base_momentums, use_beta1)
         super().__init__(optimizer, last_epoch)
 
     @staticmethod
@@ -1135,10 +1131,7 @@ class OneCycleLR(LRScheduler):
                 start_step = phase["end_step"]
             lrs.append(lr)
             if self.cycle_momentum:
-                if self.use_beta1:
-                    group["betas"] = (mom, *group["betas"][1:])
-                else:
-                    group["momentum"] = mom
+                _set_momentum(group, mom, self.use_beta1)
         return lrs
 
 

@@ -10,7 +10,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "python" / "gradfuse"
 # functional at its end). cuda is the backend's device half (_backend dispatches to it, its
 # arrays call _C through _backend); random, autograd and serialization sit on Tensor.
 LAYER = {
-    "_C": 0, "_version": 0,
+    "_C": 0, "_version": 0, "_checks": 0,
     "_backend": 1, "cuda": 1, "memory": 1, "_config": 1, "_grad_norm": 1,
     "tensor": 2, "functional": 2, "autograd": 2, "random": 2, "serialization": 2,
     "data": 3,

@@ -34,7 +34,7 @@ from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..tensor import Tensor, no_grad
 from . import _checkpoint
 from . import _distributed as _dp
-from ._util import host, model_device
+from ._device import host, model_device
 from .callbacks import Callback, ModelCheckpoint, ProgressBar
 from .history import STEP_KEYS, History
 

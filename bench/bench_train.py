@@ -21,7 +21,7 @@ Two ways to run it:
 * ``python -m bench.bench_train`` runs each (case, library) in a fresh subprocess with the
   environment a user's ``python train.py`` has: gradfuse with its sleeping (PASSIVE) OpenMP
   workers and without torch loaded, PyTorch with its own defaults and without gradfuse loaded.
-  This is the comparison the README's table reports.
+  This is the comparison the table of docs/benchmarks.md reports.
 
 Threads: gradfuse's kernels and numpy's BLAS both get ``threads``, as PyTorch does
 (``torch.set_num_threads``).

@@ -526,14 +526,12 @@ def test_backend_rejects_bad_arrays():
         _backend.softmax_backward(np.zeros((4, 3), np.float32), x, 1, False)
 
 
-def test_readme_activations_example_runs():
-    import pathlib
-    import re
+def test_docs_activations_example_runs():
+    from docs_util import python_block
 
-    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-    block = re.search(r"## Activations\n.*?```python\n(.*?)```", readme.read_text(), re.S)
     scope = {}
-    exec(compile(block.group(1), "README activations", "exec"), scope)
+    exec(compile(python_block("docs/layers.md", "Activations"), "docs/layers.md activations",
+                 "exec"), scope)
     np.testing.assert_allclose(scope["probs"].detach().numpy(), 1.0, rtol=1e-6)
     assert all(p.grad is not None for p in scope["model"].parameters())
     sp = gf.nn.functional.softplus(gf.tensor([-1e30, 0.0, 1e30])).tolist()

@@ -268,14 +268,14 @@ def test_failing_rank_ends_the_job(mode):
 
 
 @requires_mpi
-def test_readme_example_two_ranks_matches_one_process(tmp_path, monkeypatch, capsys):
-    # the README's DataParallel example: under mpiexec -n 2 and in this process (one rank);
-    # both checkpoints hold the same model up to float32 summation order
+def test_docs_example_two_ranks_matches_one_process(tmp_path, monkeypatch, capsys):
+    # docs/distributed.md's DataParallel example: under mpiexec -n 2 and in this process (one
+    # rank); both checkpoints hold the same model up to float32 summation order
     import re
 
-    text = (Path(__file__).parent.parent / "README.md").read_text()
-    block = re.search(r"### gf.distributed and DataParallel\n+```python\n(.*?)```", text,
-                      re.S).group(1)
+    from docs_util import python_block
+
+    block = python_block("docs/distributed.md", "gf.distributed and DataParallel")
     (tmp_path / "two").mkdir()
     (tmp_path / "one").mkdir()
     script = tmp_path / "readme_dp.py"
@@ -284,7 +284,7 @@ def test_readme_example_two_ranks_matches_one_process(tmp_path, monkeypatch, cap
     check_ok(res)
     assert re.fullmatch(r"2 ranks, last loss \d+\.\d{3}\n", res.stdout), res.stdout
     monkeypatch.chdir(tmp_path / "one")
-    exec(compile(block, "README distributed", "exec"), {})
+    exec(compile(block, "docs/distributed.md DataParallel", "exec"), {})
     assert capsys.readouterr().out.startswith("1 ranks, last loss")
     two, one = gf.load(tmp_path / "two" / "ckpt.gf"), gf.load(tmp_path / "one" / "ckpt.gf")
     for k, v in one["model"].items():

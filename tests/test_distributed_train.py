@@ -311,25 +311,23 @@ def test_cli_under_a_launcher_without_distributed_warns(monkeypatch, capsys):
     assert not gf.distributed.is_initialized()
 
 
-def _readme_block() -> str:
-    import re
+def _docs_block() -> str:
+    from docs_util import python_block
 
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    return re.search(r"### Trainer and CLI\n+```python\n(.*?)```", text,
-                     re.S).group(1)
+    return python_block("docs/distributed.md", "Trainer and CLI")
 
 
-def test_readme_example_runs_in_one_process(capsys):
-    exec(compile(_readme_block(), "README distributed", "exec"), {})
+def test_docs_example_runs_in_one_process(capsys):
+    exec(compile(_docs_block(), "docs/distributed.md Trainer and CLI", "exec"), {})
     out = capsys.readouterr().out
     assert out.startswith("1 rank(s): val acc ")
     assert float(out.split()[-1]) > 0.8
 
 
 @requires_mpi
-def test_readme_example_runs_under_mpiexec(tmp_path):
+def test_docs_example_runs_under_mpiexec(tmp_path):
     script = tmp_path / "train_dp.py"
-    script.write_text(_readme_block())
+    script.write_text(_docs_block())
     res = run_mpi(script, n=2, timeout=120)
     check_ok(res)
     lines = [ln for ln in res.stdout.splitlines() if "rank(s): val acc" in ln]

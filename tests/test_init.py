@@ -357,7 +357,7 @@ def test_default_seed_reproduces_models():
         np.testing.assert_array_equal(x, y)
 
 
-# ---------------------------------------------------------------- the README demonstration
+# --------------------------------------------------------- the demonstration in docs/layers.md
 
 
 def test_deep_tanh_demo_vanishes_saturates_and_stays_healthy():
@@ -376,15 +376,12 @@ def test_deep_tanh_demo_vanishes_saturates_and_stays_healthy():
     assert all(0.1 < s < 0.8 for s, _ in xavier) and xavier[-1][1] < 0.01
 
 
-def test_readme_random_section_runs():
-    import pathlib
-    import re
+def test_docs_random_section_runs():
+    from docs_util import python_block
 
-    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text[text.index("## Random numbers, initialization and dropout"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    block = python_block("docs/layers.md", "Random numbers, initialization and dropout")
     scope = {}
-    exec(compile(block, "README random section", "exec"), scope)
+    exec(compile(block, "docs/layers.md random section", "exec"), scope)
     model = scope["model"]
     w = model[0].weight.data
     np.testing.assert_allclose(w @ w.T, np.eye(64), atol=1e-5)  # orthogonal rows after apply

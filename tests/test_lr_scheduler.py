@@ -694,16 +694,14 @@ def test_load_state_dict_refuses_a_foreign_state():
     assert sq.state_dict() == sd
 
 
-def test_readme_scheduler_example():
-    """The README block runs with gf.optim.SGD and gives the warm-up-then-cosine sequence it
-    describes."""
-    import pathlib
-    import re
+def test_docs_scheduler_example():
+    """docs/optimizers.md's block runs with gf.optim.SGD and gives the warm-up-then-cosine
+    sequence it describes."""
+    from docs_util import python_block
 
-    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"## Learning-rate schedulers\n.*?```python\n(.*?)```", text, re.S).group(1)
+    block = python_block("docs/optimizers.md", "Learning-rate schedulers")
     scope = {}
-    exec(compile(block, "README schedulers", "exec"), scope)
+    exec(compile(block, "docs/optimizers.md schedulers", "exec"), scope)
     lrs = scope["lrs"]
     assert len(lrs) == 100
     np.testing.assert_allclose(lrs[:5], [0.028, 0.046, 0.064, 0.082, 0.1], rtol=1e-12)

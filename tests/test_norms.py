@@ -530,14 +530,12 @@ def test_backend_rejects_bad_arrays():
     np.testing.assert_array_equal(rv, 1)
 
 
-def test_readme_normalization_example_runs(capsys):
-    import pathlib
-    import re
+def test_docs_normalization_example_runs(capsys):
+    from docs_util import python_block
 
-    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"## Normalization layers\n.*?```python\n(.*?)```", text, re.S).group(1)
+    block = python_block("docs/layers.md", "Normalization layers")
     scope = {}
-    exec(compile(block, "README normalization example", "exec"), scope)
+    exec(compile(block, "docs/layers.md normalization example", "exec"), scope)
     assert capsys.readouterr().out.split("\n")[0] == "1"
     assert scope["y"].shape == (1, 16)
     assert not scope["model"].training

@@ -816,14 +816,12 @@ def test_large_arena_is_huge_page_aligned_and_small_one_cache_line_aligned():
         assert p.data.base is not None
 
 
-def test_readme_optimizer_example_runs():
-    import pathlib
-    import re
+def test_docs_optimizer_example_runs():
+    from docs_util import python_block
 
-    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"## Optimizers\n.*?```python\n(.*?)```", text, re.S).group(1)
     scope = {}
-    exec(compile(block, "README optimizers", "exec"), scope)
+    exec(compile(python_block("docs/optimizers.md", "Optimizers"), "docs/optimizers.md", "exec"),
+         scope)
     assert scope["applied"] is True
     assert set(scope["sd"]["state"]) == {0, 1, 2, 3}
 

@@ -712,14 +712,12 @@ def test_large_images_match_numpy(rng, shape, axis):
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
 
 
-def test_readme_data_scalers_example_runs():
-    import pathlib
-    import re
+def test_docs_data_scalers_example_runs():
+    from docs_util import python_block
 
-    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"## Data scalers\n.*?```python\n(.*?)```", text, re.S).group(1)
+    block = python_block("docs/data.md", "Data scalers")
     scope = {}
-    exec(compile(block, "README data scalers", "exec"), scope)
+    exec(compile(block, "docs/data.md data scalers", "exec"), scope)
     x, x_train = scope["x"], scope["x_train"]
     assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     np.testing.assert_allclose(x_train.numpy().mean(), 0, atol=1e-5)

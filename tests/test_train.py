@@ -4,8 +4,6 @@ and Module.register_forward_hook."""
 import io
 import json
 import math
-import pathlib
-import re
 
 import numpy as np
 import pytest
@@ -853,11 +851,12 @@ def test_register_forward_hook():
     assert "weight" in fc.state_dict() and len(fc.state_dict()) == 2
 
 
-def test_readme_training_loop_section_runs(capsys):
-    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"## Training loop\n.*?```python\n(.*?)```", text, re.S).group(1)
+def test_docs_training_loop_section_runs(capsys):
+    from docs_util import python_block
+
     scope = {}
-    exec(compile(block, "README training loop", "exec"), scope)
+    exec(compile(python_block("docs/training.md", "Training loop"), "docs/training.md training loop",
+                 "exec"), scope)
     h = scope["history"]
     assert h.epochs[-1]["val_metric"] >= 0.95
     assert capsys.readouterr().out.strip().endswith(f"{h.epochs[-1]['val_metric']:.3f}")

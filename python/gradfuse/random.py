@@ -314,7 +314,7 @@ def bernoulli_(tensor, p=0.5, generator=None):
     return tensor
 
 
-def _new(size, dtype, requires_grad, fill, device=None):
+def _random_tensor(size, dtype, requires_grad, fill, device=None):
     shape = _shape_args(size)
     # checked first: a refused device draws nothing from the generator
     dev = None if device is None else check_device(device)
@@ -336,8 +336,8 @@ def rand(*size, generator=None, dtype=None, requires_grad: bool = False, device=
         >>> gf.rand(2, 3, generator=gf.Generator(0)).shape
         (2, 3)
     """
-    return _new(size, dtype, requires_grad, lambda a: _fill_uniform(a, 0.0, 1.0, generator),
-                device)
+    return _random_tensor(size, dtype, requires_grad,
+                          lambda a: _fill_uniform(a, 0.0, 1.0, generator), device)
 
 
 def randn(*size, generator=None, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
@@ -348,5 +348,5 @@ def randn(*size, generator=None, dtype=None, requires_grad: bool = False, device
         >>> gf.randn(4, generator=gf.Generator(0)).dtype
         dtype('float32')
     """
-    return _new(size, dtype, requires_grad, lambda a: _fill_normal(a, 0.0, 1.0, generator),
-                device)
+    return _random_tensor(size, dtype, requires_grad,
+                          lambda a: _fill_normal(a, 0.0, 1.0, generator), device)

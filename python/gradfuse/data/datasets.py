@@ -24,6 +24,7 @@ import zlib
 import numpy as np
 
 from .. import random as _random
+from .._checks import check_int
 from ..random import Generator
 from ..tensor import Tensor
 from .loader import permutation
@@ -143,14 +144,6 @@ def load_idx(path):
 # ------------------------------------------------------------------ synthetic data
 
 
-def _count(v, name: str, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {v!r}")
-    if v < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
-    return int(v)
-
-
 def _nonneg(v, name: str) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {v!r}")
@@ -204,8 +197,8 @@ def make_spirals(n_samples: int = 300, n_classes: int = 3, noise: float = 0.2, s
         >>> X, y = gf.data.make_spirals(5, n_classes=2, seed=1); X.shape, sorted(y.tolist())
         ((5, 2), [0, 0, 0, 1, 1])
     """
-    n_classes = _count(n_classes, "n_classes", 2)
-    n = _count(n_samples, "n_samples", n_classes)
+    n_classes = check_int("n_classes", n_classes, 2)
+    n = check_int("n_samples", n_samples, n_classes)
     noise = _nonneg(noise, "noise")
     gen = _gen(seed)
     y = _balanced_labels(n, n_classes, gen)
@@ -244,15 +237,15 @@ def make_classification(n_samples: int = 100, n_features: int = 20, n_classes: i
         >>> X.shape, np.bincount(y).tolist()
         ((200, 5), [67, 67, 66])
     """
-    n_informative = _count(n_informative, "n_informative", 1)
-    n_features = _count(n_features, "n_features", n_informative)
-    n_classes = _count(n_classes, "n_classes", 2)
+    n_informative = check_int("n_informative", n_informative, 1)
+    n_features = check_int("n_features", n_features, n_informative)
+    n_classes = check_int("n_classes", n_classes, 2)
     if n_informative < 63 and n_classes > 2**n_informative:
         raise ValueError(
             f"n_classes: {n_classes} classes need distinct hypercube vertices, but "
             f"n_informative={n_informative} has only {2**n_informative}"
         )
-    n = _count(n_samples, "n_samples", n_classes)
+    n = check_int("n_samples", n_samples, n_classes)
     class_sep = _nonneg(class_sep, "class_sep")
     gen = _gen(seed)
     k = n_informative
@@ -302,9 +295,9 @@ def make_regression(n_samples: int = 100, n_features: int = 10, noise: float = 0
         >>> bool(np.allclose(X.astype(np.float64) @ w, y, rtol=1e-5))
         True
     """
-    n = _count(n_samples, "n_samples", 1)
-    d = _count(n_features, "n_features", 1)
-    k = d if n_informative is None else _count(n_informative, "n_informative", 0)
+    n = check_int("n_samples", n_samples, 1)
+    d = check_int("n_features", n_features, 1)
+    k = d if n_informative is None else check_int("n_informative", n_informative, 0)
     if k > d:
         raise ValueError(f"n_informative: expected at most n_features={d}, got {k}")
     noise = _nonneg(noise, "noise")

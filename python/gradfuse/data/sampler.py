@@ -31,22 +31,14 @@ Example::
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
+from .._checks import check_int
 from ..random import Generator
 from .loader import permutation
 
 __all__ = ["Sampler", "SequentialSampler", "DistributedSampler"]
-
-
-def _int(v, name: str, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if v < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {v}")
-    return int(v)
 
 
 def _generator_at(seed: int, offset: int) -> Generator:
@@ -149,18 +141,18 @@ class DistributedSampler(Sampler):
                 num_replicas = _dist.get_world_size()
             if rank is None:
                 rank = _dist.get_rank()
-        num_replicas = _int(num_replicas, "num_replicas", 1)
-        rank = _int(rank, "rank", 0)
+        num_replicas = check_int("num_replicas", num_replicas, 1)
+        rank = check_int("rank", rank, 0)
         if rank >= num_replicas:
             raise ValueError(f"rank: expected an int in [0, {num_replicas - 1}] "
                              f"(num_replicas = {num_replicas}), got {rank}")
         for name, v in (("shuffle", shuffle), ("drop_last", drop_last), ("pad", pad)):
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{name}: expected a bool, got {v!r}")
-        seed = _int(seed, "seed", 0)
+        seed = check_int("seed", seed, 0)
         if seed >= 1 << 64:
             raise ValueError(f"seed: expected an int below 2**64, got {seed}")
-        offset = _int(offset, "offset", 0)
+        offset = check_int("offset", offset, 0)
         if not pad and drop_last:
             raise ValueError("pad: pad=False (uneven shards) needs drop_last=False")
         n = len(dataset)
@@ -185,7 +177,7 @@ class DistributedSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch ``epoch``'s order (0-based) for the next iterations."""
-        self.epoch = _int(epoch, "epoch", 0)
+        self.epoch = check_int("epoch", epoch, 0)
 
     def generator_state(self) -> Generator:
         """The gf.Generator the current epoch's permutation is drawn from (a new one, at
@@ -224,7 +216,7 @@ class DistributedSampler(Sampler):
             v = state_dict[k]
             if isinstance(v, np.ndarray) and v.ndim == 0:
                 v = v.item()
-            vals[k] = _int(v, f"state_dict[{k!r}]", 0)
+            vals[k] = check_int(f"state_dict[{k!r}]", v, 0)
         if vals["seed"] >= 1 << 64:
             raise ValueError(f"state_dict['seed']: expected an int below 2**64, got "
                              f"{vals['seed']}")

@@ -457,7 +457,7 @@ class ShmReducer:
                     return b, off
         return None
 
-    def _tmp(self, dtype: np.dtype, n: int) -> np.ndarray:
+    def _scratch_array(self, dtype: np.dtype, n: int) -> np.ndarray:
         t = self._scratch.get(dtype)
         if t is None or t.size < n:
             t = np.empty(max(n, _BLOCK), dtype=dtype)
@@ -492,7 +492,8 @@ class ShmReducer:
         displs = [lo for lo, _ in parts]
         mlo, mhi = parts[me]
         m = mhi - mlo
-        recv = self._tmp(x.dtype, size * m).reshape(size, m) if m else np.empty((size, 0), x.dtype)
+        recv = (self._scratch_array(x.dtype, size * m).reshape(size, m) if m
+                else np.empty((size, 0), x.dtype))
         mpi_t = _mpi_type(x.dtype)
         comm.Alltoallv([x, (counts, displs), mpi_t],
                        [recv, ([m] * size, [j * m for j in range(size)]), mpi_t])

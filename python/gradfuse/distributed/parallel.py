@@ -31,7 +31,8 @@ import numpy as np
 
 from .. import _backend
 from ..cuda.array import DeviceArray
-from ..optim.optimizer import Optimizer, _arena_empty
+from ..optim._arena import _arena_empty
+from ..optim.optimizer import Optimizer
 from ..tensor import Tensor
 from . import _comm
 from ._reduce import make_reducer

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from .. import _backend
-from ..optim.optimizer import total_norm
+from .._grad_norm import total_norm
 from ..tensor import Tensor
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]

@@ -19,7 +19,7 @@ from . import config as C
 # 2 activations = 60 configurations x 3 seeds = 180 runs of 20 epochs on the digits, with
 # four hidden layers: deep enough that sigmoid without normalization visibly starves the first
 # layers of gradient and N(0, 1) weights blow up under SGD (with 128,64 every configuration
-# ends above 80%), and about 80 s of CPU in all (README, "Study tool").
+# ends above 80%), and about 80 s of CPU in all (docs/training.md, "Study tool").
 DEFAULTS = {
     "optimizers": "sgd,momentum,rmsprop,adagrad,adam",
     "init": "xavier,he,normal",

@@ -16,7 +16,7 @@ import numpy as np
 from ..nn.activation import ReLU
 from ..random import get_rng_state, set_rng_state
 from ..tensor import Tensor, no_grad
-from ._util import host
+from ._device import host
 from .callbacks import Callback
 
 __all__ = ["NonFiniteGuard", "GradientMonitor", "layers"]

@@ -27,13 +27,14 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .. import random as _random
+from .._checks import check_int
+from .._grad_norm import total_norm
 from ..nn.module import Module
 from ..optim.lr_scheduler import ReduceLROnPlateau
-from ..optim.optimizer import total_norm
 from ..tensor import Tensor, no_grad
 from . import _checkpoint
 from . import _distributed as _dp
-from ._util import host, model_device
+from ._device import host, model_device
 from .callbacks import Callback, ModelCheckpoint, ProgressBar
 from .history import STEP_KEYS, History
 
@@ -41,14 +42,6 @@ __all__ = ["Trainer"]
 
 _HOOKS = ("on_fit_start", "on_epoch_start", "on_batch_start", "on_after_backward",
           "on_batch_end", "on_epoch_end", "on_fit_end")
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
-    return int(value)
 
 
 def _check_loader(name: str, loader) -> None:
@@ -533,7 +526,7 @@ class Trainer:
         if self._closed and self._dist is not None:
             raise RuntimeError("fit: this data-parallel Trainer was closed (close()); build a "
                                "new one")
-        epochs = _check_int("epochs", epochs, 1)
+        epochs = check_int("epochs", epochs, 1)
         _check_loader("train", train)
         if val is not None:
             _check_loader("val", val)
@@ -838,7 +831,7 @@ class Trainer:
             >>> trainer.predict(x_test).argmax(axis=1)[:5]
             array([3, 8, 1, 0, 7])
         """
-        batch_size = _check_int("batch_size", batch_size, 1)
+        batch_size = check_int("batch_size", batch_size, 1)
         if isinstance(data, (Tensor, np.ndarray)):
             arr = data.data if isinstance(data, Tensor) else data
             if arr.ndim == 0:
@@ -897,8 +890,8 @@ class Trainer:
         missing = [k for k in need if k not in state]
         if missing:
             raise ValueError(f"state: not a trainer state (missing {missing})")
-        epoch = _check_int("state['epoch']", state["epoch"], 0)
-        step = _check_int("state['step']", state["step"], 0)
+        epoch = check_int("state['epoch']", state["epoch"], 0)
+        step = check_int("state['step']", state["step"], 0)
         if (state["scheduler"] is None) != (self.scheduler is None):
             raise ValueError(
                 "state: the checkpoint was saved " +

@@ -1,4 +1,5 @@
-"""Small helpers shared by the trainer and its callbacks."""
+"""Where a tensor or model lives, for the trainer and its callbacks: a host view of a tensor's
+values, the device of a model."""
 
 from __future__ import annotations
 
